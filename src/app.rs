@@ -1,0 +1,118 @@
+//! Runs the long-lived parts for a `--mode`: the listener and the outbox publisher (the worker
+//! and the poller join them in later versions), the headless log printer, and retention. One
+//! cancellation token stops them all; SIGINT and SIGTERM trigger it.
+
+use crate::broker::{self, publisher};
+use crate::cli::Mode;
+use crate::config::{Config, ensure_route_secrets};
+use crate::event::{Bus, Event};
+use crate::ingest::accept::Ingest;
+use crate::ingest::server::{self, Limits};
+use crate::store::{JOURNAL_FILE, Journal, retention};
+use anyhow::{Context, bail};
+use std::fs::File;
+use std::path::Path;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Only one process publishes a data dir's outbox; it holds this lock while it runs.
+pub const PUBLISHER_LOCK: &str = "publisher.lock";
+
+/// Takes the data dir's publisher lock, or says who holds it.
+pub fn publisher_lock(data_dir: &Path) -> anyhow::Result<Option<File>> {
+    let path = data_dir.join(PUBLISHER_LOCK);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("while opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("while locking {}", path.display())),
+    }
+}
+
+pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if matches!(mode, Mode::Consumer | Mode::Producer) {
+        bail!(
+            "--mode {} is not available in this version: it has the listener and outbox publisher \
+             (--mode webhook or all) only",
+            if mode == Mode::Consumer { "consumer" } else { "producer" }
+        );
+    }
+    let data_dir = config.storage.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("while creating the data dir {} (storage.data_dir)", data_dir.display()))?;
+    let secrets = ensure_route_secrets(&mut config, &data_dir)?;
+    for key in &secrets.created {
+        tracing::info!("No {key} configured: generated one and stored it in {}", secrets.path.display());
+    }
+    for key in secrets.used.iter().filter(|k| !secrets.created.contains(k)) {
+        tracing::info!("Using the generated {key} from {}", secrets.path.display());
+    }
+
+    let _lock = publisher_lock(&data_dir)?.with_context(|| {
+        format!(
+            "another agentctl is already running on the data dir {}; stop it or set storage.data_dir",
+            data_dir.display()
+        )
+    })?;
+    let journal = Journal::open(&data_dir.join(JOURNAL_FILE), config.storage.sync)
+        .with_context(|| format!("while opening the journal in {}", data_dir.display()))?;
+    let addr = config.listen.socket_addr()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (listen.addr): is another process using it?"))?;
+    let broker = broker::from_config(&config, &journal);
+    tracing::info!("Journal: {}; broker: {}", journal.path().display(), broker.describe());
+    let ingest = Ingest::new(&config, journal.clone(), bus.clone()).await?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(publisher::run(journal.clone(), broker, bus.clone(), shutdown.clone()));
+    tasks.spawn(retention::run(journal.clone(), config.storage.retention_days, shutdown.clone()));
+    let limits = Limits::from_config(&config.listen);
+    let (server_bus, server_stop) = (bus.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        server::run(listener, ingest, limits, server_bus, server_stop).await.context("the listener failed")
+    });
+
+    let mut result = Ok(());
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        Some(joined) = tasks.join_next() => {
+            // A part stopped on its own: that is an error; stop the rest.
+            result = joined.context("a task panicked").and_then(|r| r);
+            if result.is_ok() { result = Err(anyhow::anyhow!("a part of agentctl stopped unexpectedly")); }
+        }
+    }
+    bus.emit(Event::ShuttingDown);
+    shutdown.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined.context("a task panicked").and_then(|r| r)
+            && result.is_ok()
+        {
+            result = Err(e);
+        }
+    }
+    result
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
+}

@@ -1,0 +1,271 @@
+//! RabbitMQ through lapin. Topology per the contract: the default exchange, routing key = queue
+//! name, a durable main queue, `<queue>.retry` (per-message TTL, dead-lettering back to the main
+//! queue) and `<queue>.dead`. Publishes are persistent and confirmed, spread over several
+//! channels so one slow confirm does not hold up the rest. The connection is not auto-recovered:
+//! when it fails, every unconfirmed publish is reported failed (the outbox publishes it again),
+//! and the next call connects afresh. Every broker await has a timeout.
+
+use super::{Acker, Broker, BrokerError, Consumer, Published, QueueDepth, Queues, Received};
+use crate::config::redact_url;
+use crate::store::OutboxRow;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Publishing channels per connection.
+const PUBLISH_CHANNELS: usize = 4;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Link {
+    conn: Connection,
+    publishers: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+pub struct AmqpBroker {
+    url: String,
+    queues: Queues,
+    link: Mutex<Option<Arc<Link>>>,
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(BrokerError::Protocol(e.to_string())),
+        Err(_) => Err(BrokerError::Timeout(limit.as_secs())),
+    }
+}
+
+impl AmqpBroker {
+    pub fn new(url: String, queues: Queues) -> Self {
+        AmqpBroker { url, queues, link: Mutex::new(None) }
+    }
+
+    pub fn queues(&self) -> &Queues {
+        &self.queues
+    }
+
+    /// The live link, connecting (and declaring the topology) if there is none.
+    async fn link(&self) -> Result<Arc<Link>, BrokerError> {
+        let mut guard = self.link.lock().await;
+        if let Some(link) = guard.as_ref()
+            && link.conn.status().connected()
+            && link.publishers.iter().all(|c| c.status().connected())
+        {
+            return Ok(link.clone());
+        }
+        *guard = None;
+        let link = Arc::new(self.connect().await?);
+        *guard = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Drops `link` if it is still the current one, so the next call reconnects.
+    async fn invalidate(&self, link: &Arc<Link>) {
+        let mut guard = self.link.lock().await;
+        if guard.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+            *guard = None;
+        }
+    }
+
+    async fn connect(&self) -> Result<Link, BrokerError> {
+        let conn = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&self.url, ConnectionProperties::default()),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(BrokerError::Connect { url: redact_url(&self.url), message: e.to_string() });
+            }
+            Err(_) => {
+                return Err(BrokerError::Connect {
+                    url: redact_url(&self.url),
+                    message: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                });
+            }
+        };
+        let setup = timed(RPC_TIMEOUT, conn.create_channel()).await?;
+        declare_topology(&setup, &self.queues).await?;
+        let _ = timed(RPC_TIMEOUT, setup.close(200, "topology declared".into())).await;
+        let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
+        for _ in 0..PUBLISH_CHANNELS {
+            let ch = timed(RPC_TIMEOUT, conn.create_channel()).await?;
+            timed(RPC_TIMEOUT, ch.confirm_select(ConfirmSelectOptions::default())).await?;
+            publishers.push(ch);
+        }
+        Ok(Link { conn, publishers, next: AtomicUsize::new(0) })
+    }
+}
+
+/// Declares main, retry and dead queues. The main queue takes no arguments, so a queue declared
+/// by the original design (durable, no arguments) is accepted as it is.
+pub async fn declare_topology(ch: &Channel, q: &Queues) -> Result<(), BrokerError> {
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    timed(RPC_TIMEOUT, ch.queue_declare(q.main.as_str().into(), durable, FieldTable::default())).await?;
+    let mut retry_args = FieldTable::default();
+    retry_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+    retry_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(q.main.as_str().into()));
+    timed(RPC_TIMEOUT, ch.queue_declare(q.retry.as_str().into(), durable, retry_args)).await?;
+    timed(RPC_TIMEOUT, ch.queue_declare(q.dead.as_str().into(), durable, FieldTable::default())).await?;
+    Ok(())
+}
+
+/// Message properties for a task: persistent JSON with the task id as message id.
+pub fn task_properties(task_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(task_id.into())
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn describe(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    async fn setup(&self) -> Result<(), BrokerError> {
+        self.link().await.map(|_| ())
+    }
+
+    async fn publish(&self, rows: &[OutboxRow]) -> Published {
+        let mut out = Published::default();
+        let link = match self.link().await {
+            Ok(l) => l,
+            Err(e) => {
+                out.failed = rows.iter().map(|r| r.id).collect();
+                out.error = Some(e);
+                return out;
+            }
+        };
+        let ch = &link.publishers[link.next.fetch_add(1, Ordering::Relaxed) % link.publishers.len()];
+        let mut pending = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            // mandatory: a message no queue takes comes back, and counts as failed.
+            let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+            match timed(
+                RPC_TIMEOUT,
+                ch.basic_publish("".into(), row.queue.as_str().into(), opts, &row.payload, task_properties(&row.task_id)),
+            )
+            .await
+            {
+                Ok(confirm) => pending.push((row.id, confirm)),
+                Err(e) => {
+                    out.failed.extend(rows[i..].iter().map(|r| r.id));
+                    out.error = Some(e);
+                    break;
+                }
+            }
+        }
+        let (ids, confirms): (Vec<i64>, Vec<_>) = pending.into_iter().unzip();
+        match tokio::time::timeout(CONFIRM_TIMEOUT, futures_util::future::join_all(confirms)).await {
+            Ok(results) => {
+                for (id, r) in ids.into_iter().zip(results) {
+                    match r {
+                        Ok(lapin::Confirmation::Ack(None)) => out.confirmed.push(id),
+                        Ok(_) => {
+                            out.failed.push(id);
+                            out.error.get_or_insert(BrokerError::Nacked);
+                        }
+                        Err(e) => {
+                            out.failed.push(id);
+                            out.error.get_or_insert(BrokerError::Protocol(e.to_string()));
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                out.failed.extend(ids);
+                out.error.get_or_insert(BrokerError::Timeout(CONFIRM_TIMEOUT.as_secs()));
+            }
+        }
+        if matches!(out.error, Some(BrokerError::Protocol(_) | BrokerError::Timeout(_))) {
+            self.invalidate(&link).await;
+        }
+        out
+    }
+
+    async fn depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
+        let link = self.link().await?;
+        // Passive declares close their channel when a queue is missing: use a throwaway one.
+        let ch = match timed(RPC_TIMEOUT, link.conn.create_channel()).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                self.invalidate(&link).await;
+                return Err(e);
+            }
+        };
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let mut out = Vec::new();
+        for name in self.queues.all() {
+            let q = timed(RPC_TIMEOUT, ch.queue_declare(name.into(), passive, FieldTable::default())).await?;
+            out.push(QueueDepth {
+                queue: name.to_string(),
+                ready: u64::from(q.message_count()),
+                // AMQP's declare-ok does not count unacked messages; the management API would.
+                unacked: 0,
+                consumers: u64::from(q.consumer_count()),
+            });
+        }
+        let _ = timed(RPC_TIMEOUT, ch.close(200, "depths read".into())).await;
+        Ok(out)
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, BrokerError> {
+        let link = self.link().await?;
+        let ch = timed(RPC_TIMEOUT, link.conn.create_channel()).await?;
+        timed(RPC_TIMEOUT, ch.basic_qos(prefetch.max(1), BasicQosOptions::default())).await?;
+        let consumer = timed(
+            RPC_TIMEOUT,
+            ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()),
+        )
+        .await?;
+        Ok(Box::new(AmqpConsumer { _channel: ch, consumer }))
+    }
+}
+
+struct AmqpConsumer {
+    _channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+#[async_trait]
+impl Consumer for AmqpConsumer {
+    async fn next(&mut self) -> Result<Received, BrokerError> {
+        match self.consumer.next().await {
+            Some(Ok(d)) => Ok(Received::new(d.data, d.redelivered, Box::new(AmqpAcker(d.acker)))),
+            Some(Err(e)) => Err(BrokerError::Protocol(e.to_string())),
+            None => Err(BrokerError::Protocol("the consumer was cancelled".into())),
+        }
+    }
+}
+
+struct AmqpAcker(lapin::Acker);
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        timed(RPC_TIMEOUT, self.0.ack(BasicAckOptions::default())).await.map(|_| ())
+    }
+
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), BrokerError> {
+        timed(RPC_TIMEOUT, self.0.nack(BasicNackOptions { requeue, ..Default::default() })).await.map(|_| ())
+    }
+}

@@ -1,0 +1,228 @@
+//! The embedded queue: a table in the journal, for a single machine with no broker to run.
+//! Publishing moves outbox rows into the queue in the same transaction that marks them
+//! published, so the embedded backend delivers each task exactly once into its queue. A consumer
+//! leases a message (owner + deadline, renewed while it lives); a lease whose owner died runs
+//! out and the message is delivered again, like an unacked message on a closed AMQP channel.
+
+use super::{Acker, Broker, BrokerError, Consumer, Published, QueueDepth, Queues, Received};
+use crate::store::{Journal, OutboxRow, StoreError, mark_published, unix_now_ms};
+use async_trait::async_trait;
+use rusqlite::OptionalExtension;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// How long a lease lasts without renewal; consumers renew at a third of it.
+const LEASE_MS: i64 = 60_000;
+/// How often an idle consumer looks for messages published by another process.
+const POLL: Duration = Duration::from_millis(200);
+
+pub struct EmbeddedBroker {
+    journal: Journal,
+    queues: Queues,
+    published: Arc<Notify>,
+}
+
+fn store_err(e: StoreError) -> BrokerError {
+    BrokerError::Store(e.to_string())
+}
+
+impl EmbeddedBroker {
+    pub fn new(journal: Journal, queues: Queues) -> Self {
+        EmbeddedBroker { journal, queues, published: Arc::new(Notify::new()) }
+    }
+
+    /// Puts a message on `queue` directly (not through the outbox), visible after `delay`.
+    pub async fn enqueue(&self, queue: &str, message_id: &str, body: Vec<u8>, delay: Duration) -> Result<(), BrokerError> {
+        let (queue, message_id) = (queue.to_string(), message_id.to_string());
+        let visible = unix_now_ms() + delay.as_millis() as i64;
+        self.journal
+            .write(move |c| {
+                c.prepare_cached("INSERT INTO queue_messages (queue, message_id, body, visible_ms) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute((queue, message_id, body, visible))
+            })
+            .await
+            .map_err(store_err)?;
+        self.published.notify_waiters();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Broker for EmbeddedBroker {
+    fn describe(&self) -> String {
+        "embedded".into()
+    }
+
+    async fn setup(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn publish(&self, rows: &[OutboxRow]) -> Published {
+        let rows = rows.to_vec();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let now = unix_now_ms();
+        let result = self
+            .journal
+            .write(move |c| {
+                let mut insert = c.prepare_cached(
+                    "INSERT INTO queue_messages (queue, message_id, body, visible_ms)
+                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM outbox WHERE id = ?5 AND published_unix IS NULL)",
+                )?;
+                for r in &rows {
+                    insert.execute((&r.queue, &r.task_id, &r.payload, now, r.id))?;
+                }
+                mark_published(c, &rows.iter().map(|r| r.id).collect::<Vec<_>>())
+            })
+            .await;
+        self.published.notify_waiters();
+        match result {
+            Ok(()) => Published { confirmed: ids, ..Default::default() },
+            Err(e) => Published { failed: ids, error: Some(store_err(e)), ..Default::default() },
+        }
+    }
+
+    async fn depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
+        let journal = self.journal.clone();
+        let names: Vec<String> = self.queues.all().iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let c = journal.reader().map_err(store_err)?;
+            let now = unix_now_ms();
+            let mut stmt = c
+                .prepare(
+                    "SELECT COALESCE(SUM(lease_until_ms IS NULL OR lease_until_ms < ?2), 0),
+                            COALESCE(SUM(lease_until_ms >= ?2), 0),
+                            COUNT(DISTINCT CASE WHEN lease_until_ms >= ?2 THEN lease_owner END)
+                     FROM queue_messages WHERE queue = ?1",
+                )
+                .map_err(|e| BrokerError::Store(e.to_string()))?;
+            names
+                .into_iter()
+                .map(|queue| {
+                    let (ready, unacked, consumers): (i64, i64, i64) = stmt
+                        .query_row((&queue, now), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .map_err(|e| BrokerError::Store(e.to_string()))?;
+                    Ok(QueueDepth { queue, ready: ready as u64, unacked: unacked as u64, consumers: consumers as u64 })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| BrokerError::Store(e.to_string()))?
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, BrokerError> {
+        let owner = uuid::Uuid::new_v4().to_string();
+        let cancel = CancellationToken::new();
+        tokio::spawn(renew_leases(self.journal.clone(), owner.clone(), cancel.clone()));
+        Ok(Box::new(EmbeddedConsumer {
+            journal: self.journal.clone(),
+            queue: queue.to_string(),
+            owner,
+            published: self.published.clone(),
+            permits: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
+            _renewal: cancel.drop_guard(),
+        }))
+    }
+}
+
+async fn renew_leases(journal: Journal, owner: String, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis((LEASE_MS / 3) as u64));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let owner = owner.clone();
+        let _ = journal
+            .write(move |c| {
+                c.execute(
+                    "UPDATE queue_messages SET lease_until_ms = ?1 WHERE lease_owner = ?2",
+                    (unix_now_ms() + LEASE_MS, owner),
+                )
+            })
+            .await;
+    }
+}
+
+struct EmbeddedConsumer {
+    journal: Journal,
+    queue: String,
+    owner: String,
+    published: Arc<Notify>,
+    permits: Arc<Semaphore>,
+    _renewal: DropGuard,
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    async fn next(&mut self) -> Result<Received, BrokerError> {
+        let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        loop {
+            let woken = self.published.notified();
+            let (queue, owner) = (self.queue.clone(), self.owner.clone());
+            let claimed = self
+                .journal
+                .write(move |c| {
+                    let now = unix_now_ms();
+                    c.prepare_cached(
+                        "UPDATE queue_messages
+                         SET lease_owner = ?1, lease_until_ms = ?2, delivery_count = delivery_count + 1
+                         WHERE id = (SELECT id FROM queue_messages
+                                     WHERE queue = ?3 AND visible_ms <= ?4
+                                       AND (lease_until_ms IS NULL OR lease_until_ms < ?4)
+                                     ORDER BY visible_ms, id LIMIT 1)
+                         RETURNING id, body, delivery_count",
+                    )?
+                    .query_row((&owner, now + LEASE_MS, &queue, now), |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+                    })
+                    .optional()
+                })
+                .await
+                .map_err(store_err)?;
+            if let Some((id, body, count)) = claimed {
+                let acker = EmbeddedAcker { journal: self.journal.clone(), id, owner: self.owner.clone(), _permit: permit };
+                return Ok(Received::new(body, count > 1, Box::new(acker)));
+            }
+            let _ = tokio::time::timeout(POLL, woken).await;
+        }
+    }
+}
+
+struct EmbeddedAcker {
+    journal: Journal,
+    id: i64,
+    owner: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl Acker for EmbeddedAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        let (id, owner) = (self.id, self.owner.clone());
+        self.journal
+            .write(move |c| c.execute("DELETE FROM queue_messages WHERE id = ?1 AND lease_owner = ?2", (id, owner)))
+            .await
+            .map(|_| ())
+            .map_err(store_err)
+    }
+
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), BrokerError> {
+        let (id, owner) = (self.id, self.owner.clone());
+        self.journal
+            .write(move |c| {
+                if requeue {
+                    c.execute(
+                        "UPDATE queue_messages SET lease_owner = NULL, lease_until_ms = NULL WHERE id = ?1 AND lease_owner = ?2",
+                        (id, owner),
+                    )
+                } else {
+                    c.execute("DELETE FROM queue_messages WHERE id = ?1 AND lease_owner = ?2", (id, owner))
+                }
+            })
+            .await
+            .map(|_| ())
+            .map_err(store_err)
+    }
+}

@@ -1,0 +1,119 @@
+//! Where tasks wait for a worker. Two backends behind one small trait: RabbitMQ (`amqp`, via
+//! lapin) and the embedded queue (`embedded`, a table in the journal) used when `broker.url` is
+//! empty. `publisher` drains the journal's outbox into whichever is configured.
+
+pub mod amqp;
+pub mod embedded;
+pub mod publisher;
+
+use crate::config::Config;
+use crate::store::{Journal, OutboxRow};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot reach the broker at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("broker did not answer within {0} s")]
+    Timeout(u64),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("broker error: {0}")]
+    Protocol(String),
+    #[error("embedded queue: {0}")]
+    Store(String),
+}
+
+/// One queue's counts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub ready: u64,
+    pub unacked: u64,
+    pub consumers: u64,
+}
+
+/// The outcome of publishing a batch: which outbox rows the broker confirmed.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub confirmed: Vec<i64>,
+    pub failed: Vec<i64>,
+    pub error: Option<BrokerError>,
+}
+
+/// A message taken from a queue; it stays owned by this consumer until acked or nacked.
+pub struct Received {
+    pub body: Vec<u8>,
+    pub redelivered: bool,
+    acker: Box<dyn Acker>,
+}
+
+impl Received {
+    pub fn new(body: Vec<u8>, redelivered: bool, acker: Box<dyn Acker>) -> Self {
+        Received { body, redelivered, acker }
+    }
+
+    pub async fn ack(self) -> Result<(), BrokerError> {
+        self.acker.ack().await
+    }
+
+    /// Gives the message back; with `requeue` it is delivered again, else dropped.
+    pub async fn nack(self, requeue: bool) -> Result<(), BrokerError> {
+        self.acker.nack(requeue).await
+    }
+}
+
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), BrokerError>;
+}
+
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next message; waits until one is there.
+    async fn next(&mut self) -> Result<Received, BrokerError>;
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// What to show a person: the URL without its password, or "embedded".
+    fn describe(&self) -> String;
+    /// Declares the queues (main, retry, dead); idempotent.
+    async fn setup(&self) -> Result<(), BrokerError>;
+    /// Publishes outbox rows (persistent, confirmed) and says which were confirmed.
+    async fn publish(&self, rows: &[OutboxRow]) -> Published;
+    /// Counts for the main, retry and dead queues.
+    async fn depths(&self) -> Result<Vec<QueueDepth>, BrokerError>;
+    /// Starts consuming `queue` with manual acks and at most `prefetch` unacked messages.
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, BrokerError>;
+}
+
+/// The queue names derived from `broker.queue`.
+#[derive(Debug, Clone)]
+pub struct Queues {
+    pub main: String,
+    pub retry: String,
+    pub dead: String,
+}
+
+impl Queues {
+    pub fn new(main: &str) -> Self {
+        Queues { main: main.to_string(), retry: format!("{main}.retry"), dead: format!("{main}.dead") }
+    }
+
+    pub fn all(&self) -> [&str; 3] {
+        [&self.main, &self.retry, &self.dead]
+    }
+}
+
+/// The configured backend.
+pub fn from_config(config: &Config, journal: &Journal) -> Arc<dyn Broker> {
+    let queues = Queues::new(&config.broker.queue);
+    if config.broker.is_embedded() {
+        Arc::new(embedded::EmbeddedBroker::new(journal.clone(), queues))
+    } else {
+        Arc::new(amqp::AmqpBroker::new(config.broker.url.clone(), queues))
+    }
+}

@@ -1,0 +1,111 @@
+//! Every command and flag of `agentctl` (clap). The interface contract in DESIGN.md is the
+//! reference; change README in the same commit when this changes.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "agentctl", version, about = "Operations console for label-triggered coding agents")]
+pub struct Cli {
+    /// Config file (default: $AGENTCTL_CONFIG, else ./config.toml, else the user config dir).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Run headless: log lines on stderr instead of the terminal UI.
+    #[arg(long)]
+    pub no_tui: bool,
+    /// The console without replay/drop/cancel actions.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Which parts to run.
+    #[arg(long, value_enum, default_value_t = Mode::All)]
+    pub mode: Mode,
+    /// Log line format for headless mode.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Listener, outbox publisher and worker.
+    All,
+    /// Listener and outbox publisher only.
+    Webhook,
+    /// Worker only.
+    Consumer,
+    /// The REST poller (the original design's polling mode).
+    Producer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write or check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Send a correctly signed sample delivery (or many, as a load generator).
+    Send(SendArgs),
+    /// Inspect and replay journaled deliveries.
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Write a commented config with fresh random secrets (mode 0600).
+    Init {
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate and print the resolved config, secrets redacted.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// github:issues.labeled, github:pull_request.labeled, github:ping, gitlab:issue,
+    /// gitlab:merge_request, gitlab:system:merge_request; omit with --file.
+    #[arg(required_unless_present = "file")]
+    pub sample: Option<String>,
+    /// Listener base URL (default: http://<listen.addr>).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The trigger label to put on the sample (default: the first of filter.labels).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Requests to send; above 1 this is a load run that prints throughput and latency.
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// Connections used at once in a load run.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Send this payload file instead of a sample (needs --event).
+    #[arg(long, requires = "event")]
+    pub file: Option<PathBuf>,
+    /// Event of --file: a GitHub event name (issues), or gitlab:<Hook name>, gitlab:system.
+    #[arg(long)]
+    pub event: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Newest first.
+    List {
+        /// Only deliveries that were rejected (signature, token, malformed, too large).
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One delivery: headers (secrets never stored), payload, decision.
+    Show { id: i64 },
+    /// Run a stored delivery through verification (today's secrets), filter and queue again.
+    Replay { id: i64 },
+}

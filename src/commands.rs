@@ -1,0 +1,172 @@
+//! What each command does, at the binary's edge (anyhow errors with context, printing to
+//! stdout). The long-running service is `app::run`.
+
+use crate::cli::{Cli, Command, ConfigCommand, DeliveriesCommand, LogFormat, SendArgs};
+use crate::config::{self, Config, Env, ensure_route_secrets};
+use crate::event::Bus;
+use crate::{app, headless, ops, send};
+use anyhow::{Context, bail};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Reads `./.env` if present (it never overrides variables already set).
+pub fn load_dotenv() -> anyhow::Result<()> {
+    match dotenvy::from_path(".env") {
+        Ok(()) => Ok(()),
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).context("while reading .env"),
+    }
+}
+
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("AGENTCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load_config(cli: &Cli, env: &Env) -> anyhow::Result<Config> {
+    let path = config::default_config_path(cli.config.as_deref(), env);
+    config::load(path.as_deref(), env).map_err(Into::into)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let env: Env = std::env::vars().collect();
+    match &cli.command {
+        Some(Command::Config(ConfigCommand::Init { force })) => {
+            let path = match &cli.config {
+                Some(p) => p.clone(),
+                None => config::load::user_config_path().context("no user config dir on this system; pass --config")?,
+            };
+            config::init_config(&path, *force)?;
+            println!("wrote {} (mode 0600) with fresh webhook secrets", path.display());
+            Ok(())
+        }
+        Some(Command::Config(ConfigCommand::Check)) => {
+            let path = config::default_config_path(cli.config.as_deref(), &env);
+            let config = config::load(path.as_deref(), &env)?;
+            print!("{}", toml::to_string(&config).context("while printing the config")?);
+            match path {
+                Some(p) => eprintln!("config OK: {} (with environment overrides)", p.display()),
+                None => eprintln!("config OK: built-in defaults (with environment overrides); no config file found"),
+            }
+            Ok(())
+        }
+        Some(Command::Send(args)) => send_command(load_config(&cli, &env)?, args).await,
+        Some(Command::Deliveries(cmd)) => deliveries_command(load_config(&cli, &env)?, cmd).await,
+        None => serve(&cli, load_config(&cli, &env)?).await,
+    }
+}
+
+async fn serve(cli: &Cli, config: Config) -> anyhow::Result<()> {
+    if !cli.no_tui {
+        tracing::info!("The terminal console is not part of this version yet; running headless (as with --no-tui)");
+    }
+    let _ = cli.read_only; // Only the console has actions to disable.
+    let bus = Bus::default();
+    let shutdown = CancellationToken::new();
+    app::cancel_on_signals(shutdown.clone());
+    let printer = tokio::spawn(headless::run(bus.clone(), shutdown.clone()));
+    let result = app::run(config, cli.mode, bus, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = printer.await;
+    result
+}
+
+async fn send_command(mut config: Config, args: &SendArgs) -> anyhow::Result<()> {
+    let data_dir = config.storage.data_dir();
+    ensure_route_secrets(&mut config, &data_dir)?;
+    let label = args.label.clone().unwrap_or_else(|| config.filter.labels[0].clone());
+    let sample = match (&args.file, &args.sample) {
+        (Some(file), _) => send::samples::from_file(file, args.event.as_deref().context("--file needs --event")?)?,
+        (None, Some(name)) => send::samples::sample(name, &label)?,
+        (None, None) => bail!("name a sample or pass --file"),
+    };
+    let sender = Arc::new(send::Sender::new(&config, sample, args.url.as_deref())?);
+    if args.count <= 1 {
+        let (status, body) = sender.send_one().await?;
+        println!("{status} {body}");
+        if !(200..300).contains(&status) {
+            bail!("the listener answered {status}");
+        }
+        return Ok(());
+    }
+    let report = send::load(sender, args.count, args.concurrency).await?;
+    report.print(args.concurrency);
+    let failed: u64 = report.statuses.iter().filter(|(s, _)| !(200..300).contains(*s)).map(|(_, n)| n).sum();
+    if failed > 0 || report.errors > 0 {
+        bail!("{failed} requests were not answered 2xx and {} failed in transport", report.errors);
+    }
+    Ok(())
+}
+
+async fn deliveries_command(config: Config, cmd: &DeliveriesCommand) -> anyhow::Result<()> {
+    match cmd {
+        DeliveriesCommand::List { failed, limit } => {
+            let rows = ops::list(&config, *failed, *limit)?;
+            println!("{:>7}  {:<20}  {:<13}  {:<28}  {:<24}  {:<9}  REASON", "ID", "RECEIVED", "ROUTE", "EVENT", "ITEM", "VERDICT");
+            for r in rows {
+                let event = match (&r.event, &r.action) {
+                    (Some(e), Some(a)) => format!("{e}.{a}"),
+                    (Some(e), None) => e.clone(),
+                    _ => "-".into(),
+                };
+                let replay = r.replay_of.map(|o| format!(" [replay of {o}]")).unwrap_or_default();
+                println!(
+                    "{:>7}  {:<20}  {:<13}  {:<28}  {:<24}  {:<9}  {}{replay}",
+                    r.id,
+                    r.received_at.get(..19).unwrap_or(&r.received_at),
+                    r.route,
+                    event,
+                    r.item.as_deref().unwrap_or("-"),
+                    r.verdict,
+                    r.reason
+                );
+            }
+            Ok(())
+        }
+        DeliveriesCommand::Show { id } => {
+            let row = ops::show(&config, *id)?;
+            println!("{}", serde_json::to_string_pretty(&row.summary)?);
+            println!("verification: {}", row.verification);
+            println!("headers:");
+            for (k, v) in &row.headers {
+                println!("  {k}: {v}");
+            }
+            match (&row.body, row.body_stored) {
+                (Some(body), stored) => {
+                    if !stored {
+                        println!("payload (first {} of {} bytes):", body.len(), row.body_size);
+                    } else {
+                        println!("payload ({} bytes):", row.body_size);
+                    }
+                    match serde_json::from_slice::<serde_json::Value>(body) {
+                        Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+                        Err(_) => println!("{}", String::from_utf8_lossy(body)),
+                    }
+                }
+                (None, _) => println!("payload: not kept ({} bytes; rejected bodies are capped)", row.body_size),
+            }
+            Ok(())
+        }
+        DeliveriesCommand::Replay { id } => {
+            let replayed = ops::replay(config, *id).await?;
+            let answer = &replayed.answer;
+            println!("{} {}", answer.status(), answer.to_json());
+            if matches!(answer, crate::ingest::accept::Answer::Queued { .. }) {
+                if replayed.published_here {
+                    println!("published to the broker");
+                } else {
+                    println!("waiting in the outbox; the running agentctl publishes it");
+                }
+            }
+            if answer.status() >= 400 {
+                bail!("the replay was refused: {}", answer.to_json()["reason"].as_str().unwrap_or("unknown reason"));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Where the configuration comes from, in rising precedence: built-in defaults, the config file,
+//! the original design's environment names (`GITHUB_WEBHOOK_SECRET`, `AMQP_URL`, …), and
+//! `AGENTCTL_<SECTION>_<KEY>`. Every error names the key it is about and where the bad value
+//! came from, so a user can fix it without reading code.
+
+use super::{Config, SECTIONS};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::{Table, Value};
+
+/// The process environment, passed in so tests can layer without touching global state.
+pub type Env = BTreeMap<String, String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("unknown config section [{name}] (known: {})", SECTIONS.join(", "))]
+    UnknownSection { name: String },
+    #[error("unknown config key {key}{origin}")]
+    UnknownKey { key: String, origin: String },
+    #[error("bad value for {key}: {message}")]
+    Value { key: String, message: String },
+}
+
+/// The original design's environment names and the keys they set.
+const LEGACY_ENV: &[(&str, &str, &str)] = &[
+    ("GITHUB_WEBHOOK_SECRET", "github", "webhook_secret"),
+    ("GITLAB_WEBHOOK_TOKEN", "gitlab", "webhook_token"),
+    ("GITLAB_SYSTEM_HOOK_TOKEN", "gitlab", "system_hook_token"),
+    ("GITHUB_PERSONAL_ACCESS_TOKEN", "github", "token"),
+    ("GITLAB_PERSONAL_ACCESS_TOKEN", "gitlab", "token"),
+    ("TASK_SOURCE", "poll", "source"),
+    ("AMQP_URL", "broker", "url"),
+    ("RABBITMQ_QUEUE", "broker", "queue"),
+];
+
+/// Keys whose values are secrets.
+const SECRET_KEYS: &[&str] = &[
+    "github.webhook_secret",
+    "github.token",
+    "gitlab.webhook_token",
+    "gitlab.system_hook_token",
+    "gitlab.signing_token",
+    "gitlab.token",
+    "broker.url",
+];
+
+/// Which file to read: `--config`, else `$AGENTCTL_CONFIG`, else `./config.toml` if present,
+/// else the user config dir's `agentctl/config.toml` if present. `None` = defaults only.
+pub fn default_config_path(explicit: Option<&Path>, env: &Env) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = env.get("AGENTCTL_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let local = PathBuf::from("config.toml");
+    if local.exists() {
+        return Some(local);
+    }
+    user_config_path().filter(|p| p.exists())
+}
+
+/// `~/.config/agentctl/config.toml` on Linux; what `config init` writes without `--config`.
+pub fn user_config_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "agentctl").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// Loads and validates the config. `path` is the file to read (see [`default_config_path`]).
+pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+    let mut table = match path {
+        Some(path) => read_table(path)?,
+        None => Table::new(),
+    };
+    for name in table.keys() {
+        if !SECTIONS.contains(&name.as_str()) {
+            return Err(ConfigError::UnknownSection { name: name.clone() });
+        }
+    }
+    let defaults = Value::try_from(Config::default()).expect("the default config serializes");
+    let defaults = defaults.as_table().expect("config serializes as a table").clone();
+    let mut origins: BTreeMap<String, String> = BTreeMap::new();
+
+    let mut set = |table: &mut Table, section: &str, key: &str, raw: &str, origin: &str| {
+        let default = defaults[section].as_table().and_then(|t| t.get(key));
+        let Some(default) = default else {
+            return Err(ConfigError::UnknownKey {
+                key: format!("{section}.{key}"),
+                origin: format!(" (from environment variable {origin})"),
+            });
+        };
+        let value = env_value(raw, default).map_err(|message| ConfigError::Value {
+            key: format!("{section}.{key}"),
+            message: format!("{message} (from environment variable {origin})"),
+        })?;
+        section_mut(table, section).insert(key.to_string(), value);
+        origins.insert(format!("{section}.{key}"), origin.to_string());
+        Ok(())
+    };
+
+    for (var, section, key) in LEGACY_ENV {
+        if let Some(v) = env.get(*var) {
+            set(&mut table, section, key, v, var)?;
+        }
+    }
+    if !env.contains_key("AMQP_URL")
+        && let Some(url) = rabbitmq_url_from_parts(env)
+    {
+        set(&mut table, "broker", "url", &url, "RABBITMQ_HOST")?;
+    }
+    if let Some(addr) = listen_addr_from_parts(env, &table) {
+        set(&mut table, "listen", "addr", &addr, "WEBHOOK_SERVER_HOST/PORT")?;
+    }
+    for (var, v) in env {
+        let Some(rest) = var.strip_prefix("AGENTCTL_") else { continue };
+        for section in SECTIONS {
+            let prefix = format!("{}_", section.to_ascii_uppercase());
+            if let Some(key) = rest.strip_prefix(&prefix) {
+                set(&mut table, section, &key.to_ascii_lowercase(), v, var)?;
+            }
+        }
+    }
+
+    let config = deserialize(table, &defaults, &origins)?;
+    config.validate().map_err(|e| match e {
+        ConfigError::Value { key, message } => {
+            let message = match origins.get(&key) {
+                Some(o) => format!("{message} (from environment variable {o})"),
+                None => message,
+            };
+            ConfigError::Value { key, message }
+        }
+        other => other,
+    })?;
+    Ok(config)
+}
+
+fn read_table(path: &Path) -> Result<Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    text.parse::<Table>()
+        .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+}
+
+fn section_mut<'a>(table: &'a mut Table, section: &str) -> &'a mut Table {
+    table
+        .entry(section.to_string())
+        .or_insert_with(|| Value::Table(Table::new()))
+        .as_table_mut()
+        .expect("sections were checked to be tables")
+}
+
+/// Converts an environment string to the type the key's default has. A value starting with `[`
+/// is read as a TOML array; a list key also takes `a,b,c`.
+fn env_value(raw: &str, default: &Value) -> Result<Value, String> {
+    let trimmed = raw.trim();
+    if trimmed.starts_with('[') {
+        let parsed: Table = format!("v = {trimmed}")
+            .parse()
+            .map_err(|e| format!("'{trimmed}' is not a TOML array: {e}"))?;
+        return Ok(parsed["v"].clone());
+    }
+    Ok(match default {
+        Value::Integer(_) => Value::Integer(
+            trimmed.parse().map_err(|_| format!("'{trimmed}' is not a whole number"))?,
+        ),
+        Value::Boolean(_) => Value::Boolean(
+            trimmed.parse().map_err(|_| format!("'{trimmed}' is not true or false"))?,
+        ),
+        Value::Array(_) => Value::Array(
+            trimmed
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<i64>().map(Value::Integer).unwrap_or(Value::String(s.into())))
+                .collect(),
+        ),
+        _ => Value::String(raw.to_string()),
+    })
+}
+
+fn rabbitmq_url_from_parts(env: &Env) -> Option<String> {
+    let host = env.get("RABBITMQ_HOST")?;
+    let port = env.get("RABBITMQ_PORT").map(String::as_str).unwrap_or("5672");
+    let user = env.get("RABBITMQ_USER").map(String::as_str).unwrap_or("guest");
+    let pass = env.get("RABBITMQ_PASSWORD").map(String::as_str).unwrap_or("guest");
+    Some(format!("amqp://{user}:{pass}@{host}:{port}/%2f"))
+}
+
+fn listen_addr_from_parts(env: &Env, table: &Table) -> Option<String> {
+    let host = env.get("WEBHOOK_SERVER_HOST");
+    let port = env.get("WEBHOOK_SERVER_PORT");
+    if host.is_none() && port.is_none() {
+        return None;
+    }
+    let current = table
+        .get("listen")
+        .and_then(|l| l.get("addr"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| super::Listen::default().addr);
+    let (cur_host, cur_port) = current.rsplit_once(':').unwrap_or((current.as_str(), "8000"));
+    let host = host.map(String::as_str).unwrap_or(cur_host);
+    let port = port.map(String::as_str).unwrap_or(cur_port);
+    Some(if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// Deserializes section by section so an error can name the section and key.
+fn deserialize(
+    table: Table,
+    defaults: &Table,
+    origins: &BTreeMap<String, String>,
+) -> Result<Config, ConfigError> {
+    for (section, value) in &table {
+        let Some(values) = value.as_table() else {
+            return Err(ConfigError::Value {
+                key: section.clone(),
+                message: "must be a [section] table".into(),
+            });
+        };
+        let known = defaults[section].as_table().expect("sections are tables");
+        for key in values.keys() {
+            if !known.contains_key(key) {
+                return Err(ConfigError::UnknownKey {
+                    key: format!("{section}.{key}"),
+                    origin: format!(" (known keys: {})", known.keys().cloned().collect::<Vec<_>>().join(", ")),
+                });
+            }
+        }
+        // Find the first key whose value does not fit its type.
+        for (key, v) in values {
+            let mut probe = known.clone();
+            probe.insert(key.clone(), v.clone());
+            let mut whole = defaults.clone();
+            whole.insert(section.clone(), Value::Table(probe));
+            if let Err(e) = Value::Table(whole).try_into::<Config>() {
+                let full = format!("{section}.{key}");
+                let origin = origins
+                    .get(&full)
+                    .map(|o| format!(" (from environment variable {o})"))
+                    .unwrap_or_default();
+                // A secret's value must not reach an error message.
+                let message = if SECRET_KEYS.contains(&full.as_str()) {
+                    "must be a string (the value is not shown)".to_string()
+                } else {
+                    clean(&e)
+                };
+                return Err(ConfigError::Value { key: full, message: format!("{message}{origin}") });
+            }
+        }
+    }
+    let mut whole = defaults.clone();
+    for (section, value) in table {
+        let mut merged = defaults[&section].as_table().expect("sections are tables").clone();
+        merged.extend(value.as_table().expect("checked above").clone());
+        whole.insert(section, Value::Table(merged));
+    }
+    Value::Table(whole)
+        .try_into::<Config>()
+        .map_err(|e| ConfigError::Value { key: "config".into(), message: clean(&e) })
+}
+
+fn clean(e: &toml::de::Error) -> String {
+    e.message().trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn file_then_legacy_env_then_agentctl_env() {
+        let f = file("[github]\nwebhook_secret = \"from-file\"\n[listen]\naddr = \"0.0.0.0:9000\"\n");
+        let c = load(Some(f.path()), &env(&[])).unwrap();
+        assert_eq!(c.github.webhook_secret.expose(), "from-file");
+        assert_eq!(c.listen.addr, "0.0.0.0:9000");
+
+        let c = load(Some(f.path()), &env(&[("GITHUB_WEBHOOK_SECRET", "legacy")])).unwrap();
+        assert_eq!(c.github.webhook_secret.expose(), "legacy");
+
+        let e = env(&[("GITHUB_WEBHOOK_SECRET", "legacy"), ("AGENTCTL_GITHUB_WEBHOOK_SECRET", "new")]);
+        let c = load(Some(f.path()), &e).unwrap();
+        assert_eq!(c.github.webhook_secret.expose(), "new");
+    }
+
+    #[test]
+    fn env_values_take_the_keys_type() {
+        let e = env(&[
+            ("AGENTCTL_LISTEN_MAX_BODY_BYTES", "1024"),
+            ("AGENTCTL_FILTER_LABELS", "coding agent, ai"),
+            ("AGENTCTL_WORKER_BACKOFF_SECS", "[1, 2]"),
+            ("AGENTCTL_WORKER_COMMAND", "[\"echo\", \"hi\"]"),
+            ("AGENTCTL_GITHUB_WEBHOOK_SECRET", "12345"),
+            ("AGENTCTL_STORAGE_SYNC", "full"),
+        ]);
+        let c = load(None, &e).unwrap();
+        assert_eq!(c.listen.max_body_bytes, 1024);
+        assert_eq!(c.filter.labels, vec!["coding agent", "ai"]);
+        assert_eq!(c.worker.backoff_secs, vec![1, 2]);
+        assert_eq!(c.worker.command, super::super::Command::Argv(vec!["echo".into(), "hi".into()]));
+        assert_eq!(c.github.webhook_secret.expose(), "12345");
+        assert_eq!(c.storage.sync, super::super::SyncMode::Full);
+    }
+
+    #[test]
+    fn original_design_names() {
+        let e = env(&[
+            ("RABBITMQ_HOST", "rabbit"),
+            ("RABBITMQ_PASSWORD", "pw"),
+            ("RABBITMQ_QUEUE", "q"),
+            ("WEBHOOK_SERVER_HOST", "0.0.0.0"),
+            ("WEBHOOK_SERVER_PORT", "8080"),
+            ("TASK_SOURCE", "gitlab"),
+        ]);
+        let c = load(None, &e).unwrap();
+        assert_eq!(c.broker.url, "amqp://guest:pw@rabbit:5672/%2f");
+        assert_eq!(c.broker.queue, "q");
+        assert_eq!(c.listen.addr, "0.0.0.0:8080");
+        assert_eq!(c.poll.source, "gitlab");
+        let c = load(None, &env(&[("AMQP_URL", "amqp://a:b@h/%2f"), ("RABBITMQ_HOST", "x")])).unwrap();
+        assert_eq!(c.broker.url, "amqp://a:b@h/%2f");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = file("[listen]\nadr = \"x\"\n");
+        let err = load(Some(f.path()), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("listen.adr"), "{err}");
+
+        let f = file("[listen]\nmax_body_bytes = \"lots\"\n");
+        let err = load(Some(f.path()), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("listen.max_body_bytes"), "{err}");
+
+        let f = file("[lisen]\n");
+        let err = load(Some(f.path()), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("[lisen]"), "{err}");
+
+        let err = load(None, &env(&[("AGENTCTL_WORKER_CONCURRENCY", "many")])).unwrap_err().to_string();
+        assert!(err.contains("worker.concurrency") && err.contains("AGENTCTL_WORKER_CONCURRENCY"), "{err}");
+
+        let err = load(None, &env(&[("AGENTCTL_LISTEN_ADDR", "nowhere")])).unwrap_err().to_string();
+        assert!(err.contains("listen.addr") && err.contains("AGENTCTL_LISTEN_ADDR"), "{err}");
+
+        let err = load(None, &env(&[("AGENTCTL_BROKER_URL", "http://x")])).unwrap_err().to_string();
+        assert!(err.contains("broker.url"), "{err}");
+
+        let f = file("[storage]\nsync = \"sometimes\"\n");
+        let err = load(Some(f.path()), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("storage.sync"), "{err}");
+
+        let f = file("not toml [");
+        let err = load(Some(f.path()), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn bad_secret_values_are_never_echoed() {
+        let f = file("[github]\nwebhook_secret = 42\n");
+        let err = load(Some(f.path()), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("github.webhook_secret") && !err.contains("42"), "{err}");
+    }
+}

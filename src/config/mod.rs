@@ -1,0 +1,357 @@
+//! Typed configuration: the `config.toml` sections of the interface contract, their defaults,
+//! and validation. Loading (file + environment layering) lives in `load`, secret handling in
+//! `secret`, the generated starter file in `init`.
+
+mod init;
+pub mod load;
+mod secret;
+mod secrets_file;
+
+pub use init::{init_config, render_template};
+pub use load::{ConfigError, Env, default_config_path, load};
+pub use secret::{MASK, Secret};
+pub use secrets_file::{GeneratedSecrets, ensure_route_secrets};
+
+use serde::{Deserialize, Serialize, Serializer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: Listen,
+    pub github: GitHub,
+    pub gitlab: GitLab,
+    pub filter: Filter,
+    pub labels: Labels,
+    pub broker: Broker,
+    pub worker: Worker,
+    pub poll: Poll,
+    pub storage: Storage,
+    pub ui: Ui,
+}
+
+/// The section names, in file order; env layering and error messages use them.
+pub const SECTIONS: &[&str] = &[
+    "listen", "github", "gitlab", "filter", "labels", "broker", "worker", "poll", "storage", "ui",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub addr: String,
+    /// Largest accepted body; GitHub caps payloads at 25 MiB.
+    pub max_body_bytes: u64,
+    /// Connections held open at once; further ones wait in the kernel's accept backlog.
+    pub max_connections: u32,
+    /// How long a client may take to send the request headers.
+    pub header_timeout_secs: u64,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            addr: "127.0.0.1:8000".into(),
+            max_body_bytes: 25 * 1024 * 1024,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+        }
+    }
+}
+
+impl Listen {
+    pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.addr.parse().map_err(|e| ConfigError::Value {
+            key: "listen.addr".into(),
+            message: format!("'{}' is not a socket address like 127.0.0.1:8000 ({e})", self.addr),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitHub {
+    pub webhook_secret: Secret,
+    pub token: Secret,
+    pub api_url: String,
+}
+
+impl Default for GitHub {
+    fn default() -> Self {
+        GitHub {
+            webhook_secret: Secret::default(),
+            token: Secret::default(),
+            api_url: "https://api.github.com".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitLab {
+    pub webhook_token: Secret,
+    pub system_hook_token: Secret,
+    /// Standard Webhooks signing token (`whsec_…`); when set, signatures are required too.
+    pub signing_token: Secret,
+    pub token: Secret,
+    pub api_url: String,
+}
+
+impl Default for GitLab {
+    fn default() -> Self {
+        GitLab {
+            webhook_token: Secret::default(),
+            system_hook_token: Secret::default(),
+            signing_token: Secret::default(),
+            token: Secret::default(),
+            api_url: "https://gitlab.com/api/v4".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Filter {
+    pub labels: Vec<String>,
+    /// Allow-list of `owner/name` (GitHub) or `path_with_namespace` (GitLab); empty = all.
+    pub repos: Vec<String>,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter { labels: vec!["coding agent".into()], repos: vec![] }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Labels {
+    pub processing: String,
+    pub done: String,
+    pub failed: String,
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Labels {
+            processing: "agent processing".into(),
+            done: "agent done".into(),
+            failed: "agent failed".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Broker {
+    /// `amqp://user:pass@host:5672/%2f`; empty = the embedded queue in the journal.
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub url: String,
+    pub queue: String,
+    pub prefetch: u16,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker { url: String::new(), queue: "coding_agent_tasks".into(), prefetch: 0 }
+    }
+}
+
+impl Broker {
+    pub fn is_embedded(&self) -> bool {
+        self.url.trim().is_empty()
+    }
+
+    /// What to show a person: the URL with its password masked, or "embedded".
+    pub fn display(&self) -> String {
+        if self.is_embedded() { "embedded".into() } else { redact_url(&self.url) }
+    }
+}
+
+/// `amqp://user:secret@host/` → `amqp://user:<redacted>@host/`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:{MASK}{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+fn serialize_redacted_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// The handler command: an argv array, or a string run by `sh -c`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Command {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl Default for Command {
+    fn default() -> Self {
+        Command::Shell(String::new())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Worker {
+    pub command: Command,
+    pub concurrency: u16,
+    pub timeout_secs: u64,
+    pub max_attempts: u32,
+    pub backoff_secs: Vec<u64>,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker {
+            command: Command::default(),
+            concurrency: 1,
+            timeout_secs: 3600,
+            max_attempts: 3,
+            backoff_secs: vec![10, 60, 300],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Poll {
+    pub source: String,
+    pub interval_secs: u64,
+    pub repos: Vec<String>,
+}
+
+impl Default for Poll {
+    fn default() -> Self {
+        Poll { source: "github".into(), interval_secs: 300, repos: vec![] }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Survives the process being killed (WAL, synchronous=NORMAL).
+    #[default]
+    Normal,
+    /// Survives power loss (WAL, synchronous=FULL: one fsync per group commit).
+    Full,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Empty = the platform's data dir (e.g. `~/.local/share/agentctl`).
+    pub data_dir: String,
+    pub retention_days: u32,
+    pub sync: SyncMode,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { data_dir: String::new(), retention_days: 30, sync: SyncMode::Normal }
+    }
+}
+
+impl Storage {
+    pub fn data_dir(&self) -> PathBuf {
+        if !self.data_dir.is_empty() {
+            return PathBuf::from(&self.data_dir);
+        }
+        directories::ProjectDirs::from("", "", "agentctl")
+            .map(|d| d.data_dir().to_path_buf())
+            .unwrap_or_else(|| PathBuf::from(".agentctl"))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ui {
+    pub history_deliveries: usize,
+    pub history_jobs: usize,
+}
+
+impl Default for Ui {
+    fn default() -> Self {
+        Ui { history_deliveries: 10_000, history_jobs: 2_000 }
+    }
+}
+
+impl Config {
+    /// Checks values that parse but make no sense; every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Value { key: key.into(), message: message.into() })
+        };
+        self.listen.socket_addr()?;
+        if self.listen.max_body_bytes == 0 {
+            return bad("listen.max_body_bytes", "must be greater than 0");
+        }
+        if self.listen.max_connections == 0 {
+            return bad("listen.max_connections", "must be greater than 0");
+        }
+        if self.filter.labels.iter().all(|l| l.trim().is_empty()) {
+            return bad("filter.labels", "needs at least one label, e.g. [\"coding agent\"]");
+        }
+        if !self.broker.is_embedded()
+            && !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://"))
+        {
+            return bad("broker.url", "must start with amqp:// or amqps://, or be empty for the embedded queue");
+        }
+        if self.broker.queue.trim().is_empty() {
+            return bad("broker.queue", "must not be empty");
+        }
+        if self.worker.concurrency == 0 {
+            return bad("worker.concurrency", "must be at least 1");
+        }
+        if self.worker.max_attempts == 0 {
+            return bad("worker.max_attempts", "must be at least 1");
+        }
+        if self.worker.timeout_secs == 0 {
+            return bad("worker.timeout_secs", "must be greater than 0");
+        }
+        if !matches!(self.poll.source.as_str(), "github" | "gitlab") {
+            return bad("poll.source", "must be \"github\" or \"gitlab\"");
+        }
+        if self.poll.interval_secs == 0 {
+            return bad("poll.interval_secs", "must be greater than 0");
+        }
+        Ok(())
+    }
+
+    /// The prefetch the consumer asks for: `broker.prefetch`, else `worker.concurrency`.
+    pub fn prefetch(&self) -> u16 {
+        if self.broker.prefetch == 0 { self.worker.concurrency } else { self.broker.prefetch }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_only_the_password() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            format!("amqp://guest:{MASK}@127.0.0.1:5672/%2f")
+        );
+        assert_eq!(redact_url("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
+        assert_eq!(redact_url("amqp://u:p@ss@host/"), format!("amqp://u:{MASK}@host/"));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+}

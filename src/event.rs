@@ -1,0 +1,86 @@
+//! The one language every part speaks: `Event`s are facts from the pipeline (a delivery arrived,
+//! was rejected or decided on, a task was queued or published, the broker came and went). The
+//! bus is a tokio broadcast channel: senders never block, and a reader that falls behind is told
+//! how many events it missed (the policy is drop-and-count, never back-pressure on ingest).
+
+use crate::task::Source;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Queued,
+    Ignored,
+    Duplicate,
+    Pong,
+    Rejected,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Queued => "queued",
+            Verdict::Ignored => "ignored",
+            Verdict::Duplicate => "duplicate",
+            Verdict::Pong => "pong",
+            Verdict::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    ListenerStarted { addr: String },
+    /// A delivery passed verification and was parsed.
+    DeliveryReceived { source: Source, event: String, action: Option<String> },
+    /// A delivery was refused (bad signature, malformed, too large) with its HTTP status.
+    DeliveryRejected { route: &'static str, status: u16, reason: String },
+    /// A verified delivery was decided on and journaled.
+    DeliveryDecided {
+        journal_id: i64,
+        source: Source,
+        event: String,
+        action: Option<String>,
+        item: Option<String>,
+        verdict: Verdict,
+        reason: Arc<str>,
+        label: Option<String>,
+        task_id: Option<String>,
+        replay_of: Option<i64>,
+    },
+    /// The journal could not take a delivery (disk full, not writable): answered 503.
+    JournalFailed { error: String },
+    /// Outbox rows confirmed by the broker.
+    Published { count: usize, backlog: u64 },
+    PublishFailed { error: String, backlog: u64 },
+    BrokerUp { broker: String },
+    BrokerDown { broker: String, error: String },
+    ShuttingDown,
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Bus {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity);
+        Bus { tx }
+    }
+
+    /// Sends to every current reader; with no reader the event is simply dropped.
+    pub fn emit(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus::new(16_384)
+    }
+}

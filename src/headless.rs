@@ -1,0 +1,72 @@
+//! `--no-tui`: every event becomes a log line on stderr (through `tracing`, so `--log-format
+//! json` gives JSON lines). The wording of the delivery lines follows the original design, so
+//! existing log searches keep working: `Received GitHub webhook: event=issues, action=labeled`,
+//! `Label matched: coding agent`, `Task queued successfully`, `Ignoring …`.
+
+use crate::event::{Bus, Event, Verdict};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub async fn run(bus: Bus, shutdown: CancellationToken) {
+    let mut rx = bus.subscribe();
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = shutdown.cancelled() => {
+                // Print what is already queued, then stop.
+                while let Ok(e) = rx.try_recv() { log(&e); }
+                return;
+            }
+        };
+        match event {
+            Ok(e) => log(&e),
+            Err(RecvError::Lagged(n)) => warn!("log output fell behind; {n} events were not printed"),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+pub fn log(event: &Event) {
+    match event {
+        Event::ListenerStarted { addr } => info!("Listening for webhooks on http://{addr}"),
+        Event::DeliveryReceived { source, event, action } => info!(
+            "Received {} webhook: event={event}, action={}",
+            source.display_name(),
+            action.as_deref().unwrap_or("none")
+        ),
+        Event::DeliveryRejected { route, status, reason } => warn!("Rejected delivery to {route} ({status}): {reason}"),
+        Event::DeliveryDecided { journal_id, item, verdict, reason, label, task_id, replay_of, .. } => {
+            let item = item.as_deref().unwrap_or("-");
+            let replay = replay_of.map(|o| format!(" (replay of delivery {o})")).unwrap_or_default();
+            match verdict {
+                Verdict::Queued => {
+                    if let Some(label) = label {
+                        info!("Label matched: {label}");
+                    }
+                    info!(
+                        "Task queued successfully: task={} item={item} delivery={journal_id}{replay}",
+                        task_id.as_deref().unwrap_or("-")
+                    );
+                }
+                Verdict::Ignored => info!("Ignoring delivery {journal_id} ({item}): {reason}{replay}"),
+                Verdict::Duplicate => info!(
+                    "Duplicate delivery {journal_id} ({item}): already handled, task={}",
+                    task_id.as_deref().unwrap_or("none")
+                ),
+                Verdict::Pong => info!("Ping received: answered pong (delivery {journal_id})"),
+                Verdict::Rejected => warn!("Rejected delivery {journal_id}: {reason}"),
+            }
+        }
+        Event::JournalFailed { error: e } => error!("Journal write failed, answered 503: {e}"),
+        Event::Published { .. } => {}
+        Event::PublishFailed { error: e, backlog } => {
+            warn!("Publishing failed ({backlog} waiting for another try): {e}")
+        }
+        Event::BrokerUp { broker } => info!("Broker connected: {broker}"),
+        Event::BrokerDown { broker, error: e } => {
+            warn!("Broker unavailable: {broker}: {e}; deliveries are kept in the journal's outbox")
+        }
+        Event::ShuttingDown => info!("Shutting down: finishing in-flight requests"),
+    }
+}

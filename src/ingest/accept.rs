@@ -1,0 +1,324 @@
+//! One delivery, from bytes to a durable decision: verify → parse → filter → journal (with the
+//! task and its outbox row in the same commit) → an [`Answer`]. The listener calls this for each
+//! request and `deliveries replay` for a stored delivery. It emits an event at every stage.
+
+use super::filter::{self, Decision};
+use super::headers;
+use super::verify::{self, StandardHeaders, VerifyError};
+use super::{ParseError, Parsed, Route, github, gitlab};
+use crate::config::{Config, Filter, Secret};
+use crate::event::{Bus, Event, Verdict};
+use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps};
+use crate::task::{Kind, Task, new_task_id, now_rfc3339};
+use bytes::Bytes;
+use hyper::HeaderMap;
+use rusqlite::OptionalExtension;
+use serde_json::json;
+use std::sync::Arc;
+
+/// What the listener answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Queued { task_id: String },
+    Ignored { reason: String },
+    Duplicate { task_id: Option<String> },
+    Pong,
+    Unauthorized { reason: String },
+    BadRequest { reason: String },
+    TooLarge { limit: u64 },
+    NotFound,
+    MethodNotAllowed,
+    /// The delivery could not be made durable.
+    Unavailable { reason: String },
+}
+
+impl Answer {
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Queued { .. } => 202,
+            Answer::Ignored { .. } | Answer::Duplicate { .. } | Answer::Pong => 200,
+            Answer::Unauthorized { .. } => 401,
+            Answer::BadRequest { .. } => 400,
+            Answer::TooLarge { .. } => 413,
+            Answer::NotFound => 404,
+            Answer::MethodNotAllowed => 405,
+            Answer::Unavailable { .. } => 503,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Answer::Queued { task_id } => json!({"status": "queued", "task_id": task_id}),
+            Answer::Ignored { reason } => json!({"status": "ignored", "reason": reason}),
+            Answer::Duplicate { task_id } => json!({"status": "duplicate", "task_id": task_id}),
+            Answer::Pong => json!({"status": "pong"}),
+            Answer::Unauthorized { reason } => json!({"status": "unauthorized", "reason": reason}),
+            Answer::BadRequest { reason } => json!({"status": "bad_request", "reason": reason}),
+            Answer::TooLarge { limit } => {
+                json!({"status": "too_large", "reason": format!("body is larger than listen.max_body_bytes ({limit} bytes)")})
+            }
+            Answer::NotFound => json!({"status": "not_found", "reason": "no such route; webhooks go to /webhook/github, /webhook/gitlab or /webhook/gitlab/system"}),
+            Answer::MethodNotAllowed => json!({"status": "method_not_allowed", "reason": "webhooks are POST requests"}),
+            Answer::Unavailable { reason } => json!({"status": "unavailable", "reason": reason}),
+        }
+    }
+}
+
+/// A request as the ingest pipeline sees it.
+pub struct Incoming {
+    pub route: Route,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Set for `deliveries replay`: the journal id of the original.
+    pub replay_of: Option<i64>,
+    /// For replays of GitLab deliveries: the stored fingerprint of the token presented then.
+    pub stored_token_fp: Option<String>,
+}
+
+struct Secrets {
+    github: Secret,
+    gitlab: Secret,
+    gitlab_system: Secret,
+    signing: Secret,
+}
+
+/// The ingest pipeline with its configuration.
+#[derive(Clone)]
+pub struct Ingest {
+    secrets: Arc<Secrets>,
+    filter: Arc<Filter>,
+    queue: Arc<str>,
+    journal: Journal,
+    bus: Bus,
+    caps: RejectedBodyCaps,
+    salt: Arc<[u8]>,
+}
+
+impl Ingest {
+    /// `config` must already carry the route secrets (see `config::ensure_route_secrets`).
+    pub async fn new(config: &Config, journal: Journal, bus: Bus) -> Result<Ingest, crate::store::StoreError> {
+        let salt = journal
+            .write(|c| {
+                let found: Option<Vec<u8>> =
+                    c.query_row("SELECT value FROM meta WHERE key = 'token_salt'", [], |r| r.get(0)).optional()?;
+                match found {
+                    Some(s) => Ok(s),
+                    None => {
+                        let s: [u8; 32] = rand::random();
+                        c.execute("INSERT INTO meta (key, value) VALUES ('token_salt', ?1)", [&s[..]])?;
+                        Ok(s.to_vec())
+                    }
+                }
+            })
+            .await?;
+        Ok(Ingest {
+            secrets: Arc::new(Secrets {
+                github: config.github.webhook_secret.clone(),
+                gitlab: config.gitlab.webhook_token.clone(),
+                gitlab_system: config.gitlab.system_hook_token.clone(),
+                signing: config.gitlab.signing_token.clone(),
+            }),
+            filter: Arc::new(config.filter.clone()),
+            queue: config.broker.queue.as_str().into(),
+            journal,
+            bus,
+            caps: RejectedBodyCaps::default(),
+            salt: salt.into(),
+        })
+    }
+
+    pub fn with_caps(mut self, caps: RejectedBodyCaps) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Runs one delivery through the pipeline.
+    pub async fn handle(&self, incoming: Incoming) -> Answer {
+        let token_fp = self.token_fingerprint(&incoming);
+        if let Err(e) = self.verify(&incoming, token_fp.as_deref()) {
+            let reason = e.to_string();
+            return self.reject(incoming, token_fp, e.code(), Answer::Unauthorized { reason }).await;
+        }
+        let parsed = match parse(&incoming) {
+            Ok(p) => p,
+            Err(ParseError(reason)) => {
+                return self.reject(incoming, token_fp, "ok", Answer::BadRequest { reason }).await;
+            }
+        };
+        self.bus.emit(Event::DeliveryReceived {
+            source: parsed.source,
+            event: parsed.event.clone(),
+            action: parsed.action.clone(),
+        });
+        let decision = filter::decide(&parsed, &self.filter);
+        self.record(incoming, token_fp, parsed, decision).await
+    }
+
+    fn token_fingerprint(&self, incoming: &Incoming) -> Option<String> {
+        match incoming.route {
+            Route::Github => None,
+            _ if incoming.replay_of.is_some() => incoming.stored_token_fp.clone(),
+            _ => headers::get(&incoming.headers, "x-gitlab-token").map(|t| verify::token_fingerprint(&self.salt, t)),
+        }
+    }
+
+    fn verify(&self, incoming: &Incoming, token_fp: Option<&str>) -> Result<(), VerifyError> {
+        let h = &incoming.headers;
+        let token = match incoming.route {
+            Route::Github => return verify::verify_github(self.secrets.github.expose(), headers::get(h, "x-hub-signature-256"), &incoming.body),
+            Route::Gitlab => &self.secrets.gitlab,
+            Route::GitlabSystem => &self.secrets.gitlab_system,
+        };
+        if incoming.replay_of.is_some() {
+            // The token itself was never stored: compare fingerprints with today's token.
+            if token.is_empty() {
+                return Err(VerifyError::NoSecret);
+            }
+            let fp = token_fp.ok_or(VerifyError::Missing("X-Gitlab-Token"))?;
+            let expected = verify::token_fingerprint(&self.salt, token.expose().as_bytes());
+            verify::verify_token(&expected, Some(fp.as_bytes()), "X-Gitlab-Token")?;
+        } else {
+            verify::verify_token(token.expose(), headers::get(h, "x-gitlab-token"), "X-Gitlab-Token")?;
+        }
+        if incoming.route == Route::Gitlab && !self.secrets.signing.is_empty() {
+            let std_headers = StandardHeaders {
+                id: headers::get(h, "webhook-id"),
+                timestamp: headers::get(h, "webhook-timestamp"),
+                signature: headers::get(h, "webhook-signature"),
+            };
+            let now = incoming.replay_of.is_none().then(|| crate::store::unix_now());
+            verify::verify_standard(self.secrets.signing.expose(), &std_headers, &incoming.body, now)?;
+        }
+        Ok(())
+    }
+
+    fn delivery(&self, incoming: &Incoming, token_fp: Option<String>, verification: &str, answer: &Answer) -> NewDelivery {
+        NewDelivery {
+            route: incoming.route.as_str(),
+            delivery_id: headers::delivery_id(incoming.route, &incoming.headers),
+            dedupe: false,
+            event: None,
+            action: None,
+            item: None,
+            received_at: now_rfc3339(),
+            headers_json: headers::to_json(&incoming.headers),
+            body: incoming.body.clone(),
+            body_size: incoming.body.len(),
+            token_fp,
+            verification: verification.to_string(),
+            verdict: "rejected",
+            reason: answer_reason(answer),
+            http_status: answer.status(),
+            replay_of: incoming.replay_of,
+            task: None,
+        }
+    }
+
+    /// Journals a refused delivery (size-capped) and answers with `answer`.
+    pub async fn reject(&self, incoming: Incoming, token_fp: Option<String>, verification: &str, answer: Answer) -> Answer {
+        let record = self.delivery(&incoming, token_fp, verification, &answer);
+        let reason = record.reason.clone();
+        let caps = self.caps;
+        if let Err(e) = self.journal.write(move |c| record.insert(c, caps)).await {
+            tracing::warn!("could not journal a rejected delivery: {e}");
+        }
+        self.bus.emit(Event::DeliveryRejected { route: incoming.route.path(), status: answer.status(), reason });
+        answer
+    }
+
+    async fn record(&self, incoming: Incoming, token_fp: Option<String>, parsed: Parsed, decision: Decision) -> Answer {
+        let (verdict, reason, label) = match &decision {
+            Decision::Task { label } => (Verdict::Queued, format!("label '{label}' matched"), Some(label.clone())),
+            Decision::Ignore { reason } => (Verdict::Ignored, reason.clone(), None),
+            Decision::Pong => (Verdict::Pong, "ping".to_string(), None),
+        };
+        let provisional = match &decision {
+            Decision::Task { .. } => Answer::Queued { task_id: String::new() },
+            Decision::Ignore { reason } => Answer::Ignored { reason: reason.clone() },
+            Decision::Pong => Answer::Pong,
+        };
+        let mut record = self.delivery(&incoming, token_fp, "ok", &provisional);
+        record.dedupe = incoming.replay_of.is_none();
+        record.event = Some(parsed.event.clone());
+        record.action = parsed.action.clone();
+        record.item = parsed.item.as_ref().map(item_ref);
+        record.verdict = verdict.as_str();
+        record.reason = reason.clone();
+        if let (Some(label), Some(item)) = (&label, &parsed.item) {
+            let task = Task::new(item, new_task_id(), label, record.delivery_id.clone(), record.received_at.clone());
+            record.task = Some(NewTask {
+                id: task.id.clone(),
+                source: item.source.as_str(),
+                kind: item.kind.as_str(),
+                repo: item.repo_full_name.clone(),
+                number: item.number,
+                queue: self.queue.to_string(),
+                payload: task.to_json(),
+            });
+        }
+        let caps = self.caps;
+        let has_task = record.task.is_some();
+        let item = record.item.clone();
+        let recorded = match self.journal.write(move |c| record.insert(c, caps)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.bus.emit(Event::JournalFailed { error: e.to_string() });
+                return Answer::Unavailable { reason: format!("the delivery could not be stored: {e}") };
+            }
+        };
+        let (journal_id, verdict, task_id, answer) = match recorded {
+            Recorded::Stored { journal_id, task_id } => {
+                if has_task {
+                    self.journal.notify_outbox();
+                }
+                let answer = match (&provisional, &task_id) {
+                    (Answer::Queued { .. }, Some(id)) => Answer::Queued { task_id: id.clone() },
+                    _ => provisional,
+                };
+                (journal_id, verdict, task_id, answer)
+            }
+            Recorded::Duplicate { journal_id, task_id, .. } => {
+                (journal_id, Verdict::Duplicate, task_id.clone(), Answer::Duplicate { task_id })
+            }
+        };
+        self.bus.emit(Event::DeliveryDecided {
+            journal_id,
+            source: parsed.source,
+            event: parsed.event,
+            action: parsed.action,
+            item,
+            verdict,
+            reason: reason.into(),
+            label,
+            task_id,
+            replay_of: incoming.replay_of,
+        });
+        answer
+    }
+}
+
+fn parse(incoming: &Incoming) -> Result<Parsed, ParseError> {
+    match incoming.route {
+        Route::Github => {
+            let event = headers::get_str(&incoming.headers, "x-github-event")
+                .ok_or_else(|| ParseError("missing X-GitHub-Event header".into()))?;
+            github::parse(event, headers::get_str(&incoming.headers, "content-type"), &incoming.body)
+        }
+        Route::Gitlab => gitlab::parse(&incoming.body, false),
+        Route::GitlabSystem => gitlab::parse(&incoming.body, true),
+    }
+}
+
+/// `octo/hello#7` for issues and pull requests, `group/project!3` for merge requests.
+pub fn item_ref(item: &crate::task::Item) -> String {
+    let sep = if item.kind == Kind::MergeRequest { '!' } else { '#' };
+    format!("{}{sep}{}", item.repo_full_name, item.number)
+}
+
+fn answer_reason(answer: &Answer) -> String {
+    answer.to_json()["reason"].as_str().unwrap_or_default().to_string()
+}

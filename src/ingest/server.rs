@@ -1,0 +1,156 @@
+//! The webhook listener (hyper 1, HTTP/1.1): routes, body limit, header-read timeout, a cap on
+//! open connections, keep-alive, and graceful shutdown that lets in-flight requests finish.
+//! `run(listener, …, shutdown)` takes a bound listener so tests can bind `127.0.0.1:0`.
+//!
+//! Each delivery is handled in its own spawned task: hyper drops a request's future when the
+//! client disconnects, and the durable part of a delivery must finish regardless.
+
+use super::Route;
+use super::accept::{Answer, Incoming, Ingest};
+use crate::event::{Bus, Event};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming as Body;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for in-flight requests.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_config(c: &crate::config::Listen) -> Self {
+        Limits {
+            max_body_bytes: c.max_body_bytes,
+            max_connections: c.max_connections as usize,
+            header_timeout: Duration::from_secs(c.header_timeout_secs),
+        }
+    }
+}
+
+pub async fn run(
+    listener: TcpListener,
+    ingest: Ingest,
+    limits: Limits,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    bus.emit(Event::ListenerStarted { addr: listener.local_addr()?.to_string() });
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ingest = ingest.clone();
+        let svc = service_fn(move |req| serve(req, ingest.clone(), limits));
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections were still open {} s after shutdown began", DRAIN.as_secs());
+    }
+    Ok(())
+}
+
+fn respond(answer: &Answer) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&answer.to_json()).expect("JSON serializes");
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = StatusCode::from_u16(answer.status()).expect("answers use valid statuses");
+    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    res
+}
+
+async fn serve(req: Request<Body>, ingest: Ingest, limits: Limits) -> Result<Response<Full<Bytes>>, Infallible> {
+    let route = match req.uri().path() {
+        "/health" => {
+            return Ok(if matches!(*req.method(), Method::GET | Method::HEAD) {
+                let mut res = Response::new(Full::new(Bytes::from_static(br#"{"status":"healthy"}"#)));
+                res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                res
+            } else {
+                respond(&Answer::MethodNotAllowed)
+            });
+        }
+        "/webhook/github" => Route::Github,
+        "/webhook/gitlab" => Route::Gitlab,
+        "/webhook/gitlab/system" => Route::GitlabSystem,
+        _ => return Ok(respond(&Answer::NotFound)),
+    };
+    if req.method() != Method::POST {
+        return Ok(respond(&Answer::MethodNotAllowed));
+    }
+    let (parts, body) = req.into_parts();
+    let too_large = || Answer::TooLarge { limit: limits.max_body_bytes };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        Err(too_large())
+    } else {
+        match Limited::new(body, limits.max_body_bytes as usize).collect().await {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+            Err(e) => Err(Answer::BadRequest { reason: format!("could not read the body: {e}") }),
+        }
+    };
+    let incoming = Incoming {
+        route,
+        headers: parts.headers,
+        body: body.as_ref().cloned().unwrap_or_default(),
+        replay_of: None,
+        stored_token_fp: None,
+    };
+    let task = tokio::spawn(async move {
+        match body {
+            Ok(_) => ingest.handle(incoming).await,
+            Err(answer) => ingest.reject(incoming, None, "not_checked", answer).await,
+        }
+    });
+    let answer = task
+        .await
+        .unwrap_or_else(|e| Answer::Unavailable { reason: format!("the delivery handler failed: {e}") });
+    let mut res = respond(&answer);
+    if answer.status() == 413 {
+        // The rest of the body was not read; the connection cannot be reused.
+        res.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    Ok(res)
+}

@@ -1,0 +1,15 @@
+//! agentctl: the operations console for label-triggered coding agents. See DESIGN.md for the
+//! flow (listener → verify → filter → journal + outbox → broker → worker) and README.md for use.
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod event;
+pub mod headless;
+pub mod ingest;
+pub mod ops;
+pub mod send;
+pub mod store;
+pub mod task;

@@ -1,0 +1,22 @@
+//! The `agentctl` binary: parse the command line, set up logging, run the command.
+
+use agentctl::cli::Cli;
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = agentctl::commands::load_dotenv() {
+        eprintln!("agentctl: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    agentctl::commands::init_tracing(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+    match runtime.block_on(agentctl::commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The journal: one SQLite file (WAL) holding every delivery, the tasks they created, the outbox
+//! of messages still to publish, and — for the embedded broker — the queue itself.
+//!
+//! All writes go through one writer thread ([`Journal`]) that commits in small batches: a request
+//! waits for the commit that carries its row, and one commit (one fsync with `sync = "full"`)
+//! serves every request that arrived while the previous one was being written. Reads open their
+//! own connections; WAL lets them run beside the writer.
+
+mod deliveries;
+mod outbox;
+pub mod retention;
+mod schema;
+mod writer;
+
+pub use deliveries::{
+    DeliveryRow, DeliverySummary, NewDelivery, NewTask, Recorded, RejectedBodyCaps, list_deliveries,
+    load_delivery,
+};
+pub use outbox::{OutboxRow, mark_published, pending_outbox, pending_outbox_count};
+pub use writer::Journal;
+
+use crate::config::SyncMode;
+use std::path::Path;
+
+pub const JOURNAL_FILE: &str = "journal.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the journal is full: the disk (or its quota) has no room left; free space and retry")]
+    Full,
+    #[error("the journal is not writable: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the journal could not commit: {0}")]
+    Batch(String),
+    #[error("the journal writer has stopped")]
+    Closed,
+}
+
+impl StoreError {
+    fn classify(e: rusqlite::Error) -> StoreError {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full,
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+/// Opens a connection with the journal's settings, creating and migrating the schema.
+pub fn connect(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        })?;
+    }
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            SyncMode::Normal => "NORMAL",
+            SyncMode::Full => "FULL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    schema::migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Milliseconds since the epoch.
+pub fn unix_now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}

@@ -1,0 +1,43 @@
+//! Outbox rows: messages whose delivery is on disk but which the broker has not confirmed yet.
+
+use super::unix_now;
+use rusqlite::{Connection, params_from_iter};
+
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub task_id: String,
+    pub queue: String,
+    pub payload: Vec<u8>,
+}
+
+/// Unpublished rows with an id above `after`, oldest first.
+pub fn pending_outbox(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+    c.prepare_cached(
+        "SELECT id, task_id, queue, payload FROM outbox
+         WHERE published_unix IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
+    )?
+    .query_map((after, limit as i64), |r| {
+        Ok(OutboxRow { id: r.get(0)?, task_id: r.get(1)?, queue: r.get(2)?, payload: r.get(3)? })
+    })?
+    .collect()
+}
+
+pub fn pending_outbox_count(c: &Connection) -> rusqlite::Result<u64> {
+    c.prepare_cached("SELECT COUNT(*) FROM outbox WHERE published_unix IS NULL")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+}
+
+/// Marks rows as confirmed by the broker; call inside a journal write.
+pub fn mark_published(c: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
+    for chunk in ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let sql = format!(
+            "UPDATE outbox SET published_unix = {} WHERE published_unix IS NULL AND id IN ({marks})",
+            unix_now()
+        );
+        c.execute(&sql, params_from_iter(chunk))?;
+    }
+    Ok(())
+}

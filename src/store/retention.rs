@@ -1,0 +1,70 @@
+//! Retention: deliveries older than `storage.retention_days` leave the journal, with their
+//! finished tasks and published outbox rows. Unpublished outbox rows are never removed.
+
+use super::{Journal, unix_now};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const EVERY: Duration = Duration::from_secs(3600);
+/// Rows deleted per transaction, so a large sweep does not hold up ingest.
+const CHUNK: i64 = 2000;
+
+pub async fn run(journal: Journal, days: u32, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if days == 0 {
+        return Ok(());
+    }
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match sweep(&journal, unix_now() - i64::from(days) * 86_400).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("Retention: removed {n} deliveries older than {days} days"),
+            Err(e) => tracing::warn!("Retention sweep failed: {e}"),
+        }
+    }
+}
+
+/// Removes deliveries received before `cutoff` (unix seconds); returns how many.
+pub async fn sweep(journal: &Journal, cutoff: i64) -> Result<usize, super::StoreError> {
+    let mut total = 0;
+    loop {
+        let n = journal
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM outbox WHERE published_unix IS NOT NULL AND task_id IN
+                       (SELECT task_id FROM deliveries WHERE received_unix < ?1 AND task_id IS NOT NULL)",
+                    [cutoff],
+                )?;
+                c.execute(
+                    "DELETE FROM tasks WHERE id IN (SELECT task_id FROM deliveries WHERE received_unix < ?1)
+                       AND id NOT IN (SELECT task_id FROM outbox)",
+                    [cutoff],
+                )?;
+                let n = c.execute(
+                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE received_unix < ?1
+                       AND (task_id IS NULL OR task_id NOT IN (SELECT task_id FROM outbox)) LIMIT ?2)",
+                    (cutoff, CHUNK),
+                )?;
+                // Recount what rejected rows hold, for the rejected-body cap.
+                c.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) SELECT 'rejected_body_bytes', COALESCE(SUM(LENGTH(body)), 0)
+                       FROM deliveries WHERE verdict = 'rejected'",
+                    [],
+                )?;
+                c.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) SELECT 'rejected_rows', COUNT(*)
+                       FROM deliveries WHERE verdict = 'rejected'",
+                    [],
+                )?;
+                Ok(n)
+            })
+            .await?;
+        total += n;
+        if (n as i64) < CHUNK {
+            return Ok(total);
+        }
+    }
+}

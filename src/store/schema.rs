@@ -1,0 +1,93 @@
+//! The journal's tables, created and upgraded by `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+-- Every delivery, verified or not. Tokens are never stored: `token_fp` is a salted digest of the
+-- presented GitLab token, so a replay can compare it with today's configured token.
+CREATE TABLE deliveries (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    route         TEXT NOT NULL,
+    delivery_id   TEXT,
+    dedupe_key    TEXT UNIQUE,
+    event         TEXT,
+    action        TEXT,
+    item          TEXT,
+    received_at   TEXT NOT NULL,
+    received_unix INTEGER NOT NULL,
+    headers       TEXT NOT NULL,
+    body          BLOB,
+    body_size     INTEGER NOT NULL,
+    body_stored   INTEGER NOT NULL,
+    token_fp      TEXT,
+    verification  TEXT NOT NULL,
+    verdict       TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    http_status   INTEGER NOT NULL,
+    task_id       TEXT,
+    replay_of     INTEGER
+);
+CREATE INDEX deliveries_received ON deliveries(received_unix);
+CREATE INDEX deliveries_verdict ON deliveries(verdict, id);
+CREATE INDEX deliveries_delivery_id ON deliveries(delivery_id);
+
+CREATE TABLE tasks (
+    id           TEXT PRIMARY KEY,
+    delivery     INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    repo         TEXT NOT NULL,
+    number       INTEGER NOT NULL,
+    payload      TEXT NOT NULL,
+    attempt      INTEGER NOT NULL DEFAULT 1,
+    reason       TEXT,
+    created_unix INTEGER NOT NULL,
+    updated_unix INTEGER NOT NULL
+);
+CREATE INDEX tasks_state ON tasks(state);
+CREATE INDEX tasks_item ON tasks(repo, number);
+
+-- Messages to publish. A row is written in the same transaction as its delivery and task, and
+-- marked published once the broker has confirmed it.
+CREATE TABLE outbox (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id        TEXT NOT NULL,
+    queue          TEXT NOT NULL,
+    payload        BLOB NOT NULL,
+    created_unix   INTEGER NOT NULL,
+    published_unix INTEGER
+);
+CREATE INDEX outbox_pending ON outbox(id) WHERE published_unix IS NULL;
+
+-- The embedded broker's queues.
+CREATE TABLE queue_messages (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue          TEXT NOT NULL,
+    message_id     TEXT,
+    body           BLOB NOT NULL,
+    visible_ms     INTEGER NOT NULL DEFAULT 0,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    lease_owner    TEXT,
+    lease_until_ms INTEGER
+);
+CREATE INDEX queue_ready ON queue_messages(queue, visible_ms, id);
+"#];
+
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let current = |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, usize>(0));
+    if current(conn)? >= MIGRATIONS.len() {
+        return Ok(());
+    }
+    // Another process may be migrating too: take the write lock, then look again.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current(&tx)?) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+    }
+    tx.commit()
+}

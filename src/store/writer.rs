@@ -1,0 +1,158 @@
+//! The journal's single writer: a thread that owns the write connection and commits jobs in
+//! batches (group commit). A job runs inside a savepoint, so one failing job does not undo the
+//! others in its batch; its caller hears back only after the batch's commit, so an answer of
+//! "stored" always means "on disk". The thread lives on even if the caller's future is dropped
+//! (hyper drops a request's future when the client disconnects): a job, once sent, completes.
+
+use super::{StoreError, connect};
+use crate::config::SyncMode;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Most jobs in one transaction.
+const MAX_BATCH: usize = 512;
+/// Jobs waiting for the writer; a full queue makes callers wait (back-pressure).
+const QUEUE_DEPTH: usize = 8192;
+
+type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A job runs against the connection, or — when its batch could not start — against `None`.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Done + Send>;
+
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Job>,
+    path: Arc<PathBuf>,
+    sync: SyncMode,
+    outbox: Arc<Notify>,
+}
+
+impl Journal {
+    /// Opens (creating and migrating) the journal at `path` and starts its writer thread. The
+    /// thread stops when every `Journal` clone is dropped.
+    pub fn open(path: &Path, sync: SyncMode) -> Result<Journal, StoreError> {
+        let conn = connect(path, sync)?;
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || run(conn, rx))
+            .expect("the journal writer thread starts");
+        Ok(Journal { tx, path: Arc::new(path.to_path_buf()), sync, outbox: Arc::new(Notify::new()) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new read connection to the same file.
+    pub fn reader(&self) -> Result<Connection, StoreError> {
+        connect(&self.path, self.sync)
+    }
+
+    /// Runs `f` in the writer's next batch and returns its result once that batch is committed.
+    pub async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, wait) = oneshot::channel();
+        let job: Job = Box::new(move |conn: Option<&Connection>| {
+            let result = match conn {
+                Some(conn) => in_savepoint(conn, f),
+                None => Err(StoreError::Closed),
+            };
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = reply.send(commit.and(result));
+            })
+        });
+        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Wakes the outbox publisher: new rows are waiting.
+    pub fn notify_outbox(&self) {
+        self.outbox.notify_one();
+    }
+
+    /// Resolves when [`Journal::notify_outbox`] is next called (or was called since the last wait).
+    pub async fn outbox_changed(&self) {
+        self.outbox.notified().await
+    }
+}
+
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+) -> Result<R, StoreError> {
+    conn.execute_batch("SAVEPOINT job").map_err(StoreError::classify)?;
+    match f(conn) {
+        Ok(r) => {
+            conn.execute_batch("RELEASE job").map_err(StoreError::classify)?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(StoreError::classify(e))
+        }
+    }
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::classify);
+        let dones: Vec<Done> = batch.into_iter().map(|job| job(begun.is_ok().then_some(&conn))).collect();
+        let committed = begun.and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::classify));
+        if committed.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for done in dones {
+            done(match &committed {
+                Ok(()) => Ok(()),
+                Err(StoreError::Full) => Err(StoreError::Full),
+                Err(e) => Err(StoreError::Batch(e.to_string())),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_commit_and_isolate_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
+        let mut handles = Vec::new();
+        for i in 0..200i64 {
+            let j = j.clone();
+            handles.push(tokio::spawn(async move {
+                j.write(move |c| {
+                    if i == 13 {
+                        c.execute("INSERT INTO nope VALUES (1)", [])?;
+                    }
+                    c.execute("INSERT INTO meta(key, value) VALUES (?1, ?2)", (format!("k{i}"), i))
+                })
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for h in handles {
+            if h.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 1);
+        let n: i64 = j.reader().unwrap().query_row("SELECT COUNT(*) FROM meta", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 199);
+    }
+}

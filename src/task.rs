@@ -1,0 +1,147 @@
+//! `Task`: what goes on the queue. Its JSON is a superset of the original design's task key
+//! (`type`, `owner`, `repo`, `number`, `uuid`, `user`, and for GitLab `project_id` with
+//! `issue_iid`/`mr_iid`), so a consumer written for that queue keeps working.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Github,
+    Gitlab,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Github => "github",
+            Source::Gitlab => "gitlab",
+        }
+    }
+
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Source::Github => "GitHub",
+            Source::Gitlab => "GitLab",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Issue,
+    PullRequest,
+    MergeRequest,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Issue => "issue",
+            Kind::PullRequest => "pull_request",
+            Kind::MergeRequest => "merge_request",
+        }
+    }
+}
+
+/// The queue message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// `github_issue`, `github_pull_request`, `gitlab_issue`, `gitlab_merge_request`.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    pub number: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_iid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mr_iid: Option<u64>,
+    /// The original design's name for the task id.
+    pub uuid: String,
+    /// The author of the issue or pull/merge request.
+    pub user: String,
+    pub id: String,
+    pub source: Source,
+    pub kind: Kind,
+    pub repo_full_name: String,
+    pub url: String,
+    pub title: String,
+    pub label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<String>,
+    pub received_at: String,
+    pub attempt: u32,
+}
+
+/// The forge item a task is about, as the ingest parsers normalize it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub source: Source,
+    pub kind: Kind,
+    /// GitHub `owner/name`, GitLab `path_with_namespace`.
+    pub repo_full_name: String,
+    /// GitHub issue/PR number, GitLab iid.
+    pub number: u64,
+    pub project_id: Option<u64>,
+    pub url: String,
+    pub title: String,
+    pub author: String,
+    /// Labels the item carries now.
+    pub labels: Vec<String>,
+}
+
+impl Task {
+    pub fn new(item: &Item, id: String, label: &str, delivery_id: Option<String>, received_at: String) -> Self {
+        let (owner, repo) = match item.source {
+            Source::Github => match item.repo_full_name.split_once('/') {
+                Some((o, r)) => (Some(o.to_string()), Some(r.to_string())),
+                None => (None, Some(item.repo_full_name.clone())),
+            },
+            Source::Gitlab => (None, None),
+        };
+        let gitlab = item.source == Source::Gitlab;
+        Task {
+            task_type: format!("{}_{}", item.source.as_str(), item.kind.as_str()),
+            owner,
+            repo,
+            number: item.number,
+            project_id: item.project_id,
+            issue_iid: (gitlab && item.kind == Kind::Issue).then_some(item.number),
+            mr_iid: (gitlab && item.kind == Kind::MergeRequest).then_some(item.number),
+            uuid: id.clone(),
+            user: item.author.clone(),
+            id,
+            source: item.source,
+            kind: item.kind,
+            repo_full_name: item.repo_full_name.clone(),
+            url: item.url.clone(),
+            title: item.title.clone(),
+            label: label.to_string(),
+            delivery_id,
+            received_at,
+            attempt: 1,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a task serializes")
+    }
+}
+
+/// A fresh, time-ordered task id.
+pub fn new_task_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Now, as RFC 3339 in UTC.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("the current time formats")
+}
