@@ -80,11 +80,14 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
 
     let mut result = Ok(());
     tokio::select! {
+        biased;
         _ = shutdown.cancelled() => {}
         Some(joined) = tasks.join_next() => {
-            // A part stopped on its own: that is an error; stop the rest.
+            // A part stopped on its own: unless we are shutting down, that is an error.
             result = joined.context("a task panicked").and_then(|r| r);
-            if result.is_ok() { result = Err(anyhow::anyhow!("a part of agentctl stopped unexpectedly")); }
+            if result.is_ok() && !shutdown.is_cancelled() {
+                result = Err(anyhow::anyhow!("a part of agentctl stopped unexpectedly"));
+            }
         }
     }
     bus.emit(Event::ShuttingDown);
