@@ -7,6 +7,7 @@
 use super::{StoreError, connect};
 use crate::config::SyncMode;
 use rusqlite::Connection;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -18,7 +19,8 @@ const QUEUE_DEPTH: usize = 8192;
 
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A job runs against the connection, or — when its batch could not start — against `None`.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Done + Send>;
+/// It sets the flag when it met a full disk (SQLite may then have rolled the batch back).
+type Job = Box<dyn FnOnce(Option<&Connection>, &Cell<bool>) -> Done + Send>;
 
 #[derive(Clone)]
 pub struct Journal {
@@ -57,11 +59,14 @@ impl Journal {
         R: Send + 'static,
     {
         let (reply, wait) = oneshot::channel();
-        let job: Job = Box::new(move |conn: Option<&Connection>| {
+        let job: Job = Box::new(move |conn: Option<&Connection>, full: &Cell<bool>| {
             let result = match conn {
                 Some(conn) => in_savepoint(conn, f),
                 None => Err(StoreError::Closed),
             };
+            if matches!(result, Err(StoreError::Full)) {
+                full.set(true);
+            }
             Box::new(move |commit: Result<(), StoreError>| {
                 let _ = reply.send(commit.and(result));
             })
@@ -85,6 +90,11 @@ fn in_savepoint<R>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
 ) -> Result<R, StoreError> {
+    if conn.is_autocommit() {
+        // SQLite rolled the batch back after an earlier job's error; running now would commit
+        // this job on its own while its caller is told the batch failed.
+        return Err(StoreError::Batch("an earlier write in the same batch failed".into()));
+    }
     conn.execute_batch("SAVEPOINT job").map_err(StoreError::classify)?;
     match f(conn) {
         Ok(r) => {
@@ -108,9 +118,16 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let full = Cell::new(false);
         let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::classify);
-        let dones: Vec<Done> = batch.into_iter().map(|job| job(begun.is_ok().then_some(&conn))).collect();
-        let committed = begun.and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::classify));
+        let dones: Vec<Done> = batch.into_iter().map(|job| job(begun.is_ok().then_some(&conn), &full)).collect();
+        let committed = begun.and_then(|()| {
+            if conn.is_autocommit() {
+                // An error (SQLITE_FULL, say) made SQLite roll the whole batch back.
+                return Err(if full.get() { StoreError::Full } else { StoreError::Batch("the batch was rolled back".into()) });
+            }
+            conn.execute_batch("COMMIT").map_err(StoreError::classify)
+        });
         if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }

@@ -1,0 +1,176 @@
+//! Bad conditions lose nothing: the broker going away and coming back, a full journal, a flood
+//! of unsigned deliveries, a stalled client.
+
+mod common;
+
+use agentctl::broker::embedded::EmbeddedBroker;
+use agentctl::config::SyncMode;
+use agentctl::event::Bus;
+use agentctl::ingest::accept::{Ingest, Incoming};
+use agentctl::ingest::server::{self, Limits};
+use agentctl::ingest::Route;
+use agentctl::store::{JOURNAL_FILE, Journal, RejectedBodyCaps};
+use common::{Backend, Harness, QueueReader, delete_queues, proxy::Proxy, test_config};
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_then_back_publishes_every_accepted_delivery() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let h = Harness::start(Backend::Rabbit, |c| c.broker.url = proxy.url()).await;
+    let mut accepted = HashSet::new();
+    let (status, a) = h.send("github:issues.labeled").await;
+    assert_eq!(status, 202);
+    accepted.insert(a["task_id"].as_str().unwrap().to_string());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    proxy.down();
+    for _ in 0..50 {
+        let (status, a) = h.send("gitlab:issue").await;
+        assert_eq!(status, 202, "deliveries are accepted while the broker is away: {a}");
+        accepted.insert(a["task_id"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        h.count("SELECT COUNT(*) FROM outbox WHERE published_unix IS NULL") >= 50,
+        "the journal holds what the broker could not take"
+    );
+    proxy.up();
+
+    // Read straight from RabbitMQ (not through the proxy).
+    let mut direct = h.config.clone();
+    direct.broker.url = common::amqp_url();
+    let mut q = QueueReader::new(&direct).await;
+    let mut seen = HashSet::new();
+    while seen.len() < accepted.len() {
+        let t = q.next(Duration::from_secs(30)).await.expect("every accepted task arrives after the broker returns");
+        seen.insert(t.id);
+    }
+    assert_eq!(seen, accepted);
+    let (config, _dir) = h.stop().await;
+    delete_queues(&direct).await;
+    drop(config);
+}
+
+/// The listener on a journal that cannot grow (SQLite's page limit stands in for a full disk:
+/// the write fails with SQLITE_FULL exactly as it would on a full filesystem).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_journal_answers_503_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(Backend::Embedded, dir.path());
+    let path = dir.path().join(JOURNAL_FILE);
+    let journal = Journal::open(&path, SyncMode::Normal).unwrap();
+    let ingest = Ingest::new(&config, journal.clone(), Bus::default()).await.unwrap();
+    let pages: i64 = journal.write(|c| c.query_row("PRAGMA page_count", [], |r| r.get(0))).await.unwrap();
+    journal.write(move |c| c.query_row(&format!("PRAGMA max_page_count = {}", pages + 2), [], |_| Ok(()))).await.unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let limits = Limits::from_config(&config.listen);
+    let server = tokio::spawn(server::run(listener, ingest, limits, Bus::default(), stop.clone()));
+    let sender = |c: &agentctl::config::Config| {
+        let s = agentctl::send::samples::sample("github:pull_request.labeled", "coding agent").unwrap();
+        agentctl::send::Sender::new(c, s, Some(&format!("http://{addr}"))).unwrap()
+    };
+    let mut saw_503 = false;
+    let mut accepted = 0;
+    for _ in 0..20 {
+        let (status, body) = sender(&config).send_one().await.unwrap();
+        match status {
+            202 => accepted += 1,
+            503 => {
+                assert!(body.contains("journal is full"), "{body}");
+                saw_503 = true;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(saw_503, "a full journal answers 503");
+    let tasks: i64 = journal.write(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))).await.unwrap();
+    assert_eq!(tasks, accepted, "every 202 has its outbox row; no 503 left one behind");
+
+    // Room again: deliveries are accepted again.
+    journal.write(|c| c.query_row("PRAGMA max_page_count = 1000000", [], |_| Ok(()))).await.unwrap();
+    let (status, _) = sender(&config).send_one().await.unwrap();
+    assert_eq!(status, 202);
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_flood_cannot_fill_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(Backend::Embedded, dir.path());
+    let journal = Journal::open(&dir.path().join(JOURNAL_FILE), SyncMode::Normal).unwrap();
+    let caps = RejectedBodyCaps { per_body: 1000, total: 10_000, max_rows: 50 };
+    let ingest = Ingest::new(&config, journal.clone(), Bus::default()).await.unwrap().with_caps(caps);
+    for i in 0..120 {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("x-github-event", "issues".parse().unwrap());
+        headers.insert("x-github-delivery", format!("flood-{i}").parse().unwrap());
+        let answer = ingest
+            .handle(Incoming { route: Route::Github, headers, body: vec![b'x'; 5000].into(), replay_of: None, stored_token_fp: None })
+            .await;
+        assert_eq!(answer.status(), 401);
+    }
+    let (rows, bytes, full): (i64, i64, i64) = journal
+        .write(|c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), COALESCE(SUM(body_stored), 0) FROM deliveries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+        })
+        .await
+        .unwrap();
+    assert!(rows <= 50, "rejected rows are capped: {rows}");
+    assert!(bytes <= 10_000, "rejected bodies are capped in total: {bytes}");
+    assert_eq!(full, 0, "bodies over the per-body cap are cut");
+    let meta: i64 = journal
+        .write(|c| c.query_row("SELECT value FROM meta WHERE key = 'rejected_rows'", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(meta, rows, "the running count matches the table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_sends_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Backend::Embedded, |c| c.listen.header_timeout_secs = 1).await;
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    stream.write_all(b"POST /webhook/github HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the listener closes a connection whose headers never finish");
+    // And it still serves others.
+    let (status, _) = h.send("github:issues.labeled").await;
+    assert_eq!(status, 202);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_queue_redelivers_what_a_dead_consumer_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join(JOURNAL_FILE), SyncMode::Normal).unwrap();
+    let broker = EmbeddedBroker::new(journal.clone(), agentctl::broker::Queues::new("q"));
+    use agentctl::broker::Broker;
+    broker.enqueue("q", "m1", b"{}".to_vec(), Duration::ZERO).await.unwrap();
+    let mut a = broker.consume("q", 1).await.unwrap();
+    let first = a.next().await.unwrap();
+    assert!(!first.redelivered);
+    first.nack(true).await.unwrap();
+    let again = a.next().await.unwrap();
+    assert!(again.redelivered, "a requeued message is marked redelivered");
+    // The consumer goes away without acking; its lease is expired by hand here (it would run
+    // out after a minute) and another consumer gets the message.
+    drop(again);
+    drop(a);
+    journal.write(|c| c.execute("UPDATE queue_messages SET lease_until_ms = 0", [])).await.unwrap();
+    let mut b = broker.consume("q", 1).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), b.next()).await.unwrap().unwrap();
+    got.ack().await.unwrap();
+    let depth = broker.depths().await.unwrap();
+    assert_eq!(depth[0].ready + depth[0].unacked, 0);
+}
