@@ -69,9 +69,11 @@ async fn serve(cli: &Cli, config: Config) -> anyhow::Result<()> {
     let bus = Bus::default();
     let shutdown = CancellationToken::new();
     app::cancel_on_signals(shutdown.clone());
-    let printer = tokio::spawn(headless::run(bus.clone(), shutdown.clone()));
-    let result = app::run(config, cli.mode, bus, shutdown.clone()).await;
-    shutdown.cancel();
+    // The printer outlives the service, so the shutdown lines are printed too.
+    let printer_stop = CancellationToken::new();
+    let printer = tokio::spawn(headless::run(bus.clone(), printer_stop.clone()));
+    let result = app::run(config, cli.mode, bus, shutdown).await;
+    printer_stop.cancel();
     let _ = printer.await;
     result
 }
