@@ -109,7 +109,10 @@ async fn deliveries_command(config: Config, cmd: &DeliveriesCommand) -> anyhow::
     match cmd {
         DeliveriesCommand::List { failed, limit } => {
             let rows = ops::list(&config, *failed, *limit)?;
-            println!("{:>7}  {:<20}  {:<13}  {:<28}  {:<24}  {:<9}  REASON", "ID", "RECEIVED", "ROUTE", "EVENT", "ITEM", "VERDICT");
+            println!(
+                "{:>7}  {:<20}  {:<13}  {:<28}  {:<24}  {:<9}  REASON",
+                "ID", "RECEIVED", "ROUTE", "EVENT", "ITEM", "VERDICT"
+            );
             for r in rows {
                 let event = match (&r.event, &r.action) {
                     (Some(e), Some(a)) => format!("{e}.{a}"),

@@ -30,11 +30,21 @@ impl Verdict {
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    ListenerStarted { addr: String },
+    ListenerStarted {
+        addr: String,
+    },
     /// A delivery passed verification and was parsed.
-    DeliveryReceived { source: Source, event: String, action: Option<String> },
+    DeliveryReceived {
+        source: Source,
+        event: String,
+        action: Option<String>,
+    },
     /// A delivery was refused (bad signature, malformed, too large) with its HTTP status.
-    DeliveryRejected { route: &'static str, status: u16, reason: String },
+    DeliveryRejected {
+        route: &'static str,
+        status: u16,
+        reason: String,
+    },
     /// A verified delivery was decided on and journaled.
     DeliveryDecided {
         journal_id: i64,
@@ -49,12 +59,25 @@ pub enum Event {
         replay_of: Option<i64>,
     },
     /// The journal could not take a delivery (disk full, not writable): answered 503.
-    JournalFailed { error: String },
+    JournalFailed {
+        error: String,
+    },
     /// Outbox rows confirmed by the broker.
-    Published { count: usize, backlog: u64 },
-    PublishFailed { error: String, backlog: u64 },
-    BrokerUp { broker: String },
-    BrokerDown { broker: String, error: String },
+    Published {
+        count: usize,
+        backlog: u64,
+    },
+    PublishFailed {
+        error: String,
+        backlog: u64,
+    },
+    BrokerUp {
+        broker: String,
+    },
+    BrokerDown {
+        broker: String,
+        error: String,
+    },
     ShuttingDown,
 }
 

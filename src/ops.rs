@@ -8,7 +8,9 @@ use crate::config::{Config, ensure_route_secrets};
 use crate::event::Bus;
 use crate::ingest::accept::{Answer, Incoming, Ingest};
 use crate::ingest::{Route, headers};
-use crate::store::{DeliveryRow, DeliverySummary, JOURNAL_FILE, Journal, list_deliveries, load_delivery, pending_outbox};
+use crate::store::{
+    DeliveryRow, DeliverySummary, JOURNAL_FILE, Journal, list_deliveries, load_delivery, pending_outbox,
+};
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 
@@ -76,8 +78,10 @@ pub async fn replay(mut config: Config, id: i64) -> anyhow::Result<Replayed> {
                 pending_outbox(&reader, 0, usize::MAX >> 1)?.into_iter().filter(|r| &r.task_id == task_id).collect();
             let result = broker.publish(&rows).await;
             if let Some(e) = result.error {
-                bail!("task {task_id} is queued in the journal's outbox but could not be published now: {e}; \
-                       it is published when agentctl next runs");
+                bail!(
+                    "task {task_id} is queued in the journal's outbox but could not be published now: {e}; \
+                       it is published when agentctl next runs"
+                );
             }
             journal.write(move |c| crate::store::mark_published(c, &result.confirmed)).await?;
             published_here = true;

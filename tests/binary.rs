@@ -78,7 +78,10 @@ impl Instance {
         let mut full = args.to_vec();
         full.extend(["--url", &url]);
         let out = self.command(&full).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
     }
 }
 
@@ -142,7 +145,8 @@ fn config_commands() {
         .command(&["config", "check"])
         .env_remove("AGENTCTL_BROKER_URL")
         .env("AMQP_URL", "amqp://u:hunter2@h:5672/%2f")
-        .output().unwrap();
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("webhook_secret = \"<redacted>\""), "{text}");

@@ -6,9 +6,9 @@ mod common;
 use agentctl::broker::embedded::EmbeddedBroker;
 use agentctl::config::SyncMode;
 use agentctl::event::Bus;
-use agentctl::ingest::accept::{Ingest, Incoming};
-use agentctl::ingest::server::{self, Limits};
 use agentctl::ingest::Route;
+use agentctl::ingest::accept::{Incoming, Ingest};
+use agentctl::ingest::server::{self, Limits};
 use agentctl::store::{JOURNAL_FILE, Journal, RejectedBodyCaps};
 use common::{Backend, Harness, QueueReader, delete_queues, proxy::Proxy, test_config};
 use std::collections::HashSet;
@@ -63,7 +63,10 @@ async fn full_journal_answers_503_and_recovers() {
     let journal = Journal::open(&path, SyncMode::Normal).unwrap();
     let ingest = Ingest::new(&config, journal.clone(), Bus::default()).await.unwrap();
     let pages: i64 = journal.write(|c| c.query_row("PRAGMA page_count", [], |r| r.get(0))).await.unwrap();
-    journal.write(move |c| c.query_row(&format!("PRAGMA max_page_count = {}", pages + 2), [], |_| Ok(()))).await.unwrap();
+    journal
+        .write(move |c| c.query_row(&format!("PRAGMA max_page_count = {}", pages + 2), [], |_| Ok(())))
+        .await
+        .unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -111,7 +114,13 @@ async fn unsigned_flood_cannot_fill_the_disk() {
         headers.insert("x-github-event", "issues".parse().unwrap());
         headers.insert("x-github-delivery", format!("flood-{i}").parse().unwrap());
         let answer = ingest
-            .handle(Incoming { route: Route::Github, headers, body: vec![b'x'; 5000].into(), replay_of: None, stored_token_fp: None })
+            .handle(Incoming {
+                route: Route::Github,
+                headers,
+                body: vec![b'x'; 5000].into(),
+                replay_of: None,
+                stored_token_fp: None,
+            })
             .await;
         assert_eq!(answer.status(), 401);
     }

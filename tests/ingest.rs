@@ -12,7 +12,12 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(1500);
 
-both_backends!(routes_end_to_end, dedupe_on_delivery_id, replay_after_fixing_the_secret, refused_requests_queue_nothing);
+both_backends!(
+    routes_end_to_end,
+    dedupe_on_delivery_id,
+    replay_after_fixing_the_secret,
+    refused_requests_queue_nothing
+);
 
 async fn routes_end_to_end(backend: Backend) {
     let h = Harness::start(backend, |_| {}).await;
@@ -174,7 +179,10 @@ async fn refused_requests_queue_nothing(backend: Backend) {
     assert_eq!(a["reason"], "signature does not match the configured secret");
     let unsigned: Vec<_> = headers.iter().filter(|(k, _)| k != "x-hub-signature-256").cloned().collect();
     check("/webhook/github", &unsigned, body.clone(), 401).await;
-    let gl = vec![("x-gitlab-event".to_string(), "Issue Hook".to_string()), ("x-gitlab-token".to_string(), "nope".to_string())];
+    let gl = vec![
+        ("x-gitlab-event".to_string(), "Issue Hook".to_string()),
+        ("x-gitlab-token".to_string(), "nope".to_string()),
+    ];
     check("/webhook/gitlab", &gl, body.clone(), 401).await;
     check("/webhook/gitlab/system", &gl, body.clone(), 401).await;
     // 400: signed but malformed; signed but no event header.

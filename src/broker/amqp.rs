@@ -11,8 +11,8 @@ use crate::store::OutboxRow;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -162,7 +162,13 @@ impl Broker for AmqpBroker {
             let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
             match timed(
                 RPC_TIMEOUT,
-                ch.basic_publish("".into(), row.queue.as_str().into(), opts, &row.payload, task_properties(&row.task_id)),
+                ch.basic_publish(
+                    "".into(),
+                    row.queue.as_str().into(),
+                    opts,
+                    &row.payload,
+                    task_properties(&row.task_id),
+                ),
             )
             .await
             {

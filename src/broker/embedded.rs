@@ -34,13 +34,21 @@ impl EmbeddedBroker {
     }
 
     /// Puts a message on `queue` directly (not through the outbox), visible after `delay`.
-    pub async fn enqueue(&self, queue: &str, message_id: &str, body: Vec<u8>, delay: Duration) -> Result<(), BrokerError> {
+    pub async fn enqueue(
+        &self,
+        queue: &str,
+        message_id: &str,
+        body: Vec<u8>,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
         let (queue, message_id) = (queue.to_string(), message_id.to_string());
         let visible = unix_now_ms() + delay.as_millis() as i64;
         self.journal
             .write(move |c| {
-                c.prepare_cached("INSERT INTO queue_messages (queue, message_id, body, visible_ms) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute((queue, message_id, body, visible))
+                c.prepare_cached(
+                    "INSERT INTO queue_messages (queue, message_id, body, visible_ms) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute((queue, message_id, body, visible))
             })
             .await
             .map_err(store_err)?;
@@ -182,7 +190,8 @@ impl Consumer for EmbeddedConsumer {
                 .await
                 .map_err(store_err)?;
             if let Some((id, body, count)) = claimed {
-                let acker = EmbeddedAcker { journal: self.journal.clone(), id, owner: self.owner.clone(), _permit: permit };
+                let acker =
+                    EmbeddedAcker { journal: self.journal.clone(), id, owner: self.owner.clone(), _permit: permit };
                 return Ok(Received::new(body, count > 1, Box::new(acker)));
             }
             let _ = tokio::time::timeout(POLL, woken).await;

@@ -24,7 +24,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(15);
 /// How long shutdown waits for in-flight confirms.
 const DRAIN: Duration = Duration::from_secs(5);
 
-pub async fn run(journal: Journal, broker: Arc<dyn Broker>, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    journal: Journal,
+    broker: Arc<dyn Broker>,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let reader = Arc::new(Mutex::new(journal.reader()?));
     let describe = broker.describe();
     let mut up: Option<bool> = None;

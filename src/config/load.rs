@@ -139,10 +139,9 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
 }
 
 fn read_table(path: &Path) -> Result<Table, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    text.parse::<Table>()
-        .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    text.parse::<Table>().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
 }
 
 fn section_mut<'a>(table: &'a mut Table, section: &str) -> &'a mut Table {
@@ -158,18 +157,13 @@ fn section_mut<'a>(table: &'a mut Table, section: &str) -> &'a mut Table {
 fn env_value(raw: &str, default: &Value) -> Result<Value, String> {
     let trimmed = raw.trim();
     if trimmed.starts_with('[') {
-        let parsed: Table = format!("v = {trimmed}")
-            .parse()
-            .map_err(|e| format!("'{trimmed}' is not a TOML array: {e}"))?;
+        let parsed: Table =
+            format!("v = {trimmed}").parse().map_err(|e| format!("'{trimmed}' is not a TOML array: {e}"))?;
         return Ok(parsed["v"].clone());
     }
     Ok(match default {
-        Value::Integer(_) => Value::Integer(
-            trimmed.parse().map_err(|_| format!("'{trimmed}' is not a whole number"))?,
-        ),
-        Value::Boolean(_) => Value::Boolean(
-            trimmed.parse().map_err(|_| format!("'{trimmed}' is not true or false"))?,
-        ),
+        Value::Integer(_) => Value::Integer(trimmed.parse().map_err(|_| format!("'{trimmed}' is not a whole number"))?),
+        Value::Boolean(_) => Value::Boolean(trimmed.parse().map_err(|_| format!("'{trimmed}' is not true or false"))?),
         Value::Array(_) => Value::Array(
             trimmed
                 .split(',')
@@ -213,17 +207,10 @@ fn listen_addr_from_parts(env: &Env, table: &Table) -> Option<String> {
 }
 
 /// Deserializes section by section so an error can name the section and key.
-fn deserialize(
-    table: Table,
-    defaults: &Table,
-    origins: &BTreeMap<String, String>,
-) -> Result<Config, ConfigError> {
+fn deserialize(table: Table, defaults: &Table, origins: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
     for (section, value) in &table {
         let Some(values) = value.as_table() else {
-            return Err(ConfigError::Value {
-                key: section.clone(),
-                message: "must be a [section] table".into(),
-            });
+            return Err(ConfigError::Value { key: section.clone(), message: "must be a [section] table".into() });
         };
         let known = defaults[section].as_table().expect("sections are tables");
         for key in values.keys() {
@@ -242,10 +229,8 @@ fn deserialize(
             whole.insert(section.clone(), Value::Table(probe));
             if let Err(e) = Value::Table(whole).try_into::<Config>() {
                 let full = format!("{section}.{key}");
-                let origin = origins
-                    .get(&full)
-                    .map(|o| format!(" (from environment variable {o})"))
-                    .unwrap_or_default();
+                let origin =
+                    origins.get(&full).map(|o| format!(" (from environment variable {o})")).unwrap_or_default();
                 // A secret's value must not reach an error message.
                 let message = if SECRET_KEYS.contains(&full.as_str()) {
                     "must be a string (the value is not shown)".to_string()

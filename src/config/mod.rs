@@ -32,9 +32,8 @@ pub struct Config {
 }
 
 /// The section names, in file order; env layering and error messages use them.
-pub const SECTIONS: &[&str] = &[
-    "listen", "github", "gitlab", "filter", "labels", "broker", "worker", "poll", "storage", "ui",
-];
+pub const SECTIONS: &[&str] =
+    &["listen", "github", "gitlab", "filter", "labels", "broker", "worker", "poll", "storage", "ui"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -78,11 +77,7 @@ pub struct GitHub {
 
 impl Default for GitHub {
     fn default() -> Self {
-        GitHub {
-            webhook_secret: Secret::default(),
-            token: Secret::default(),
-            api_url: "https://api.github.com".into(),
-        }
+        GitHub { webhook_secret: Secret::default(), token: Secret::default(), api_url: "https://api.github.com".into() }
     }
 }
 
@@ -133,11 +128,7 @@ pub struct Labels {
 
 impl Default for Labels {
     fn default() -> Self {
-        Labels {
-            processing: "agent processing".into(),
-            done: "agent done".into(),
-            failed: "agent failed".into(),
-        }
+        Labels { processing: "agent processing".into(), done: "agent done".into(), failed: "agent failed".into() }
     }
 }
 
@@ -175,12 +166,9 @@ pub fn redact_url(url: &str) -> String {
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:{MASK}{}",
-            &url[..scheme_end + 3],
-            &authority[..colon],
-            &rest[at..]
-        ),
+        (Some(at), Some(colon)) if colon < at => {
+            format!("{}{}:{MASK}{}", &url[..scheme_end + 3], &authority[..colon], &rest[at..])
+        }
         _ => url.to_string(),
     }
 }
@@ -291,9 +279,7 @@ impl Default for Ui {
 impl Config {
     /// Checks values that parse but make no sense; every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: &str| {
-            Err(ConfigError::Value { key: key.into(), message: message.into() })
-        };
+        let bad = |key: &str, message: &str| Err(ConfigError::Value { key: key.into(), message: message.into() });
         self.listen.socket_addr()?;
         if self.listen.max_body_bytes == 0 {
             return bad("listen.max_body_bytes", "must be greater than 0");
@@ -304,9 +290,8 @@ impl Config {
         if self.filter.labels.iter().all(|l| l.trim().is_empty()) {
             return bad("filter.labels", "needs at least one label, e.g. [\"coding agent\"]");
         }
-        if !self.broker.is_embedded()
-            && !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://"))
-        {
+        let url = &self.broker.url;
+        if !(self.broker.is_embedded() || url.starts_with("amqp://") || url.starts_with("amqps://")) {
             return bad("broker.url", "must start with amqp:// or amqps://, or be empty for the embedded queue");
         }
         if self.broker.queue.trim().is_empty() {

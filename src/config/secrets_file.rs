@@ -23,8 +23,9 @@ pub struct GeneratedSecrets {
 pub fn ensure_route_secrets(config: &mut Config, data_dir: &Path) -> anyhow::Result<GeneratedSecrets> {
     let path = data_dir.join(SECRETS_FILE);
     let mut stored: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text)
-            .with_context(|| format!("while reading generated secrets from {}", path.display()))?,
+        Ok(text) => {
+            toml::from_str(&text).with_context(|| format!("while reading generated secrets from {}", path.display()))?
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
         Err(e) => return Err(e).with_context(|| format!("while reading {}", path.display())),
     };

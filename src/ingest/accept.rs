@@ -19,17 +19,31 @@ use std::sync::Arc;
 /// What the listener answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    Queued { task_id: String },
-    Ignored { reason: String },
-    Duplicate { task_id: Option<String> },
+    Queued {
+        task_id: String,
+    },
+    Ignored {
+        reason: String,
+    },
+    Duplicate {
+        task_id: Option<String>,
+    },
     Pong,
-    Unauthorized { reason: String },
-    BadRequest { reason: String },
-    TooLarge { limit: u64 },
+    Unauthorized {
+        reason: String,
+    },
+    BadRequest {
+        reason: String,
+    },
+    TooLarge {
+        limit: u64,
+    },
     NotFound,
     MethodNotAllowed,
     /// The delivery could not be made durable.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 impl Answer {
@@ -57,7 +71,9 @@ impl Answer {
             Answer::TooLarge { limit } => {
                 json!({"status": "too_large", "reason": format!("body is larger than listen.max_body_bytes ({limit} bytes)")})
             }
-            Answer::NotFound => json!({"status": "not_found", "reason": "no such route; webhooks go to /webhook/github, /webhook/gitlab or /webhook/gitlab/system"}),
+            Answer::NotFound => {
+                json!({"status": "not_found", "reason": "no such route; webhooks go to /webhook/github, /webhook/gitlab or /webhook/gitlab/system"})
+            }
             Answer::MethodNotAllowed => json!({"status": "method_not_allowed", "reason": "webhooks are POST requests"}),
             Answer::Unavailable { reason } => json!({"status": "unavailable", "reason": reason}),
         }
@@ -169,7 +185,13 @@ impl Ingest {
     fn verify(&self, incoming: &Incoming, token_fp: Option<&str>) -> Result<(), VerifyError> {
         let h = &incoming.headers;
         let token = match incoming.route {
-            Route::Github => return verify::verify_github(self.secrets.github.expose(), headers::get(h, "x-hub-signature-256"), &incoming.body),
+            Route::Github => {
+                return verify::verify_github(
+                    self.secrets.github.expose(),
+                    headers::get(h, "x-hub-signature-256"),
+                    &incoming.body,
+                );
+            }
             Route::Gitlab => &self.secrets.gitlab,
             Route::GitlabSystem => &self.secrets.gitlab_system,
         };
@@ -190,13 +212,19 @@ impl Ingest {
                 timestamp: headers::get(h, "webhook-timestamp"),
                 signature: headers::get(h, "webhook-signature"),
             };
-            let now = incoming.replay_of.is_none().then(|| crate::store::unix_now());
+            let now = incoming.replay_of.is_none().then(crate::store::unix_now);
             verify::verify_standard(self.secrets.signing.expose(), &std_headers, &incoming.body, now)?;
         }
         Ok(())
     }
 
-    fn delivery(&self, incoming: &Incoming, token_fp: Option<String>, verification: &str, answer: &Answer) -> NewDelivery {
+    fn delivery(
+        &self,
+        incoming: &Incoming,
+        token_fp: Option<String>,
+        verification: &str,
+        answer: &Answer,
+    ) -> NewDelivery {
         NewDelivery {
             route: incoming.route.as_str(),
             delivery_id: headers::delivery_id(incoming.route, &incoming.headers),
@@ -219,7 +247,13 @@ impl Ingest {
     }
 
     /// Journals a refused delivery (size-capped) and answers with `answer`.
-    pub async fn reject(&self, incoming: Incoming, token_fp: Option<String>, verification: &str, answer: Answer) -> Answer {
+    pub async fn reject(
+        &self,
+        incoming: Incoming,
+        token_fp: Option<String>,
+        verification: &str,
+        answer: Answer,
+    ) -> Answer {
         let record = self.delivery(&incoming, token_fp, verification, &answer);
         let reason = record.reason.clone();
         let caps = self.caps;

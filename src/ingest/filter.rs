@@ -7,8 +7,12 @@ use crate::config::Filter;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// A task, triggered by this label.
-    Task { label: String },
-    Ignore { reason: String },
+    Task {
+        label: String,
+    },
+    Ignore {
+        reason: String,
+    },
     Pong,
 }
 
@@ -31,10 +35,7 @@ pub fn decide(p: &Parsed, filter: &Filter) -> Decision {
         Change::Labeled(label) => ignore(format!("label '{label}' is not a trigger label")),
         Change::Opened => match item.labels.iter().find(|l| is_trigger(l)) {
             Some(label) => Decision::Task { label: label.clone() },
-            None => ignore(format!(
-                "action '{}' without a trigger label",
-                p.action.as_deref().unwrap_or("open")
-            )),
+            None => ignore(format!("action '{}' without a trigger label", p.action.as_deref().unwrap_or("open"))),
         },
         Change::LabelsChanged { added } => match added.iter().find(|l| is_trigger(l)) {
             Some(label) => Decision::Task { label: label.clone() },
@@ -87,7 +88,10 @@ mod tests {
         let f = Filter::default();
         let task = |l: &str| Decision::Task { label: l.into() };
         assert_eq!(decide(&parsed(Change::Labeled("coding agent".into()), &[]), &f), task("coding agent"));
-        assert_eq!(reason(decide(&parsed(Change::Labeled("bug".into()), &[]), &f)), "label 'bug' is not a trigger label");
+        assert_eq!(
+            reason(decide(&parsed(Change::Labeled("bug".into()), &[]), &f)),
+            "label 'bug' is not a trigger label"
+        );
         assert_eq!(decide(&parsed(Change::Opened, &["bug", "coding agent"]), &f), task("coding agent"));
         let mut p = parsed(Change::Opened, &["bug"]);
         p.action = Some("reopened".into());
@@ -104,7 +108,10 @@ mod tests {
             reason(decide(&parsed(Change::LabelsChanged { added: vec!["x".into()] }, &["x"]), &f)),
             "labels added (x) are not trigger labels"
         );
-        assert_eq!(reason(decide(&parsed(Change::LabelsChanged { added: vec![] }, &[]), &f)), "update removed labels only");
+        assert_eq!(
+            reason(decide(&parsed(Change::LabelsChanged { added: vec![] }, &[]), &f)),
+            "update removed labels only"
+        );
         assert_eq!(reason(decide(&parsed(Change::Unchanged, &["coding agent"]), &f)), "update did not change labels");
         assert_eq!(
             reason(decide(&parsed(Change::Unhandled("action 'closed' is not handled".into()), &[]), &f)),

@@ -58,8 +58,8 @@ pub fn json_body(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, Par
 
 pub fn parse(event: &str, content_type: Option<&str>, body: &[u8]) -> Result<Parsed, ParseError> {
     let json = json_body(content_type, body)?;
-    let p: Payload = serde_json::from_slice(&json)
-        .map_err(|e| ParseError(format!("body is not a GitHub {event} payload: {e}")))?;
+    let p: Payload =
+        serde_json::from_slice(&json).map_err(|e| ParseError(format!("body is not a GitHub {event} payload: {e}")))?;
     let mut parsed = Parsed {
         source: Source::Github,
         event: event.to_string(),

@@ -59,7 +59,8 @@ struct LabelChange {
 
 /// `system` is true for `/webhook/gitlab/system`, where only merge requests are tasks.
 pub fn parse(body: &[u8], system: bool) -> Result<Parsed, ParseError> {
-    let p: Payload = serde_json::from_slice(body).map_err(|e| ParseError(format!("body is not a GitLab payload: {e}")))?;
+    let p: Payload =
+        serde_json::from_slice(body).map_err(|e| ParseError(format!("body is not a GitLab payload: {e}")))?;
     let kind_name = p
         .object_kind
         .clone()
@@ -86,13 +87,11 @@ pub fn parse(body: &[u8], system: bool) -> Result<Parsed, ParseError> {
             return Ok(parsed);
         }
     };
-    let attrs = p.object_attributes.ok_or_else(|| ParseError(format!("{kind_name} payload has no object_attributes")))?;
+    let attrs =
+        p.object_attributes.ok_or_else(|| ParseError(format!("{kind_name} payload has no object_attributes")))?;
     let project = p.project.ok_or_else(|| ParseError(format!("{kind_name} payload has no project")))?;
-    let author = p
-        .user
-        .and_then(|u| u.username)
-        .or_else(|| attrs.author_id.map(|id| id.to_string()))
-        .unwrap_or_default();
+    let author =
+        p.user.and_then(|u| u.username).or_else(|| attrs.author_id.map(|id| id.to_string())).unwrap_or_default();
     // System hooks carry neither project.id nor the item's url; derive them.
     let url = match (attrs.url.is_empty(), &project.web_url) {
         (true, Some(web)) => match kind {
@@ -117,7 +116,13 @@ pub fn parse(body: &[u8], system: bool) -> Result<Parsed, ParseError> {
         Some("update") => match p.changes.and_then(|c| c.labels) {
             Some(ch) => {
                 let before: Vec<String> = ch.previous.unwrap_or_default().into_iter().map(|l| l.title).collect();
-                let added = ch.current.unwrap_or_default().into_iter().map(|l| l.title).filter(|t| !before.contains(t)).collect();
+                let added = ch
+                    .current
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|l| l.title)
+                    .filter(|t| !before.contains(t))
+                    .collect();
                 Change::LabelsChanged { added }
             }
             None => Change::Unchanged,

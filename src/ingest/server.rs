@@ -117,11 +117,8 @@ async fn serve(req: Request<Body>, ingest: Ingest, limits: Limits) -> Result<Res
     }
     let (parts, body) = req.into_parts();
     let too_large = || Answer::TooLarge { limit: limits.max_body_bytes };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let body = if declared.is_some_and(|n| n > limits.max_body_bytes) {
         Err(too_large())
     } else {
@@ -144,9 +141,8 @@ async fn serve(req: Request<Body>, ingest: Ingest, limits: Limits) -> Result<Res
             Err(answer) => ingest.reject(incoming, None, "not_checked", answer).await,
         }
     });
-    let answer = task
-        .await
-        .unwrap_or_else(|e| Answer::Unavailable { reason: format!("the delivery handler failed: {e}") });
+    let answer =
+        task.await.unwrap_or_else(|e| Answer::Unavailable { reason: format!("the delivery handler failed: {e}") });
     let mut res = respond(&answer);
     if answer.status() == 413 {
         // The rest of the body was not read; the connection cannot be reused.

@@ -60,9 +60,7 @@ pub fn verify_github(secret: &str, header: Option<&[u8]>, body: &[u8]) -> Result
         return Err(VerifyError::NoSecret);
     }
     let header = header.ok_or(VerifyError::Missing(H))?;
-    let hex_sig = header
-        .strip_prefix(b"sha256=")
-        .ok_or(VerifyError::Malformed(H, "expected the prefix sha256="))?;
+    let hex_sig = header.strip_prefix(b"sha256=").ok_or(VerifyError::Malformed(H, "expected the prefix sha256="))?;
     let given = hex::decode(hex_sig).map_err(|_| VerifyError::Malformed(H, "not hex"))?;
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
@@ -103,12 +101,7 @@ pub fn standard_signature(token: &str, id: &str, timestamp: i64, body: &[u8]) ->
 
 /// Checks a Standard Webhooks signature. `now` is `None` for a replay from the journal, where
 /// the timestamp window (an anti-replay guard for the network) does not apply.
-pub fn verify_standard(
-    token: &str,
-    h: &StandardHeaders<'_>,
-    body: &[u8],
-    now: Option<i64>,
-) -> Result<(), VerifyError> {
+pub fn verify_standard(token: &str, h: &StandardHeaders<'_>, body: &[u8], now: Option<i64>) -> Result<(), VerifyError> {
     let id = h.id.ok_or(VerifyError::Missing("webhook-id"))?;
     let ts = h.timestamp.ok_or(VerifyError::Missing("webhook-timestamp"))?;
     let sigs = h.signature.ok_or(VerifyError::Missing("webhook-signature"))?;
@@ -198,7 +191,8 @@ mod tests {
         let sig = standard_signature(&token, "msg_1", now, BODY);
         let h = |sig: &str| (sig.to_string(), now.to_string());
         let (s, t) = h(&sig);
-        let headers = StandardHeaders { id: Some(b"msg_1"), timestamp: Some(t.as_bytes()), signature: Some(s.as_bytes()) };
+        let headers =
+            StandardHeaders { id: Some(b"msg_1"), timestamp: Some(t.as_bytes()), signature: Some(s.as_bytes()) };
         assert!(verify_standard(&token, &headers, BODY, Some(now + 10)).is_ok());
         assert_eq!(verify_standard(&token, &headers, BODY, Some(now + 301)), Err(VerifyError::StaleTimestamp));
         assert_eq!(verify_standard(&token, &headers, BODY, Some(now - 301)), Err(VerifyError::StaleTimestamp));

@@ -56,9 +56,16 @@ pub struct NewDelivery {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
-    Stored { journal_id: i64, task_id: Option<String> },
+    Stored {
+        journal_id: i64,
+        task_id: Option<String>,
+    },
     /// The same delivery id was recorded before, as `original`.
-    Duplicate { journal_id: i64, original: i64, task_id: Option<String> },
+    Duplicate {
+        journal_id: i64,
+        original: i64,
+        task_id: Option<String>,
+    },
 }
 
 impl NewDelivery {

@@ -13,8 +13,7 @@ mod schema;
 mod writer;
 
 pub use deliveries::{
-    DeliveryRow, DeliverySummary, NewDelivery, NewTask, Recorded, RejectedBodyCaps, list_deliveries,
-    load_delivery,
+    DeliveryRow, DeliverySummary, NewDelivery, NewTask, Recorded, RejectedBodyCaps, list_deliveries, load_delivery,
 };
 pub use outbox::{OutboxRow, mark_published, pending_outbox, pending_outbox_count};
 pub use writer::Journal;
@@ -48,9 +47,8 @@ impl StoreError {
 /// Opens a connection with the journal's settings, creating and migrating the schema.
 pub fn connect(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
     }
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;

@@ -86,10 +86,7 @@ impl Journal {
     }
 }
 
-fn in_savepoint<R>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
-) -> Result<R, StoreError> {
+fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StoreError> {
     if conn.is_autocommit() {
         // SQLite rolled the batch back after an earlier job's error; running now would commit
         // this job on its own while its caller is told the batch failed.
@@ -124,7 +121,11 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         let committed = begun.and_then(|()| {
             if conn.is_autocommit() {
                 // An error (SQLITE_FULL, say) made SQLite roll the whole batch back.
-                return Err(if full.get() { StoreError::Full } else { StoreError::Batch("the batch was rolled back".into()) });
+                return Err(if full.get() {
+                    StoreError::Full
+                } else {
+                    StoreError::Batch("the batch was rolled back".into())
+                });
             }
             conn.execute_batch("COMMIT").map_err(StoreError::classify)
         });
