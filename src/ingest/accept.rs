@@ -8,7 +8,7 @@ use super::verify::{self, StandardHeaders, VerifyError};
 use super::{ParseError, Parsed, Route, github, gitlab};
 use crate::config::{Config, Filter, Secret};
 use crate::event::{Bus, Event, Verdict};
-use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps};
+use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps, StoredBody};
 use crate::task::{Kind, Task, new_task_id, now_rfc3339};
 use bytes::Bytes;
 use hyper::HeaderMap;
@@ -234,7 +234,8 @@ impl Ingest {
             item: None,
             received_at: now_rfc3339(),
             headers_json: headers::to_json(&incoming.headers),
-            body: incoming.body.clone(),
+            // Rejected bodies are cut to the per-body cap; accepted ones are kept whole.
+            body: StoredBody::pack(&incoming.body, (answer.status() >= 400).then_some(self.caps.per_body)),
             body_size: incoming.body.len(),
             token_fp,
             verification: verification.to_string(),

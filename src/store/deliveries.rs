@@ -1,6 +1,7 @@
 //! Delivery rows: recording a delivery (with its task and outbox row, in one transaction, with
 //! dedupe on the forge's delivery id) and reading them back for `agentctl deliveries` and replays.
 
+use super::body::{StoredBody, unpack};
 use super::unix_now;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -43,7 +44,8 @@ pub struct NewDelivery {
     pub item: Option<String>,
     pub received_at: String,
     pub headers_json: String,
-    pub body: bytes::Bytes,
+    /// Packed on the caller's side (see `StoredBody::pack`), cut for rejected deliveries.
+    pub body: StoredBody,
     pub body_size: usize,
     pub token_fp: Option<String>,
     pub verification: String,
@@ -92,7 +94,11 @@ impl NewDelivery {
                 return Ok(Recorded::Duplicate { journal_id, original, task_id });
             }
         }
-        let body = if self.verdict == "rejected" { rejected_body(c, &self.body, caps)? } else { Some(&self.body[..]) };
+        let body = if self.verdict == "rejected" {
+            rejected_body(c, &self.body.packed, caps)?
+        } else {
+            Some(&self.body.packed[..])
+        };
         let task_id = self.task.as_ref().map(|t| t.id.clone());
         let journal_id =
             self.insert_row(c, dedupe_key.as_deref(), body, self.verdict, &self.reason, task_id.as_deref())?;
@@ -104,8 +110,8 @@ impl NewDelivery {
             )?
             .execute(params![task.id, journal_id, task.source, task.kind, task.repo, task.number as i64,
                 std::str::from_utf8(&task.payload).unwrap_or_default(), now])?;
-            c.prepare_cached("INSERT INTO outbox (task_id, queue, payload, created_unix) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![task.id, task.queue, task.payload, now])?;
+            c.prepare_cached("INSERT INTO outbox (task_id, queue, created_unix) VALUES (?1, ?2, ?3)")?
+                .execute(params![task.id, task.queue, now])?;
         }
         if self.verdict == "rejected" {
             prune_rejected(c, caps)?;
@@ -140,7 +146,7 @@ impl NewDelivery {
             self.headers_json,
             body,
             self.body_size as i64,
-            body.map(|b| b.len() == self.body_size).unwrap_or(false),
+            body.is_some() && self.body.complete,
             self.token_fp,
             self.verification,
             verdict,
@@ -153,9 +159,9 @@ impl NewDelivery {
     }
 }
 
-/// How much of a rejected body to keep, updating the running total in `meta`.
-fn rejected_body<'b>(c: &Connection, body: &'b [u8], caps: RejectedBodyCaps) -> rusqlite::Result<Option<&'b [u8]>> {
-    let kept = &body[..body.len().min(caps.per_body)];
+/// Whether a rejected body (already cut to `per_body` and packed) fits under the total cap;
+/// updates the running total in `meta`.
+fn rejected_body<'b>(c: &Connection, kept: &'b [u8], caps: RejectedBodyCaps) -> rusqlite::Result<Option<&'b [u8]>> {
     let total: i64 = c
         .prepare_cached("SELECT value FROM meta WHERE key = 'rejected_body_bytes'")?
         .query_row([], |r| r.get(0))
@@ -220,6 +226,7 @@ pub struct DeliverySummary {
 pub struct DeliveryRow {
     pub summary: DeliverySummary,
     pub headers: Vec<(String, String)>,
+    /// The original bytes (or the kept prefix, see `body_stored`).
     pub body: Option<Vec<u8>>,
     pub body_size: i64,
     pub body_stored: bool,
@@ -261,10 +268,11 @@ pub fn load_delivery(c: &Connection, id: i64) -> rusqlite::Result<Option<Deliver
     );
     c.query_row(&sql, [id], |r| {
         let headers: String = r.get(12)?;
+        let packed: Option<Vec<u8>> = r.get(13)?;
         Ok(DeliveryRow {
             summary: summary(r)?,
             headers: serde_json::from_str(&headers).unwrap_or_default(),
-            body: r.get(13)?,
+            body: packed.and_then(|p| unpack(&p).ok()),
             body_size: r.get(14)?,
             body_stored: r.get(15)?,
             token_fp: r.get(16)?,

@@ -6,12 +6,14 @@
 //! serves every request that arrived while the previous one was being written. Reads open their
 //! own connections; WAL lets them run beside the writer.
 
+mod body;
 mod deliveries;
 mod outbox;
 pub mod retention;
 mod schema;
 mod writer;
 
+pub use body::StoredBody;
 pub use deliveries::{
     DeliveryRow, DeliverySummary, NewDelivery, NewTask, Recorded, RejectedBodyCaps, list_deliveries, load_delivery,
 };
@@ -62,6 +64,8 @@ pub fn connect(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection, Stor
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // After a checkpoint resets the WAL, shrink the file back to this size.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     schema::migrate(&conn)?;
     Ok(conn)
 }

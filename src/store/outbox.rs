@@ -14,11 +14,12 @@ pub struct OutboxRow {
 /// Unpublished rows with an id above `after`, oldest first.
 pub fn pending_outbox(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
     c.prepare_cached(
-        "SELECT id, task_id, queue, payload FROM outbox
-         WHERE published_unix IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
+        "SELECT o.id, o.task_id, o.queue, t.payload FROM outbox o JOIN tasks t ON t.id = o.task_id
+         WHERE o.published_unix IS NULL AND o.id > ?1 ORDER BY o.id LIMIT ?2",
     )?
     .query_map((after, limit as i64), |r| {
-        Ok(OutboxRow { id: r.get(0)?, task_id: r.get(1)?, queue: r.get(2)?, payload: r.get(3)? })
+        let payload: String = r.get(3)?;
+        Ok(OutboxRow { id: r.get(0)?, task_id: r.get(1)?, queue: r.get(2)?, payload: payload.into_bytes() })
     })?
     .collect()
 }

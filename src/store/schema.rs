@@ -20,7 +20,7 @@ CREATE TABLE deliveries (
     received_at   TEXT NOT NULL,
     received_unix INTEGER NOT NULL,
     headers       TEXT NOT NULL,
-    body          BLOB,
+    body          BLOB,        -- zstd-compressed (see store::body)
     body_size     INTEGER NOT NULL,
     body_stored   INTEGER NOT NULL,
     token_fp      TEXT,
@@ -52,13 +52,12 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_state ON tasks(state);
 CREATE INDEX tasks_item ON tasks(repo, number);
 
--- Messages to publish. A row is written in the same transaction as its delivery and task, and
--- marked published once the broker has confirmed it.
+-- Messages to publish (the body is the task's payload). A row is written in the same
+-- transaction as its delivery and task, and marked published once the broker confirmed it.
 CREATE TABLE outbox (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_id        TEXT NOT NULL,
+    task_id        TEXT NOT NULL REFERENCES tasks(id),
     queue          TEXT NOT NULL,
-    payload        BLOB NOT NULL,
     created_unix   INTEGER NOT NULL,
     published_unix INTEGER
 );

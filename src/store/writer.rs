@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Most jobs in one transaction.
@@ -22,9 +23,14 @@ type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// It sets the flag when it met a full disk (SQLite may then have rolled the batch back).
 type Job = Box<dyn FnOnce(Option<&Connection>, &Cell<bool>) -> Done + Send>;
 
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Job>,
+    /// Dropped with the last clone, which stops the checkpointer.
+    _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
     path: Arc<PathBuf>,
     sync: SyncMode,
     outbox: Arc<Notify>,
@@ -35,12 +41,27 @@ impl Journal {
     /// thread stops when every `Journal` clone is dropped.
     pub fn open(path: &Path, sync: SyncMode) -> Result<Journal, StoreError> {
         let conn = connect(path, sync)?;
+        // Checkpoints run on their own thread, so copying the WAL back into the database file
+        // does not hold up commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpoint_conn = connect(path, sync)?;
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || run(conn, rx))
             .expect("the journal writer thread starts");
-        Ok(Journal { tx, path: Arc::new(path.to_path_buf()), sync, outbox: Arc::new(Notify::new()) })
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || checkpoint(checkpoint_conn, stopped))
+            .expect("the journal checkpoint thread starts");
+        Ok(Journal {
+            tx,
+            _checkpointer: Arc::new(stop),
+            path: Arc::new(path.to_path_buf()),
+            sync,
+            outbox: Arc::new(Notify::new()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -101,6 +122,24 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::R
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
             Err(StoreError::classify(e))
+        }
+    }
+}
+
+fn checkpoint(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        match stop.recv_timeout(CHECKPOINT_EVERY) {
+            Err(RecvTimeoutError::Timeout) => {
+                // PASSIVE never blocks the writer; it copies what it can.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("journal checkpoint failed: {e}");
+                }
+            }
+            _ => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                return;
+            }
         }
     }
 }
