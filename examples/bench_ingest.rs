@@ -9,8 +9,8 @@
 //! sustained ingest (from the first request until the broker holds every task); CPU per request
 //! and peak RSS of the agentctl process (from /proc). Needs RabbitMQ on 127.0.0.1:5672.
 
-use agentctl::broker::amqp::task_properties;
 use agentctl::broker::Queues;
+use agentctl::broker::amqp::task_properties;
 use agentctl::config::{Config, Secret};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -62,7 +62,8 @@ async fn lapin_baseline(count: usize, channels: usize) -> f64 {
                 for _ in 0..window {
                     let props = task_properties("baseline");
                     let opts = BasicPublishOptions::default();
-                    confirms.push(ch.basic_publish("".into(), queue.as_str().into(), opts, &body, props).await.unwrap());
+                    confirms
+                        .push(ch.basic_publish("".into(), queue.as_str().into(), opts, &body, props).await.unwrap());
                 }
                 for c in futures_util::future::join_all(confirms).await {
                     assert!(c.unwrap().is_ack());
@@ -159,7 +160,8 @@ async fn main() {
     let mut config = Config::default();
     config.github.webhook_secret = Secret::new("bench-secret");
     let sample = agentctl::send::samples::sample("github:issues.labeled", "coding agent").unwrap();
-    let sender = Arc::new(agentctl::send::Sender::new(&config, sample, Some(&format!("http://127.0.0.1:{port}"))).unwrap());
+    let sender =
+        Arc::new(agentctl::send::Sender::new(&config, sample, Some(&format!("http://127.0.0.1:{port}"))).unwrap());
     // --burst: RabbitMQ refuses publishes for the whole load (memory alarm), so the journal has
     // to absorb all of it; the drain time is measured once the alarm is lifted.
     let burst = std::env::args().any(|a| a == "--burst");

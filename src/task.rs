@@ -145,3 +145,49 @@ pub fn now_rfc3339() -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .expect("the current time formats")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(source: Source, kind: Kind) -> Item {
+        Item {
+            source,
+            kind,
+            repo_full_name: "octo/hello".into(),
+            number: 7,
+            project_id: (source == Source::Gitlab).then_some(42),
+            url: "https://example.com/octo/hello/7".into(),
+            title: "Fix it".into(),
+            author: "octocat".into(),
+            labels: vec![],
+        }
+    }
+
+    #[test]
+    fn github_message_keeps_the_original_task_key() {
+        let t =
+            Task::new(&item(Source::Github, Kind::Issue), "t1".into(), "coding agent", Some("d1".into()), "now".into());
+        let v: serde_json::Value = serde_json::from_slice(&t.to_json()).unwrap();
+        let expected = serde_json::json!({
+            "type": "github_issue", "owner": "octo", "repo": "hello", "number": 7, "uuid": "t1", "user": "octocat",
+            "id": "t1", "source": "github", "kind": "issue", "repo_full_name": "octo/hello",
+            "url": "https://example.com/octo/hello/7", "title": "Fix it", "label": "coding agent",
+            "delivery_id": "d1", "received_at": "now", "attempt": 1
+        });
+        assert_eq!(v, expected);
+        let pr = Task::new(&item(Source::Github, Kind::PullRequest), "t2".into(), "x", None, "now".into());
+        assert_eq!(pr.task_type, "github_pull_request");
+    }
+
+    #[test]
+    fn gitlab_messages_carry_project_and_iid() {
+        let t = Task::new(&item(Source::Gitlab, Kind::MergeRequest), "t1".into(), "l", None, "now".into());
+        let v: serde_json::Value = serde_json::from_slice(&t.to_json()).unwrap();
+        assert_eq!(v["type"], "gitlab_merge_request");
+        assert_eq!((v["project_id"].as_u64(), v["mr_iid"].as_u64()), (Some(42), Some(7)));
+        assert!(v.get("issue_iid").is_none() && v.get("owner").is_none() && v.get("delivery_id").is_none());
+        let i = Task::new(&item(Source::Gitlab, Kind::Issue), "t2".into(), "l", None, "now".into());
+        assert_eq!((i.task_type.as_str(), i.issue_iid, i.mr_iid), ("gitlab_issue", Some(7), None));
+    }
+}

@@ -115,7 +115,27 @@ fn headless_log_lines_follow_the_original_design() {
     assert!(ok && out.contains("pong"), "{out}");
     let (ok, out) = inst.send(&["send", "github:issues.labeled", "--count", "200", "--concurrency", "8"]);
     assert!(ok && out.contains("status 202: 200") && out.contains("p99"), "{out}");
+    let payload = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/payloads/github/pull_request.closed.json");
+    let (ok, out) = inst.send(&["send", "--file", payload, "--event", "pull_request"]);
+    assert!(ok && out.contains("action 'closed' is not handled"), "{out}");
     std::thread::sleep(Duration::from_millis(300));
+
+    let out = inst.command(&["deliveries", "list", "--limit", "300"]).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        list.contains("issues.labeled") && list.contains("Codertocat/Hello-World#1") && list.contains("queued"),
+        "{list}"
+    );
+    assert!(list.contains("label 'bug' is not a trigger label"), "{list}");
+    let out = inst.command(&["deliveries", "show", "1"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && shown.contains("x-hub-signature-256") && shown.contains("\"Spelling error"),
+        "{shown}"
+    );
+    let out = inst.command(&["deliveries", "show", "99999"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no delivery 99999"));
     signal(&child, "-TERM");
     let (status, log) = stderr_of(child);
     assert!(status.success(), "SIGTERM is a clean exit: {log}");

@@ -183,3 +183,95 @@ async fn embedded_queue_redelivers_what_a_dead_consumer_held() {
     let depth = broker.depths().await.unwrap();
     assert_eq!(depth[0].ready + depth[0].unacked, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_a_request_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Backend::Embedded, |_| {}).await;
+    let mut req = h.sender("github:issues.labeled").request();
+    let body = http_body_util::BodyExt::collect(req.body_mut()).await.unwrap().to_bytes();
+    let mut head = format!("POST /webhook/github HTTP/1.1\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in req.headers() {
+        head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..body.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Shutdown begins while the request is half sent; the rest arrives afterwards.
+    let stopping = tokio::spawn(h.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&body[body.len() / 2..]).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "the in-flight request is answered: {answer}");
+    let (config, dir) = stopping.await.unwrap();
+    let c = rusqlite::Connection::open(dir.path().join(JOURNAL_FILE)).unwrap();
+    let queued: i64 = c.query_row("SELECT COUNT(*) FROM tasks", [], |r| r.get(0)).unwrap();
+    assert_eq!(queued, 1);
+    drop(config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_webhooks_signature_is_required_when_configured() {
+    use agentctl::ingest::verify::standard_signature;
+    let signing = "whsec_c2lnbmluZyBrZXkgZm9yIHRlc3Rz";
+    let h =
+        Harness::start(Backend::Embedded, |c| c.gitlab.signing_token = agentctl::config::Secret::new(signing)).await;
+    // The sender signs with the configured token: accepted.
+    let (status, a) = h.send("gitlab:issue").await;
+    assert_eq!(status, 202, "{a}");
+    // Right X-Gitlab-Token but no signature, a stale one, or one over other bytes: refused.
+    let s = agentctl::send::samples::sample("gitlab:issue", "coding agent").unwrap();
+    let now = agentctl::store::unix_now();
+    let stale = (now - 600).to_string();
+    let fresh = now.to_string();
+    let stale_sig = standard_signature(signing, "m1", now - 600, &s.body);
+    let wrong_sig = standard_signature(signing, "m1", now, b"other bytes");
+    let base = [("x-gitlab-event", "Issue Hook"), ("x-gitlab-token", common::GITLAB_TOKEN)];
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[], "missing webhook-id header"),
+        (
+            &[("webhook-id", "m1"), ("webhook-timestamp", &stale), ("webhook-signature", &stale_sig)],
+            "more than 5 minutes",
+        ),
+        (&[("webhook-id", "m1"), ("webhook-timestamp", &fresh), ("webhook-signature", &wrong_sig)], "does not match"),
+    ];
+    for (extra, reason) in cases {
+        let headers: Vec<(&str, &str)> = base.iter().chain(extra.iter()).copied().collect();
+        let (status, a) = h.post("POST", "/webhook/gitlab", &headers, s.body.clone()).await;
+        assert_eq!(status, 401, "{a}");
+        assert!(a["reason"].as_str().unwrap().contains(reason), "{a}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_old_deliveries_but_not_unpublished_tasks() {
+    let h = Harness::start(Backend::Embedded, |_| {}).await;
+    for _ in 0..3 {
+        assert_eq!(h.send("github:issues.labeled").await.0, 202);
+    }
+    assert_eq!(h.send("github:ping").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await; // published
+    let (config, dir) = h.stop().await;
+    let journal = Journal::open(&dir.path().join(JOURNAL_FILE), config.storage.sync).unwrap();
+    // One more task that never got published.
+    journal
+        .write(|c| {
+            c.execute("INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix) VALUES ('t-unpub', 1, 'queued', 'github', 'issue', 'a/b', 1, '{}', 0, 0)", [])?;
+            c.execute("INSERT INTO outbox (task_id, queue, created_unix) VALUES ('t-unpub', 'q', 0)", [])?;
+            c.execute("UPDATE deliveries SET task_id = 't-unpub' WHERE id = (SELECT MAX(id) FROM deliveries)", [])
+        })
+        .await
+        .unwrap();
+    let removed = agentctl::store::retention::sweep(&journal, agentctl::store::unix_now() + 10).await.unwrap();
+    assert_eq!(removed, 3, "the three published deliveries go; the one holding an unpublished task stays");
+    let left: i64 = journal.write(|c| c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))).await.unwrap();
+    assert_eq!(left, 1);
+    let removed = agentctl::store::retention::sweep(&journal, 0).await.unwrap();
+    assert_eq!(removed, 0, "nothing newer than the cutoff is touched");
+}

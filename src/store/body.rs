@@ -22,7 +22,8 @@ impl StoredBody {
                 std::cell::RefCell::new(zstd::bulk::Compressor::new(LEVEL).expect("zstd accepts level 1"));
         }
         let kept = &raw[..raw.len().min(limit.unwrap_or(usize::MAX))];
-        let packed = COMPRESSOR.with(|c| c.borrow_mut().compress(kept)).expect("compressing into a fresh buffer succeeds");
+        let packed =
+            COMPRESSOR.with(|c| c.borrow_mut().compress(kept)).expect("compressing into a fresh buffer succeeds");
         StoredBody { packed, complete: kept.len() == raw.len() }
     }
 
