@@ -62,7 +62,11 @@ pub enum Event {
     JournalFailed {
         error: String,
     },
-    /// Outbox rows confirmed by the broker.
+    /// Unpublished outbox rows, counted every second.
+    OutboxBacklog {
+        pending: u64,
+    },
+    /// Outbox rows confirmed by the broker; `backlog` = unpublished rows at the last count.
     Published {
         count: usize,
         backlog: u64,

@@ -59,7 +59,7 @@ pub fn log(event: &Event) {
             }
         }
         Event::JournalFailed { error: e } => error!("Journal write failed, answered 503: {e}"),
-        Event::Published { .. } => {}
+        Event::Published { .. } | Event::OutboxBacklog { .. } => {}
         Event::PublishFailed { error: e, backlog } => {
             warn!("Publishing failed ({backlog} waiting for another try): {e}")
         }

@@ -9,7 +9,7 @@ use crate::event::Bus;
 use crate::ingest::accept::{Answer, Incoming, Ingest};
 use crate::ingest::{Route, headers};
 use crate::store::{
-    DeliveryRow, DeliverySummary, JOURNAL_FILE, Journal, list_deliveries, load_delivery, pending_outbox,
+    DeliveryRow, DeliverySummary, JOURNAL_FILE, Journal, list_deliveries, load_delivery, pending_for_task,
 };
 use anyhow::{Context, bail};
 use std::path::PathBuf;
@@ -74,8 +74,7 @@ pub async fn replay(mut config: Config, id: i64) -> anyhow::Result<Replayed> {
         if let Some(_lock) = publisher_lock(&data_dir)? {
             let broker = broker::from_config(&config, &journal);
             let reader = journal.reader()?;
-            let rows: Vec<_> =
-                pending_outbox(&reader, 0, usize::MAX >> 1)?.into_iter().filter(|r| &r.task_id == task_id).collect();
+            let rows = pending_for_task(&reader, task_id)?;
             let result = broker.publish(&rows).await;
             if let Some(e) = result.error {
                 bail!(

@@ -40,6 +40,8 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut marks: JoinSet<()> = JoinSet::new();
+    // Unpublished rows in the journal, recounted every tick.
+    let mut backlog = 0u64;
 
     if let Err(e) = broker.setup().await {
         bus.emit(Event::BrokerDown { broker: describe.clone(), error: e.to_string() });
@@ -96,21 +98,28 @@ pub async fn run(
                             up = Some(true);
                         }
                         backoff = BACKOFF_MIN;
-                        bus.emit(Event::Published { count: confirmed, backlog: retry.len() as u64 });
+                        bus.emit(Event::Published { count: confirmed, backlog });
                     }
                     Some(e) => {
                         if up != Some(false) {
                             bus.emit(Event::BrokerDown { broker: describe.clone(), error: e.to_string() });
                             up = Some(false);
                         }
-                        bus.emit(Event::PublishFailed { error: e.to_string(), backlog: retry.len() as u64 });
+                        bus.emit(Event::PublishFailed { error: e.to_string(), backlog });
                         paused_until = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
             }
             _ = journal.outbox_changed() => {}
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                let reader = reader.clone();
+                let counted = tokio::task::spawn_blocking(move || pending_outbox_count(&reader.lock().expect("reader lock")));
+                if let Ok(Ok(n)) = counted.await {
+                    backlog = n;
+                    bus.emit(Event::OutboxBacklog { pending: n });
+                }
+            }
             _ = async { tokio::time::sleep_until(paused_until.expect("guarded")).await }, if paused => {
                 paused_until = None;
             }

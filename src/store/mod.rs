@@ -17,7 +17,7 @@ pub use body::StoredBody;
 pub use deliveries::{
     DeliveryRow, DeliverySummary, NewDelivery, NewTask, Recorded, RejectedBodyCaps, list_deliveries, load_delivery,
 };
-pub use outbox::{OutboxRow, mark_published, pending_outbox, pending_outbox_count};
+pub use outbox::{OutboxRow, mark_published, pending_for_task, pending_outbox, pending_outbox_count};
 pub use writer::Journal;
 
 use crate::config::SyncMode;

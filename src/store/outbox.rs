@@ -11,17 +11,25 @@ pub struct OutboxRow {
     pub payload: Vec<u8>,
 }
 
+const ROW: &str = "SELECT o.id, o.task_id, o.queue, t.payload FROM outbox o JOIN tasks t ON t.id = o.task_id";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    let payload: String = r.get(3)?;
+    Ok(OutboxRow { id: r.get(0)?, task_id: r.get(1)?, queue: r.get(2)?, payload: payload.into_bytes() })
+}
+
 /// Unpublished rows with an id above `after`, oldest first.
 pub fn pending_outbox(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
-    c.prepare_cached(
-        "SELECT o.id, o.task_id, o.queue, t.payload FROM outbox o JOIN tasks t ON t.id = o.task_id
-         WHERE o.published_unix IS NULL AND o.id > ?1 ORDER BY o.id LIMIT ?2",
-    )?
-    .query_map((after, limit as i64), |r| {
-        let payload: String = r.get(3)?;
-        Ok(OutboxRow { id: r.get(0)?, task_id: r.get(1)?, queue: r.get(2)?, payload: payload.into_bytes() })
-    })?
-    .collect()
+    c.prepare_cached(&format!("{ROW} WHERE o.published_unix IS NULL AND o.id > ?1 ORDER BY o.id LIMIT ?2"))?
+        .query_map((after, limit as i64), row)?
+        .collect()
+}
+
+/// A task's unpublished rows.
+pub fn pending_for_task(c: &Connection, task_id: &str) -> rusqlite::Result<Vec<OutboxRow>> {
+    c.prepare_cached(&format!("{ROW} WHERE o.published_unix IS NULL AND o.task_id = ?1 ORDER BY o.id"))?
+        .query_map([task_id], row)?
+        .collect()
 }
 
 pub fn pending_outbox_count(c: &Connection) -> rusqlite::Result<u64> {
