@@ -135,6 +135,13 @@ pub fn task_properties(task_id: &str) -> BasicProperties {
         .with_message_id(task_id.into())
 }
 
+/// A row's properties; a delayed row (a retry) carries its delay as the per-message TTL, after
+/// which the retry queue dead-letters it back to the main queue.
+fn row_properties(row: &OutboxRow) -> BasicProperties {
+    let props = task_properties(&row.task_id);
+    if row.delay_ms > 0 { props.with_expiration(row.delay_ms.to_string().as_str().into()) } else { props }
+}
+
 #[async_trait]
 impl Broker for AmqpBroker {
     fn describe(&self) -> String {
@@ -167,7 +174,7 @@ impl Broker for AmqpBroker {
                     row.queue.as_str().into(),
                     opts,
                     &row.payload,
-                    task_properties(&row.task_id),
+                    row_properties(row),
                 ),
             )
             .await

@@ -68,7 +68,18 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn publish(&self, rows: &[OutboxRow]) -> Published {
-        let rows = rows.to_vec();
+        // A retry waits on the main queue until its visible-at time: the embedded queue's
+        // equivalent of the retry queue's TTL and dead-lettering.
+        let rows: Vec<OutboxRow> = rows
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                if r.queue == self.queues.retry {
+                    r.queue = self.queues.main.clone();
+                }
+                r
+            })
+            .collect();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let now = unix_now_ms();
         let result = self
@@ -79,7 +90,7 @@ impl Broker for EmbeddedBroker {
                      SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM outbox WHERE id = ?5 AND published_unix IS NULL)",
                 )?;
                 for r in &rows {
-                    insert.execute((&r.queue, &r.task_id, &r.payload, now, r.id))?;
+                    insert.execute((&r.queue, &r.task_id, &r.payload, now + r.delay_ms, r.id))?;
                 }
                 mark_published(c, &rows.iter().map(|r| r.id).collect::<Vec<_>>())
             })
@@ -93,27 +104,38 @@ impl Broker for EmbeddedBroker {
 
     async fn depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
         let journal = self.journal.clone();
-        let names: Vec<String> = self.queues.all().iter().map(|s| s.to_string()).collect();
+        let queues = self.queues.clone();
         tokio::task::spawn_blocking(move || {
             let c = journal.reader().map_err(store_err)?;
             let now = unix_now_ms();
+            // Retries wait on the main queue with a visible-at time in the future; they are
+            // counted as the retry queue's.
             let mut stmt = c
                 .prepare(
-                    "SELECT COALESCE(SUM(lease_until_ms IS NULL OR lease_until_ms < ?2), 0),
+                    "SELECT COALESCE(SUM(visible_ms <= ?2 AND (lease_until_ms IS NULL OR lease_until_ms < ?2)), 0),
                             COALESCE(SUM(lease_until_ms >= ?2), 0),
-                            COUNT(DISTINCT CASE WHEN lease_until_ms >= ?2 THEN lease_owner END)
+                            COUNT(DISTINCT CASE WHEN lease_until_ms >= ?2 THEN lease_owner END),
+                            COALESCE(SUM(visible_ms > ?2), 0)
                      FROM queue_messages WHERE queue = ?1",
                 )
                 .map_err(|e| BrokerError::Store(e.to_string()))?;
-            names
-                .into_iter()
-                .map(|queue| {
-                    let (ready, unacked, consumers): (i64, i64, i64) = stmt
-                        .query_row((&queue, now), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .map_err(|e| BrokerError::Store(e.to_string()))?;
-                    Ok(QueueDepth { queue, ready: ready as u64, unacked: unacked as u64, consumers: consumers as u64 })
-                })
-                .collect()
+            let mut count = |queue: &str| {
+                stmt.query_row((queue, now), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
+                    .map_err(|e| BrokerError::Store(e.to_string()))
+            };
+            let (ready, unacked, consumers, delayed) = count(&queues.main)?;
+            let (dead, _, _, _) = count(&queues.dead)?;
+            let depth = |queue: &str, ready: i64, unacked: i64, consumers: i64| QueueDepth {
+                queue: queue.to_string(),
+                ready: ready as u64,
+                unacked: unacked as u64,
+                consumers: consumers as u64,
+            };
+            Ok(vec![
+                depth(&queues.main, ready, unacked, consumers),
+                depth(&queues.retry, delayed, 0, 0),
+                depth(&queues.dead, dead, 0, 0),
+            ])
         })
         .await
         .map_err(|e| BrokerError::Store(e.to_string()))?

@@ -9,13 +9,16 @@ pub struct OutboxRow {
     pub task_id: String,
     pub queue: String,
     pub payload: Vec<u8>,
+    /// Publish now, to be delivered after this delay (retries).
+    pub delay_ms: i64,
 }
 
-const ROW: &str = "SELECT o.id, o.task_id, o.queue, t.payload FROM outbox o JOIN tasks t ON t.id = o.task_id";
+const ROW: &str =
+    "SELECT o.id, o.task_id, o.queue, t.payload, o.delay_ms FROM outbox o JOIN tasks t ON t.id = o.task_id";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     let payload: String = r.get(3)?;
-    Ok(OutboxRow { id: r.get(0)?, task_id: r.get(1)?, queue: r.get(2)?, payload: payload.into_bytes() })
+    Ok(OutboxRow { id: r.get(0)?, task_id: r.get(1)?, queue: r.get(2)?, payload: payload.into_bytes(), delay_ms: r.get(4)? })
 }
 
 /// Unpublished rows with an id above `after`, oldest first.

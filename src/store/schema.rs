@@ -75,6 +75,19 @@ CREATE TABLE queue_messages (
     lease_until_ms INTEGER
 );
 CREATE INDEX queue_ready ON queue_messages(queue, visible_ms, id);
+"#, r#"
+-- The worker: who runs a task, how far it got, how it ended.
+ALTER TABLE tasks ADD COLUMN owner TEXT;
+ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN progress INTEGER;
+ALTER TABLE tasks ADD COLUMN progress_message TEXT;
+ALTER TABLE tasks ADD COLUMN failure TEXT;
+ALTER TABLE tasks ADD COLUMN exit_code INTEGER;
+ALTER TABLE tasks ADD COLUMN next_attempt_unix INTEGER;
+ALTER TABLE tasks ADD COLUMN started_unix INTEGER;
+ALTER TABLE tasks ADD COLUMN finished_unix INTEGER;
+-- A message published with a delay (retries): AMQP per-message TTL, embedded visible-at.
+ALTER TABLE outbox ADD COLUMN delay_ms INTEGER NOT NULL DEFAULT 0;
 "#];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
