@@ -35,11 +35,9 @@ pub fn publisher_lock(data_dir: &Path) -> anyhow::Result<Option<File>> {
 }
 
 pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if matches!(mode, Mode::Consumer | Mode::Producer) {
+    if mode == Mode::Producer {
         bail!(
-            "--mode {} is not available in this version: it has the listener and outbox publisher \
-             (--mode webhook or all) only",
-            if mode == Mode::Consumer { "consumer" } else { "producer" }
+            "--mode producer (the REST poller) is not available in this version; use --mode all, webhook or consumer"
         );
     }
     let data_dir = config.storage.data_dir();
@@ -61,21 +59,35 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     })?;
     let journal = Journal::open(&data_dir.join(JOURNAL_FILE), config.storage.sync)
         .with_context(|| format!("while opening the journal in {}", data_dir.display()))?;
-    let addr = config.listen.socket_addr()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (listen.addr): is another process using it?"))?;
+    let listener = if mode == Mode::Consumer {
+        None
+    } else {
+        let addr = config.listen.socket_addr()?;
+        Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (listen.addr): is another process using it?"))?,
+        )
+    };
     let broker = broker::from_config(&config, &journal);
     tracing::info!("Journal: {}; broker: {}", journal.path().display(), broker.describe());
     let ingest = Ingest::new(&config, journal.clone(), bus.clone()).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(publisher::run(journal.clone(), broker, bus.clone(), shutdown.clone()));
+    // The publisher outlives the worker, so the retries and dead letters of its last attempts
+    // are published before it stops.
+    let publisher_stop = CancellationToken::new();
+    tasks.spawn(publisher::run(journal.clone(), broker.clone(), bus.clone(), publisher_stop.clone()));
     tasks.spawn(retention::run(journal.clone(), config.storage.retention_days, shutdown.clone()));
-    let limits = Limits::from_config(&config.listen);
-    let (server_bus, server_stop) = (bus.clone(), shutdown.clone());
-    tasks.spawn(async move {
-        server::run(listener, ingest, limits, server_bus, server_stop).await.context("the listener failed")
+    if let Some(listener) = listener {
+        let limits = Limits::from_config(&config.listen);
+        let (server_bus, server_stop) = (bus.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            server::run(listener, ingest, limits, server_bus, server_stop).await.context("the listener failed")
+        });
+    }
+    let worker = matches!(mode, Mode::All | Mode::Consumer).then(|| {
+        tokio::spawn(crate::worker::run(config.clone(), journal.clone(), broker.clone(), bus.clone(), shutdown.clone()))
     });
 
     let mut result = Ok(());
@@ -92,6 +104,14 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     }
     bus.emit(Event::ShuttingDown);
     shutdown.cancel();
+    if let Some(worker) = worker {
+        match worker.await {
+            Ok(Err(e)) if result.is_ok() => result = Err(e.context("the worker failed")),
+            Err(e) if result.is_ok() => result = Err(anyhow::anyhow!("the worker panicked: {e}")),
+            _ => {}
+        }
+    }
+    publisher_stop.cancel();
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined.context("a task panicked").and_then(|r| r)
             && result.is_ok()

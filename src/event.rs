@@ -82,6 +82,50 @@ pub enum Event {
         broker: String,
         error: String,
     },
+    /// A handler attempt started.
+    TaskStarted {
+        task_id: String,
+        item: String,
+        attempt: u32,
+        replay: bool,
+    },
+    TaskProgress {
+        task_id: String,
+        percent: u8,
+        message: String,
+    },
+    /// A line of the handler's output (rate-limited; the task's log file has every line).
+    TaskLog {
+        task_id: String,
+        line: String,
+    },
+    /// An attempt ended; `state` is what the task is now: done, retrying, dead or dropped.
+    TaskFinished {
+        task_id: String,
+        item: String,
+        state: &'static str,
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        reason: Option<String>,
+    },
+    /// Another task for the same item is running; this one runs after it.
+    TaskWaiting {
+        task_id: String,
+        item: String,
+    },
+    /// Acknowledged without running (dropped, or a duplicate message).
+    TaskSkipped {
+        task_id: String,
+        reason: String,
+    },
+    /// Main, retry and dead queue counts, every second.
+    QueueDepths {
+        depths: Vec<crate::broker::QueueDepth>,
+    },
+    /// Tasks a previous run left unfinished, put back on the queue at start.
+    TasksRequeued {
+        count: usize,
+    },
     ShuttingDown,
 }
 

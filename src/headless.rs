@@ -67,6 +67,28 @@ pub fn log(event: &Event) {
         Event::BrokerDown { broker, error: e } => {
             warn!("Broker unavailable: {broker}: {e}; deliveries are kept in the journal's outbox")
         }
+        Event::TaskStarted { task_id, item, attempt, replay } => {
+            let replay = if *replay { " (replay)" } else { "" };
+            info!("Task started: task={task_id} item={item} attempt={attempt}{replay}")
+        }
+        Event::TaskProgress { task_id, percent, message } => {
+            info!("Task progress: task={task_id} {percent}% {message}")
+        }
+        Event::TaskLog { .. } | Event::QueueDepths { .. } => {}
+        Event::TaskFinished { task_id, item, state, exit_code, duration_ms, reason } => {
+            let code = exit_code.map(|c| format!(" exit={c}")).unwrap_or_default();
+            let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+            let secs = *duration_ms as f64 / 1000.0;
+            match *state {
+                "done" => info!("Task done: task={task_id} item={item}{code} in {secs:.1} s"),
+                "retrying" => warn!("Task failed, will retry: task={task_id} item={item}{code} after {secs:.1} s{why}"),
+                "dead" => error!("Task dead: task={task_id} item={item}{code}{why}"),
+                _ => info!("Task {state}: task={task_id} item={item}{why}"),
+            }
+        }
+        Event::TaskWaiting { task_id, item } => info!("Task waiting: task={task_id} item={item} is already running"),
+        Event::TaskSkipped { task_id, reason } => info!("Task skipped: task={task_id}: {reason}"),
+        Event::TasksRequeued { count } => info!("Re-queued {count} task(s) a previous run left unfinished"),
         Event::ShuttingDown => info!("Shutting down: finishing in-flight requests"),
     }
 }

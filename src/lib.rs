@@ -13,3 +13,4 @@ pub mod ops;
 pub mod send;
 pub mod store;
 pub mod task;
+pub mod worker;

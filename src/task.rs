@@ -77,6 +77,25 @@ pub struct Task {
     pub delivery_id: Option<String>,
     pub received_at: String,
     pub attempt: u32,
+    /// Set when an operator replayed this task.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
+    /// Why the last attempt failed (on retried and dead messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+/// How an attempt failed. The classes stay distinct: a bad command is not a crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// `exit`, `signal`, `timeout`, `start` (could not start), `cancelled`.
+    pub class: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub reason: String,
+    /// The last lines of the attempt's log.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_tail: String,
 }
 
 /// The forge item a task is about, as the ingest parsers normalize it.
@@ -126,12 +145,94 @@ impl Task {
             delivery_id,
             received_at,
             attempt: 1,
+            replay: false,
+            failure: None,
         }
+    }
+
+    /// `owner/repo#7` (issues, pull requests) or `group/project!3` (merge requests).
+    pub fn item_ref(&self) -> String {
+        let sep = if self.kind == Kind::MergeRequest { '!' } else { '#' };
+        format!("{}{sep}{}", self.repo_full_name, self.number)
+    }
+
+    /// Reads a queue message: agentctl's own form, or the original design's task key
+    /// (`{"type":"github_issue","owner":…,"repo":…,"number":…,"uuid":…,"user":…}` and the GitLab
+    /// forms with `project_id` and `issue_iid`/`mr_iid`), so an existing producer can feed
+    /// agentctl.
+    pub fn from_message(bytes: &[u8]) -> Result<Task, String> {
+        if let Ok(t) = serde_json::from_slice::<Task>(bytes) {
+            return Ok(t);
+        }
+        let o: Original = serde_json::from_slice(bytes).map_err(|e| format!("not a task message: {e}"))?;
+        let (source, kind) = match o.task_type.as_str() {
+            "github_issue" => (Source::Github, Kind::Issue),
+            "github_pull_request" | "github_pr" => (Source::Github, Kind::PullRequest),
+            "gitlab_issue" => (Source::Gitlab, Kind::Issue),
+            "gitlab_merge_request" | "gitlab_mr" => (Source::Gitlab, Kind::MergeRequest),
+            other => return Err(format!("unknown task type '{other}'")),
+        };
+        let number = o
+            .number
+            .or(o.issue_iid)
+            .or(o.mr_iid)
+            .ok_or_else(|| "the task has no number, issue_iid or mr_iid".to_string())?;
+        let repo_full_name = match (&o.repo_full_name, &o.owner, &o.repo) {
+            (Some(full), _, _) => full.clone(),
+            (None, Some(owner), Some(repo)) => format!("{owner}/{repo}"),
+            _ => o.project_id.map(|p| p.to_string()).ok_or("the task names no repository or project")?,
+        };
+        let id = o.id.or(o.uuid).unwrap_or_else(new_task_id);
+        let gitlab = source == Source::Gitlab;
+        Ok(Task {
+            task_type: o.task_type,
+            owner: o.owner,
+            repo: o.repo,
+            number,
+            project_id: o.project_id,
+            issue_iid: (gitlab && kind == Kind::Issue).then_some(number),
+            mr_iid: (gitlab && kind == Kind::MergeRequest).then_some(number),
+            uuid: id.clone(),
+            user: o.user.unwrap_or_default(),
+            id,
+            source,
+            kind,
+            repo_full_name,
+            url: o.url.unwrap_or_default(),
+            title: o.title.unwrap_or_default(),
+            label: o.label.unwrap_or_default(),
+            delivery_id: None,
+            received_at: now_rfc3339(),
+            attempt: o.attempt.unwrap_or(1).max(1),
+            replay: false,
+            failure: None,
+        })
     }
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a task serializes")
     }
+}
+
+/// The original design's task key, as loosely as it was written.
+#[derive(Deserialize)]
+struct Original {
+    #[serde(rename = "type")]
+    task_type: String,
+    owner: Option<String>,
+    repo: Option<String>,
+    number: Option<u64>,
+    project_id: Option<u64>,
+    issue_iid: Option<u64>,
+    mr_iid: Option<u64>,
+    uuid: Option<String>,
+    id: Option<String>,
+    user: Option<String>,
+    repo_full_name: Option<String>,
+    url: Option<String>,
+    title: Option<String>,
+    label: Option<String>,
+    attempt: Option<u32>,
 }
 
 /// A fresh, time-ordered task id.
@@ -189,5 +290,23 @@ mod tests {
         assert!(v.get("issue_iid").is_none() && v.get("owner").is_none() && v.get("delivery_id").is_none());
         let i = Task::new(&item(Source::Gitlab, Kind::Issue), "t2".into(), "l", None, "now".into());
         assert_eq!((i.task_type.as_str(), i.issue_iid, i.mr_iid), ("gitlab_issue", Some(7), None));
+    }
+
+    #[test]
+    fn the_original_designs_messages_are_tasks() {
+        let gh = br#"{"type":"github_issue","owner":"o","repo":"r","number":3,"uuid":"u-1","user":"me"}"#;
+        let t = Task::from_message(gh).unwrap();
+        assert_eq!((t.id.as_str(), t.repo_full_name.as_str(), t.number, t.kind), ("u-1", "o/r", 3, Kind::Issue));
+        assert_eq!((t.user.as_str(), t.attempt), ("me", 1));
+        let gl = br#"{"type":"gitlab_merge_request","project_id":5,"mr_iid":9,"uuid":"u-2","user":"me"}"#;
+        let t = Task::from_message(gl).unwrap();
+        assert_eq!(
+            (t.source, t.kind, t.number, t.mr_iid, t.repo_full_name.as_str()),
+            (Source::Gitlab, Kind::MergeRequest, 9, Some(9), "5")
+        );
+        assert!(Task::from_message(br#"{"type":"jira_ticket","number":1}"#).is_err());
+        assert!(Task::from_message(b"not json").is_err());
+        let own = Task::new(&item(Source::Github, Kind::Issue), "t1".into(), "l", None, "now".into());
+        assert_eq!(Task::from_message(&own.to_json()).unwrap(), own);
     }
 }

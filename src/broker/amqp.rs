@@ -169,13 +169,7 @@ impl Broker for AmqpBroker {
             let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
             match timed(
                 RPC_TIMEOUT,
-                ch.basic_publish(
-                    "".into(),
-                    row.queue.as_str().into(),
-                    opts,
-                    &row.payload,
-                    row_properties(row),
-                ),
+                ch.basic_publish("".into(), row.queue.as_str().into(), opts, &row.payload, row_properties(row)),
             )
             .await
             {

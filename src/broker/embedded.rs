@@ -120,8 +120,10 @@ impl Broker for EmbeddedBroker {
                 )
                 .map_err(|e| BrokerError::Store(e.to_string()))?;
             let mut count = |queue: &str| {
-                stmt.query_row((queue, now), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
-                    .map_err(|e| BrokerError::Store(e.to_string()))
+                stmt.query_row((queue, now), |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+                })
+                .map_err(|e| BrokerError::Store(e.to_string()))
             };
             let (ready, unacked, consumers, delayed) = count(&queues.main)?;
             let (dead, _, _, _) = count(&queues.dead)?;

@@ -350,6 +350,7 @@ fn parse(incoming: &Incoming) -> Result<Parsed, ParseError> {
 
 /// `octo/hello#7` for issues and pull requests, `group/project!3` for merge requests.
 pub fn item_ref(item: &crate::task::Item) -> String {
+    // Same form as `Task::item_ref`.
     let sep = if item.kind == Kind::MergeRequest { '!' } else { '#' };
     format!("{}{sep}{}", item.repo_full_name, item.number)
 }

@@ -11,6 +11,7 @@ mod deliveries;
 mod outbox;
 pub mod retention;
 mod schema;
+pub mod tasks;
 mod writer;
 
 pub use body::StoredBody;

@@ -18,7 +18,13 @@ const ROW: &str =
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     let payload: String = r.get(3)?;
-    Ok(OutboxRow { id: r.get(0)?, task_id: r.get(1)?, queue: r.get(2)?, payload: payload.into_bytes(), delay_ms: r.get(4)? })
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        task_id: r.get(1)?,
+        queue: r.get(2)?,
+        payload: payload.into_bytes(),
+        delay_ms: r.get(4)?,
+    })
 }
 
 /// Unpublished rows with an id above `after`, oldest first.

@@ -2,7 +2,8 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -75,7 +76,8 @@ CREATE TABLE queue_messages (
     lease_until_ms INTEGER
 );
 CREATE INDEX queue_ready ON queue_messages(queue, visible_ms, id);
-"#, r#"
+"#,
+    r#"
 -- The worker: who runs a task, how far it got, how it ended.
 ALTER TABLE tasks ADD COLUMN owner TEXT;
 ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
@@ -88,7 +90,8 @@ ALTER TABLE tasks ADD COLUMN started_unix INTEGER;
 ALTER TABLE tasks ADD COLUMN finished_unix INTEGER;
 -- A message published with a delay (retries): AMQP per-message TTL, embedded visible-at.
 ALTER TABLE outbox ADD COLUMN delay_ms INTEGER NOT NULL DEFAULT 0;
-"#];
+"#,
+];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let current = |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, usize>(0));

@@ -1,0 +1,306 @@
+//! Task states in the journal, and every transition the worker and the operator make. Each
+//! function runs inside one journal write, and a transition that must reach a queue (a retry,
+//! a dead letter, a replay, a re-queue after a crash) writes its outbox row in the same
+//! transaction, so a state and its message never disagree.
+//!
+//! States: `queued` → `running` → `done`; `running` → `retrying` → `running` …; `running` →
+//! `dead`; `waiting` (another task for the same item is running); `dropped` (by an operator).
+
+use super::unix_now;
+use crate::task::Task;
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub const STATES: &[&str] = &["queued", "running", "waiting", "retrying", "dead", "done", "dropped"];
+
+/// What the worker should do with a message it took from the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    Run,
+    /// Acknowledge it without running: the reason says why (dropped, already done, …).
+    Skip(String),
+}
+
+/// Takes a task for this worker (`owner`), recording it if the journal has not seen it (a task
+/// published by another agentctl, or by the original design's producer).
+pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim> {
+    let now = unix_now();
+    let state: Option<String> =
+        c.query_row("SELECT state FROM tasks WHERE id = ?1", [&task.id], |r| r.get(0)).optional()?;
+    let skip = |why: &str| Ok(Claim::Skip(why.to_string()));
+    match state.as_deref() {
+        Some("dropped") => return skip("dropped by an operator"),
+        Some("done") => return skip("already done (a message published twice)"),
+        Some("running") => {
+            let mine: bool =
+                c.query_row("SELECT owner IS ?2 FROM tasks WHERE id = ?1", (&task.id, owner), |r| r.get(0))?;
+            if mine {
+                return skip("already running here (a message published twice)");
+            }
+        }
+        _ => {}
+    }
+    let payload = String::from_utf8(task.to_json()).expect("JSON is UTF-8");
+    c.execute(
+        "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, attempt, owner,
+                            created_unix, updated_unix, started_unix)
+         VALUES (?1, 0, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)
+         ON CONFLICT(id) DO UPDATE SET state = 'running', payload = ?6, attempt = ?7, owner = ?8,
+             progress = NULL, progress_message = NULL, cancel_requested = 0, updated_unix = ?9,
+             started_unix = ?9, next_attempt_unix = NULL",
+        params![
+            task.id,
+            task.source.as_str(),
+            task.kind.as_str(),
+            task.repo_full_name,
+            task.number as i64,
+            payload,
+            task.attempt,
+            owner,
+            now
+        ],
+    )?;
+    Ok(Claim::Run)
+}
+
+/// Parks a claimed task until its item is free.
+pub fn set_waiting(c: &Connection, id: &str) -> rusqlite::Result<()> {
+    c.execute("UPDATE tasks SET state = 'waiting', updated_unix = ?2 WHERE id = ?1", (id, unix_now()))?;
+    Ok(())
+}
+
+pub fn set_running(c: &Connection, id: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE tasks SET state = 'running', started_unix = ?2, updated_unix = ?2 WHERE id = ?1",
+        (id, unix_now()),
+    )?;
+    Ok(())
+}
+
+pub fn record_progress(c: &Connection, id: &str, percent: u8, message: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE tasks SET progress = ?2, progress_message = ?3, updated_unix = ?4 WHERE id = ?1",
+        (id, percent, message, unix_now()),
+    )?;
+    Ok(())
+}
+
+/// The end of an attempt.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Done {
+        exit_code: i32,
+    },
+    /// Publish `task` (attempt already advanced) to `queue` after `delay_ms`.
+    Retry {
+        task: Task,
+        queue: String,
+        delay_ms: i64,
+        next_unix: i64,
+    },
+    /// Publish `task` (with its failure) to the dead queue.
+    Dead {
+        task: Task,
+        queue: String,
+    },
+    /// Cancelled by an operator: not retried.
+    Dropped {
+        reason: String,
+    },
+}
+
+pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<()> {
+    let now = unix_now();
+    match outcome {
+        Finish::Done { exit_code } => {
+            c.execute(
+                "UPDATE tasks SET state = 'done', exit_code = ?2, progress = 100, failure = NULL, owner = NULL,
+                     finished_unix = ?3, updated_unix = ?3 WHERE id = ?1",
+                params![id, exit_code, now],
+            )?;
+        }
+        Finish::Retry { task, queue, delay_ms, next_unix } => {
+            let failure = task.failure.as_ref();
+            c.execute(
+                "UPDATE tasks SET state = 'retrying', payload = ?2, attempt = ?3, failure = ?4, exit_code = ?5,
+                     owner = NULL, next_attempt_unix = ?6, updated_unix = ?7 WHERE id = ?1",
+                params![
+                    id,
+                    String::from_utf8(task.to_json()).expect("JSON is UTF-8"),
+                    task.attempt,
+                    failure.map(|f| f.reason.clone()),
+                    failure.and_then(|f| f.exit_code),
+                    next_unix,
+                    now
+                ],
+            )?;
+            enqueue(c, id, queue, *delay_ms)?;
+        }
+        Finish::Dead { task, queue } => {
+            let failure = task.failure.as_ref();
+            c.execute(
+                "UPDATE tasks SET state = 'dead', payload = ?2, failure = ?3, exit_code = ?4, owner = NULL,
+                     finished_unix = ?5, updated_unix = ?5 WHERE id = ?1",
+                params![
+                    id,
+                    String::from_utf8(task.to_json()).expect("JSON is UTF-8"),
+                    failure.map(|f| format!("{}: {}", f.class, f.reason)),
+                    failure.and_then(|f| f.exit_code),
+                    now
+                ],
+            )?;
+            enqueue(c, id, queue, 0)?;
+        }
+        Finish::Dropped { reason } => {
+            c.execute(
+                "UPDATE tasks SET state = 'dropped', failure = ?2, owner = NULL, finished_unix = ?3, updated_unix = ?3
+                 WHERE id = ?1",
+                params![id, reason, now],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn enqueue(c: &Connection, task_id: &str, queue: &str, delay_ms: i64) -> rusqlite::Result<()> {
+    c.prepare_cached("INSERT INTO outbox (task_id, queue, created_unix, delay_ms) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![task_id, queue, unix_now(), delay_ms])?;
+    Ok(())
+}
+
+/// At worker start: tasks a previous run claimed but did not finish go back on the main queue
+/// (this process holds the data dir's lock, so no other worker owns them). Returns their ids.
+pub fn requeue_unfinished(c: &Connection, main_queue: &str) -> rusqlite::Result<Vec<String>> {
+    let ids: Vec<String> = c
+        .prepare("SELECT id FROM tasks WHERE state IN ('running', 'waiting') ORDER BY created_unix")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in &ids {
+        c.execute(
+            "UPDATE tasks SET state = 'queued', owner = NULL, updated_unix = ?2 WHERE id = ?1",
+            (id, unix_now()),
+        )?;
+        enqueue(c, id, main_queue, 0)?;
+    }
+    Ok(ids)
+}
+
+/// Running tasks an operator asked to cancel.
+pub fn cancel_requests(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    c.prepare_cached("SELECT id FROM tasks WHERE state = 'running' AND cancel_requested = 1")?
+        .query_map([], |r| r.get(0))?
+        .collect()
+}
+
+/// One row of `agentctl jobs list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobRow {
+    pub id: String,
+    pub state: String,
+    pub item: String,
+    pub kind: String,
+    pub attempt: u32,
+    pub progress: Option<u8>,
+    pub progress_message: Option<String>,
+    pub failure: Option<String>,
+    pub exit_code: Option<i32>,
+    pub next_attempt_unix: Option<i64>,
+    pub updated_unix: i64,
+}
+
+pub fn list_jobs(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite::Result<Vec<JobRow>> {
+    let filter = if state.is_some() { "WHERE state = ?1" } else { "WHERE ?1 IS NULL OR 1" };
+    let sql = format!(
+        "SELECT id, state, repo, number, kind, attempt, progress, progress_message, failure, exit_code,
+                next_attempt_unix, updated_unix
+         FROM tasks {filter} ORDER BY created_unix DESC, id DESC LIMIT ?2"
+    );
+    c.prepare(&sql)?
+        .query_map(params![state, limit as i64], |r| {
+            let kind: String = r.get(4)?;
+            let sep = if kind == "merge_request" { '!' } else { '#' };
+            Ok(JobRow {
+                id: r.get(0)?,
+                state: r.get(1)?,
+                item: format!("{}{sep}{}", r.get::<_, String>(2)?, r.get::<_, i64>(3)?),
+                kind,
+                attempt: r.get(5)?,
+                progress: r.get(6)?,
+                progress_message: r.get(7)?,
+                failure: r.get(8)?,
+                exit_code: r.get(9)?,
+                next_attempt_unix: r.get(10)?,
+                updated_unix: r.get(11)?,
+            })
+        })?
+        .collect()
+}
+
+/// A task's state and current message.
+pub fn task_state(c: &Connection, id: &str) -> rusqlite::Result<Option<(String, Task)>> {
+    c.query_row("SELECT state, payload FROM tasks WHERE id = ?1", [id], |r| {
+        let payload: String = r.get(1)?;
+        Ok((r.get::<_, String>(0)?, payload))
+    })
+    .optional()
+    .map(|o| o.and_then(|(state, payload)| Task::from_message(payload.as_bytes()).ok().map(|t| (state, t))))
+}
+
+/// What an operator's drop did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dropped {
+    /// Queued, waiting or retrying: tombstoned; the worker acks its message without running it.
+    Tombstoned,
+    /// Running: its process group is killed by the worker, and it is not retried.
+    Cancelling,
+    /// Dead: marked dropped (its message is taken off the dead queue separately).
+    RemovedDead,
+    AlreadyFinished(String),
+}
+
+pub fn drop_task(c: &Connection, id: &str) -> rusqlite::Result<Option<Dropped>> {
+    let Some((state, _)) = task_state(c, id)? else { return Ok(None) };
+    let now = unix_now();
+    Ok(Some(match state.as_str() {
+        "queued" | "waiting" | "retrying" => {
+            c.execute(
+                "UPDATE tasks SET state = 'dropped', failure = 'dropped by an operator', updated_unix = ?2 WHERE id = ?1",
+                (id, now),
+            )?;
+            Dropped::Tombstoned
+        }
+        "running" => {
+            c.execute("UPDATE tasks SET cancel_requested = 1, updated_unix = ?2 WHERE id = ?1", (id, now))?;
+            Dropped::Cancelling
+        }
+        "dead" => {
+            c.execute("UPDATE tasks SET state = 'dropped', updated_unix = ?2 WHERE id = ?1", (id, now))?;
+            Dropped::RemovedDead
+        }
+        other => Dropped::AlreadyFinished(other.to_string()),
+    }))
+}
+
+/// Puts a dead (or dropped, or done) task back on the main queue with its attempts reset, marked
+/// as a replay. Returns the new message, or None when the task is unknown or still active.
+pub fn replay_task(c: &Connection, id: &str, main_queue: &str) -> rusqlite::Result<Option<Task>> {
+    let Some((state, mut task)) = task_state(c, id)? else { return Ok(None) };
+    if !matches!(state.as_str(), "dead" | "dropped" | "done") {
+        return Ok(None);
+    }
+    task.attempt = 1;
+    task.replay = true;
+    task.failure = None;
+    c.execute(
+        "UPDATE tasks SET state = 'queued', payload = ?2, attempt = 1, failure = NULL, exit_code = NULL,
+             progress = NULL, progress_message = NULL, cancel_requested = 0, updated_unix = ?3 WHERE id = ?1",
+        params![id, String::from_utf8(task.to_json()).expect("JSON is UTF-8"), unix_now()],
+    )?;
+    enqueue(c, id, main_queue, 0)?;
+    Ok(Some(task))
+}
+
+pub fn ids_in_state(c: &Connection, state: &str) -> rusqlite::Result<Vec<String>> {
+    c.prepare("SELECT id FROM tasks WHERE state = ?1 ORDER BY created_unix")?
+        .query_map([state], |r| r.get(0))?
+        .collect()
+}

@@ -1,0 +1,302 @@
+//! The worker: takes tasks from the main queue and runs the handler for each.
+//!
+//! **Long runs.** Coding agents often run longer than RabbitMQ's `consumer_timeout` (30 min by
+//! default, node-wide on 3.10), after which the broker closes the channel and redelivers. So the
+//! worker does not hold the message for the whole run: it *claims* the task in the journal
+//! (state `running`, owner = this process) and then acks. The journal, not the broker, now
+//! holds the task; if the worker dies, the next start puts every claimed-but-unfinished task
+//! back on the queue (through the outbox). A 2-hour task is never cut off by the broker and
+//! never runs twice: a duplicate message for a claimed or finished task is acked and skipped.
+//!
+//! **One run per item.** Two tasks for the same repo + number never run at once: a second one
+//! that arrives while the first runs *waits* (state `waiting`, a `TaskWaiting` event) and runs
+//! after it, since a new label may mean new instructions.
+//!
+//! **Retries** go through the outbox to `<queue>.retry` with a per-message TTL (the embedded
+//! queue uses a visible-at time); **dead** tasks go to `<queue>.dead` with their failure.
+
+pub mod policy;
+pub mod progress;
+pub mod runner;
+
+use crate::broker::{Broker, Queues, Received};
+use crate::config::Config;
+use crate::event::{Bus, Event};
+use crate::store::tasks::{self, Claim, Finish};
+use crate::store::{Journal, unix_now};
+use crate::task::Task;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(15);
+
+struct Shared {
+    config: Config,
+    data_dir: PathBuf,
+    journal: Journal,
+    bus: Bus,
+    queues: Queues,
+    owner: String,
+    slots: Arc<Semaphore>,
+    /// Items with a running task, and the tasks waiting for each.
+    items: Mutex<HashMap<String, VecDeque<Task>>>,
+    /// Running tasks' cancel switches.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Cancels every handler (shutdown after the grace period).
+    stop_handlers: CancellationToken,
+}
+
+pub async fn run(
+    config: Config,
+    journal: Journal,
+    broker: Arc<dyn Broker>,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let queues = Queues::new(&config.broker.queue);
+    let requeued = journal
+        .write({
+            let main = queues.main.clone();
+            move |c| tasks::requeue_unfinished(c, &main)
+        })
+        .await?;
+    if !requeued.is_empty() {
+        journal.notify_outbox();
+        bus.emit(Event::TasksRequeued { count: requeued.len() });
+    }
+    let shared = Arc::new(Shared {
+        data_dir: config.storage.data_dir(),
+        slots: Arc::new(Semaphore::new(usize::from(config.worker.concurrency))),
+        config,
+        journal,
+        bus,
+        queues,
+        owner: uuid::Uuid::new_v4().to_string(),
+        items: Mutex::default(),
+        running: Mutex::default(),
+        stop_handlers: CancellationToken::new(),
+    });
+    let watchers = CancellationToken::new();
+    tokio::spawn(watch_cancels(shared.clone(), watchers.clone()));
+    tokio::spawn(report_depths(shared.clone(), broker.clone(), watchers.clone()));
+
+    let mut backoff = RECONNECT_MIN;
+    'connect: while !shutdown.is_cancelled() {
+        let mut consumer = match broker.consume(&shared.queues.main, shared.config.prefetch()).await {
+            Ok(c) => {
+                backoff = RECONNECT_MIN;
+                c
+            }
+            Err(e) => {
+                tracing::warn!("worker cannot consume {}: {e}; retrying in {:?}", shared.queues.main, backoff);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        loop {
+            // Take a message only when a handler slot is free.
+            let permit = tokio::select! {
+                p = shared.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = shutdown.cancelled() => break 'connect,
+            };
+            let message = tokio::select! {
+                m = consumer.next() => m,
+                _ = shutdown.cancelled() => break 'connect,
+            };
+            match message {
+                Ok(m) => accept(&shared, m, permit).await,
+                Err(e) => {
+                    tracing::warn!("worker lost its consumer: {e}; reconnecting");
+                    continue 'connect;
+                }
+            }
+        }
+    }
+    watchers.cancel();
+    drain(&shared).await;
+    Ok(())
+}
+
+/// Claims a message's task in the journal, acks it, and runs it (or parks it behind its item).
+async fn accept(shared: &Arc<Shared>, message: Received, permit: OwnedSemaphorePermit) {
+    let task = match Task::from_message(&message.body) {
+        Ok(t) => t,
+        Err(e) => {
+            let preview = String::from_utf8_lossy(&message.body[..message.body.len().min(500)]).into_owned();
+            tracing::error!("dropping an unreadable queue message ({e}): {preview}");
+            let _ = message.nack(false).await;
+            return;
+        }
+    };
+    let claim = {
+        let (task, owner) = (task.clone(), shared.owner.clone());
+        shared.journal.write(move |c| tasks::claim(c, &task, &owner)).await
+    };
+    match claim {
+        Err(e) => {
+            // Not claimed: leave the message to the broker to deliver again.
+            tracing::error!("cannot claim task {} in the journal: {e}", task.id);
+            let _ = message.nack(true).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(Claim::Skip(reason)) => {
+            let _ = message.ack().await;
+            shared.bus.emit(Event::TaskSkipped { task_id: task.id.clone(), reason });
+        }
+        Ok(Claim::Run) => {
+            // The journal holds the task now (see the module doc).
+            if let Err(e) = message.ack().await {
+                tracing::warn!("ack of task {} failed ({e}); a redelivery will be skipped as already running", task.id);
+            }
+            let item = task.item_ref();
+            let busy = {
+                let mut items = shared.items.lock().expect("items lock");
+                match items.get_mut(&item) {
+                    Some(waiting) => {
+                        waiting.push_back(task.clone());
+                        true
+                    }
+                    None => {
+                        items.insert(item.clone(), VecDeque::new());
+                        false
+                    }
+                }
+            };
+            if busy {
+                drop(permit);
+                let id = task.id.clone();
+                let _ = shared.journal.write(move |c| tasks::set_waiting(c, &id)).await;
+                shared.bus.emit(Event::TaskWaiting { task_id: task.id, item });
+            } else {
+                tokio::spawn(run_item(shared.clone(), task, permit));
+            }
+        }
+    }
+}
+
+/// Runs `task`, then each task that queued up behind it for the same item.
+async fn run_item(shared: Arc<Shared>, first: Task, permit: OwnedSemaphorePermit) {
+    let item = first.item_ref();
+    let mut next = Some((first, permit));
+    while let Some((task, permit)) = next.take() {
+        run_attempt(&shared, task).await;
+        drop(permit);
+        let waiting = shared.items.lock().expect("items lock").get_mut(&item).and_then(|q| q.pop_front());
+        match waiting {
+            Some(task) if !shared.stop_handlers.is_cancelled() => {
+                let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+                let id = task.id.clone();
+                let _ = shared.journal.write(move |c| tasks::set_running(c, &id)).await;
+                next = Some((task, permit));
+            }
+            _ => {}
+        }
+    }
+    let mut items = shared.items.lock().expect("items lock");
+    if items.get(&item).is_some_and(|q| q.is_empty()) {
+        items.remove(&item);
+    }
+}
+
+async fn run_attempt(shared: &Arc<Shared>, task: Task) {
+    let cancel = shared.stop_handlers.child_token();
+    shared.running.lock().expect("running lock").insert(task.id.clone(), cancel.clone());
+    shared.bus.emit(Event::TaskStarted {
+        task_id: task.id.clone(),
+        item: task.item_ref(),
+        attempt: task.attempt,
+        replay: task.replay,
+    });
+    let attempt = runner::run(&task, &shared.config, &shared.data_dir, &shared.bus, cancel).await;
+    shared.running.lock().expect("running lock").remove(&task.id);
+    if shared.stop_handlers.is_cancelled() && attempt.outcome == runner::Outcome::Cancelled {
+        // Shutdown, not an operator: the task stays claimed and is re-queued at the next start.
+        return;
+    }
+    let finish = policy::decide(&task, &attempt, &shared.config.worker, &shared.queues, unix_now());
+    let (state, reason) = match &finish {
+        Finish::Done { .. } => ("done", None),
+        Finish::Retry { task, .. } => ("retrying", task.failure.as_ref().map(|f| f.reason.clone())),
+        Finish::Dead { task, .. } => ("dead", task.failure.as_ref().map(|f| f.reason.clone())),
+        Finish::Dropped { reason } => ("dropped", Some(reason.clone())),
+    };
+    let exit_code = match attempt.outcome {
+        runner::Outcome::Exited(c) => Some(c),
+        _ => None,
+    };
+    let id = task.id.clone();
+    let written = shared.journal.write(move |c| tasks::finish(c, &id, &finish)).await;
+    if let Err(e) = written {
+        // Still claimed in the journal: re-queued at the next start.
+        tracing::error!("cannot record the end of task {}: {e}", task.id);
+        return;
+    }
+    shared.journal.notify_outbox();
+    shared.bus.emit(Event::TaskFinished {
+        task_id: task.id.clone(),
+        item: task.item_ref(),
+        state,
+        exit_code,
+        duration_ms: attempt.duration.as_millis() as u64,
+        reason,
+    });
+}
+
+/// Operators cancel running tasks from another process (`agentctl jobs drop`) through the
+/// journal; this looks for such requests every second.
+async fn watch_cancels(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let Ok(reader) = shared.journal.reader() else { return };
+    let reader = Arc::new(Mutex::new(reader));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let r = reader.clone();
+        let ids = tokio::task::spawn_blocking(move || tasks::cancel_requests(&r.lock().expect("reader lock")))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        for id in ids {
+            if let Some(token) = shared.running.lock().expect("running lock").get(&id) {
+                token.cancel();
+            }
+        }
+    }
+}
+
+async fn report_depths(shared: Arc<Shared>, broker: Arc<dyn Broker>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(depths) = broker.depths().await {
+            shared.bus.emit(Event::QueueDepths { depths });
+        }
+    }
+}
+
+/// Shutdown: no new tasks are taken; running handlers get the grace period to finish, then
+/// their process groups are stopped. Unfinished tasks stay claimed and are re-queued at the
+/// next start.
+async fn drain(shared: &Arc<Shared>) {
+    let total = usize::from(shared.config.worker.concurrency) as u32;
+    let all_free = shared.slots.clone().acquire_many_owned(total);
+    if tokio::time::timeout(runner::GRACE, all_free).await.is_err() {
+        shared.stop_handlers.cancel();
+        let _ = tokio::time::timeout(runner::GRACE * 2, shared.slots.clone().acquire_many_owned(total)).await;
+    }
+}

@@ -1,0 +1,91 @@
+//! What happens after an attempt: done, retried after a backoff, dead, or dropped. Pure logic.
+
+use super::runner::{Attempt, Outcome};
+use crate::broker::Queues;
+use crate::config::Worker;
+use crate::store::tasks::Finish;
+use crate::task::{Failure, Task};
+
+pub fn decide(task: &Task, attempt: &Attempt, config: &Worker, queues: &Queues, now_unix: i64) -> Finish {
+    let (class, exit_code, reason) = match &attempt.outcome {
+        Outcome::Exited(0) => return Finish::Done { exit_code: 0 },
+        Outcome::Cancelled => return Finish::Dropped { reason: "cancelled by an operator".into() },
+        Outcome::Exited(code) => ("exit", Some(*code), format!("the handler exited with code {code}")),
+        Outcome::Signalled(sig) => ("signal", None, format!("the handler was killed by signal {sig}")),
+        Outcome::TimedOut => {
+            ("timeout", None, format!("the handler ran longer than worker.timeout_secs ({} s)", config.timeout_secs))
+        }
+        Outcome::FailedToStart(why) => ("start", None, format!("the handler could not start: {why}")),
+    };
+    let mut next = task.clone();
+    next.failure = Some(Failure { class: class.into(), exit_code, reason, log_tail: attempt.log_tail.clone() });
+    // A command that cannot start will not start on a retry either.
+    if class == "start" || task.attempt >= config.max_attempts {
+        return Finish::Dead { task: next, queue: queues.dead.clone() };
+    }
+    let index = (task.attempt as usize).saturating_sub(1);
+    let delay_secs = config.backoff_secs.get(index).or(config.backoff_secs.last()).copied().unwrap_or(0);
+    next.attempt = task.attempt + 1;
+    Finish::Retry {
+        task: next,
+        queue: queues.retry.clone(),
+        delay_ms: (delay_secs * 1000) as i64,
+        next_unix: now_unix + delay_secs as i64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn task(attempt: u32) -> Task {
+        let mut t =
+            Task::from_message(br#"{"type":"github_issue","owner":"o","repo":"r","number":1,"uuid":"u"}"#).unwrap();
+        t.attempt = attempt;
+        t
+    }
+
+    fn attempt(outcome: Outcome) -> Attempt {
+        Attempt { outcome, duration: Duration::from_secs(1), log_tail: "last line".into() }
+    }
+
+    #[test]
+    fn retries_with_backoff_then_dead() {
+        let cfg = Worker { max_attempts: 3, backoff_secs: vec![5, 60], ..Worker::default() };
+        let q = Queues::new("q");
+        match decide(&task(1), &attempt(Outcome::Exited(2)), &cfg, &q, 1000) {
+            Finish::Retry { task, queue, delay_ms, next_unix } => {
+                assert_eq!((task.attempt, queue.as_str(), delay_ms, next_unix), (2, "q.retry", 5000, 1005));
+                let f = task.failure.unwrap();
+                assert_eq!((f.class.as_str(), f.exit_code, f.log_tail.as_str()), ("exit", Some(2), "last line"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match decide(&task(2), &attempt(Outcome::TimedOut), &cfg, &q, 0) {
+            Finish::Retry { delay_ms, task, .. } => {
+                assert_eq!((delay_ms, task.failure.unwrap().class.as_str()), (60_000, "timeout"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match decide(&task(3), &attempt(Outcome::Signalled(9)), &cfg, &q, 0) {
+            Finish::Dead { task, queue } => {
+                assert_eq!(queue, "q.dead");
+                assert_eq!(task.failure.unwrap().class, "signal");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn classes_that_are_not_retried() {
+        let cfg = Worker::default();
+        let q = Queues::new("q");
+        assert!(matches!(decide(&task(1), &attempt(Outcome::Exited(0)), &cfg, &q, 0), Finish::Done { .. }));
+        assert!(matches!(decide(&task(1), &attempt(Outcome::Cancelled), &cfg, &q, 0), Finish::Dropped { .. }));
+        match decide(&task(1), &attempt(Outcome::FailedToStart("no such file".into())), &cfg, &q, 0) {
+            Finish::Dead { task, .. } => assert_eq!(task.failure.unwrap().class, "start"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
