@@ -179,10 +179,12 @@ pub async fn run(task: &Task, config: &Config, data_dir: &Path, bus: &Bus, cance
 
 fn absolute_if_relative_file(arg: &str) -> String {
     let path = Path::new(arg);
-    if arg.contains('/') && path.is_relative() && path.exists() {
-        if let Ok(abs) = std::path::absolute(path) {
-            return abs.to_string_lossy().into_owned();
-        }
+    if arg.contains('/')
+        && path.is_relative()
+        && path.exists()
+        && let Ok(abs) = std::path::absolute(path)
+    {
+        return abs.to_string_lossy().into_owned();
     }
     arg.to_string()
 }
