@@ -54,6 +54,35 @@ pub enum Command {
     /// Inspect and replay journaled deliveries.
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
+    /// List, replay and drop jobs (tasks).
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Newest first.
+    List {
+        /// queued, running, waiting, retrying, dead, done or dropped.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Put a dead job back on the main queue, attempts reset.
+    Replay(JobTarget),
+    /// Remove a dead job, skip a queued one, or cancel a running one.
+    Drop(JobTarget),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct JobTarget {
+    /// The job (task) id.
+    pub id: Option<String>,
+    /// Every dead job.
+    #[arg(long)]
+    pub all_dead: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,7 @@
 //! What each command does, at the binary's edge (anyhow errors with context, printing to
 //! stdout). The long-running service is `app::run`.
 
-use crate::cli::{Cli, Command, ConfigCommand, DeliveriesCommand, LogFormat, SendArgs};
+use crate::cli::{Cli, Command, ConfigCommand, DeliveriesCommand, JobTarget, JobsCommand, LogFormat, SendArgs};
 use crate::config::{self, Config, Env, ensure_route_secrets};
 use crate::event::Bus;
 use crate::{app, headless, ops, send};
@@ -57,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Send(args)) => send_command(load_config(&cli, &env)?, args).await,
         Some(Command::Deliveries(cmd)) => deliveries_command(load_config(&cli, &env)?, cmd).await,
+        Some(Command::Jobs(cmd)) => jobs_command(load_config(&cli, &env)?, cmd).await,
         None => serve(&cli, load_config(&cli, &env)?).await,
     }
 }
@@ -174,4 +175,42 @@ async fn deliveries_command(config: Config, cmd: &DeliveriesCommand) -> anyhow::
             Ok(())
         }
     }
+}
+
+fn target(t: &JobTarget) -> ops::Jobs {
+    match &t.id {
+        Some(id) => ops::Jobs::One(id.clone()),
+        None => ops::Jobs::AllDead,
+    }
+}
+
+async fn jobs_command(config: Config, cmd: &JobsCommand) -> anyhow::Result<()> {
+    let lines = match cmd {
+        JobsCommand::List { state, limit } => {
+            println!("{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  DETAIL", "ID", "STATE", "ITEM", "TRY", "PCT");
+            for j in ops::jobs_list(&config, state.as_deref(), *limit)? {
+                let detail = match j.state.as_str() {
+                    "running" => j.progress_message.clone().unwrap_or_default(),
+                    "retrying" => format!(
+                        "next attempt in {} s; {}",
+                        (j.next_attempt_unix.unwrap_or(0) - crate::store::unix_now()).max(0),
+                        j.failure.clone().unwrap_or_default()
+                    ),
+                    _ => j.failure.clone().unwrap_or_default(),
+                };
+                let pct = j.progress.map(|p| format!("{p}%")).unwrap_or_default();
+                println!("{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  {detail}", j.id, j.state, j.item, j.attempt, pct);
+            }
+            return Ok(());
+        }
+        JobsCommand::Replay(t) => ops::jobs_replay(&config, target(t)).await?,
+        JobsCommand::Drop(t) => ops::jobs_drop(&config, target(t)).await?,
+    };
+    for line in &lines {
+        println!("{line}");
+    }
+    if lines.iter().any(|l| l.contains("no such job") || l.contains(": not ")) {
+        bail!("some jobs were not changed");
+    }
+    Ok(())
 }

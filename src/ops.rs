@@ -8,6 +8,7 @@ use crate::config::{Config, ensure_route_secrets};
 use crate::event::Bus;
 use crate::ingest::accept::{Answer, Incoming, Ingest};
 use crate::ingest::{Route, headers};
+use crate::store::tasks::{self, Dropped};
 use crate::store::{
     DeliveryRow, DeliverySummary, JOURNAL_FILE, Journal, list_deliveries, load_delivery, pending_for_task,
 };
@@ -68,23 +69,112 @@ pub async fn replay(mut config: Config, id: i64) -> anyhow::Result<Replayed> {
             stored_token_fp: row.token_fp.clone(),
         })
         .await;
-    let mut published_here = false;
-    if let Answer::Queued { task_id } = &answer {
-        // A running agentctl holds the publisher lock and picks the row up within a second.
-        if let Some(_lock) = publisher_lock(&data_dir)? {
-            let broker = broker::from_config(&config, &journal);
-            let reader = journal.reader()?;
-            let rows = pending_for_task(&reader, task_id)?;
-            let result = broker.publish(&rows).await;
-            if let Some(e) = result.error {
-                bail!(
-                    "task {task_id} is queued in the journal's outbox but could not be published now: {e}; \
-                       it is published when agentctl next runs"
-                );
+    let published_here = match &answer {
+        Answer::Queued { task_id } => publish_if_alone(&config, &journal, task_id).await?,
+        _ => false,
+    };
+    Ok(Replayed { answer, published_here })
+}
+
+/// Publishes a task's outbox rows from this process when no agentctl is running on the data
+/// dir; a running one holds the publisher lock and picks the rows up within a second. Returns
+/// whether this process published.
+async fn publish_if_alone(config: &Config, journal: &Journal, task_id: &str) -> anyhow::Result<bool> {
+    let Some(_lock) = publisher_lock(&config.storage.data_dir())? else { return Ok(false) };
+    let broker = broker::from_config(config, journal);
+    let rows = pending_for_task(&journal.reader()?, task_id)?;
+    let result = broker.publish(&rows).await;
+    if let Some(e) = result.error {
+        bail!(
+            "task {task_id} is queued in the journal's outbox but could not be published now: {e}; \
+             it is published when agentctl next runs"
+        );
+    }
+    journal.write(move |c| crate::store::mark_published(c, &result.confirmed)).await?;
+    Ok(true)
+}
+
+/// A job, or every dead job.
+#[derive(Debug, Clone)]
+pub enum Jobs {
+    One(String),
+    AllDead,
+}
+
+fn open_journal(config: &Config) -> anyhow::Result<Journal> {
+    open_reader(config)?;
+    Ok(Journal::open(&journal_path(config), config.storage.sync)?)
+}
+
+fn job_ids(journal: &Journal, which: &Jobs) -> anyhow::Result<Vec<String>> {
+    Ok(match which {
+        Jobs::One(id) => vec![id.clone()],
+        Jobs::AllDead => tasks::ids_in_state(&journal.reader()?, "dead")?,
+    })
+}
+
+pub fn jobs_list(config: &Config, state: Option<&str>, limit: usize) -> anyhow::Result<Vec<tasks::JobRow>> {
+    if let Some(s) = state
+        && !tasks::STATES.contains(&s)
+    {
+        bail!("unknown state '{s}'; states: {}", tasks::STATES.join(", "));
+    }
+    Ok(tasks::list_jobs(&open_reader(config)?, state, limit)?)
+}
+
+/// Dead (or finished) jobs back to the main queue, attempts reset, marked as replays. Returns
+/// one line per job saying what happened.
+pub async fn jobs_replay(config: &Config, which: Jobs) -> anyhow::Result<Vec<String>> {
+    let journal = open_journal(config)?;
+    let broker = broker::from_config(config, &journal);
+    let queues = broker::Queues::new(&config.broker.queue);
+    let mut out = Vec::new();
+    for id in job_ids(&journal, &which)? {
+        let state = tasks::task_state(&journal.reader()?, &id)?.map(|(s, _)| s);
+        let main = queues.main.clone();
+        let task_id = id.clone();
+        match journal.write(move |c| tasks::replay_task(c, &task_id, &main)).await? {
+            None => out.push(match state {
+                None => format!("{id}: no such job"),
+                Some(s) => format!("{id}: not replayed: it is {s} (only dead, dropped or done jobs are replayed)"),
+            }),
+            Some(_) => {
+                if state.as_deref() == Some("dead") {
+                    broker.remove(&queues.dead, std::slice::from_ref(&id)).await?;
+                }
+                let how = if publish_if_alone(config, &journal, &id).await? {
+                    "published"
+                } else {
+                    "queued; the running agentctl publishes it"
+                };
+                out.push(format!("{id}: replayed ({how})"));
             }
-            journal.write(move |c| crate::store::mark_published(c, &result.confirmed)).await?;
-            published_here = true;
         }
     }
-    Ok(Replayed { answer, published_here })
+    Ok(out)
+}
+
+/// Drops jobs: a dead one leaves the dead queue; a queued, waiting or retrying one is
+/// tombstoned (the worker acks it without running); a running one is cancelled (its process
+/// group killed by the worker within a second) and not retried.
+pub async fn jobs_drop(config: &Config, which: Jobs) -> anyhow::Result<Vec<String>> {
+    let journal = open_journal(config)?;
+    let broker = broker::from_config(config, &journal);
+    let queues = broker::Queues::new(&config.broker.queue);
+    let mut out = Vec::new();
+    for id in job_ids(&journal, &which)? {
+        let task_id = id.clone();
+        let line = match journal.write(move |c| tasks::drop_task(c, &task_id)).await? {
+            None => format!("{id}: no such job"),
+            Some(Dropped::Tombstoned) => format!("{id}: dropped; the worker will skip it"),
+            Some(Dropped::Cancelling) => format!("{id}: cancelling; the worker stops its handler"),
+            Some(Dropped::RemovedDead) => {
+                let n = broker.remove(&queues.dead, std::slice::from_ref(&id)).await?;
+                format!("{id}: dropped ({n} message removed from {})", queues.dead)
+            }
+            Some(Dropped::AlreadyFinished(state)) => format!("{id}: not dropped: it is {state}"),
+        };
+        out.push(line);
+    }
+    Ok(out)
 }

@@ -11,8 +11,8 @@ use crate::store::OutboxRow;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -233,6 +233,35 @@ impl Broker for AmqpBroker {
         }
         let _ = timed(RPC_TIMEOUT, ch.close(200, "depths read".into())).await;
         Ok(out)
+    }
+
+    async fn remove(&self, queue: &str, message_ids: &[String]) -> Result<usize, BrokerError> {
+        let link = self.link().await?;
+        let ch = timed(RPC_TIMEOUT, link.conn.create_channel()).await?;
+        // Take every message once; ack the wanted ones, give the rest back when done (giving them
+        // back earlier would hand them to us again).
+        let mut keep = Vec::new();
+        let mut removed = 0;
+        loop {
+            let got = timed(RPC_TIMEOUT, ch.basic_get(queue.into(), BasicGetOptions { no_ack: false })).await?;
+            let Some(msg) = got else { break };
+            let id = msg.delivery.properties.message_id().as_ref().map(|s| s.to_string());
+            let remaining = msg.message_count;
+            if id.is_some_and(|id| message_ids.contains(&id)) {
+                timed(RPC_TIMEOUT, msg.delivery.acker.ack(BasicAckOptions::default())).await?;
+                removed += 1;
+            } else {
+                keep.push(msg.delivery.acker);
+            }
+            if remaining == 0 {
+                break;
+            }
+        }
+        for acker in keep {
+            timed(RPC_TIMEOUT, acker.nack(BasicNackOptions { requeue: true, ..Default::default() })).await?;
+        }
+        let _ = timed(RPC_TIMEOUT, ch.close(200, "removed".into())).await;
+        Ok(removed)
     }
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, BrokerError> {

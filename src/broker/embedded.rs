@@ -143,6 +143,20 @@ impl Broker for EmbeddedBroker {
         .map_err(|e| BrokerError::Store(e.to_string()))?
     }
 
+    async fn remove(&self, queue: &str, message_ids: &[String]) -> Result<usize, BrokerError> {
+        let (queue, ids) = (queue.to_string(), message_ids.to_vec());
+        self.journal
+            .write(move |c| {
+                let mut n = 0;
+                for id in &ids {
+                    n += c.execute("DELETE FROM queue_messages WHERE queue = ?1 AND message_id = ?2", (&queue, id))?;
+                }
+                Ok(n)
+            })
+            .await
+            .map_err(store_err)
+    }
+
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, BrokerError> {
         let owner = uuid::Uuid::new_v4().to_string();
         let cancel = CancellationToken::new();

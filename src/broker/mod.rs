@@ -88,6 +88,9 @@ pub trait Broker: Send + Sync {
     async fn depths(&self) -> Result<Vec<QueueDepth>, BrokerError>;
     /// Starts consuming `queue` with manual acks and at most `prefetch` unacked messages.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, BrokerError>;
+    /// Takes the messages with these message ids (task ids) off `queue` (the dead queue, for
+    /// replay and drop); returns how many were removed. Other messages stay where they were.
+    async fn remove(&self, queue: &str, message_ids: &[String]) -> Result<usize, BrokerError>;
 }
 
 /// The queue names derived from `broker.queue`.
