@@ -70,10 +70,22 @@ impl Harness {
 
     /// Starts on an existing data dir (a restart).
     pub async fn start_with(config: Config, dir: Arc<tempfile::TempDir>) -> Harness {
+        Harness::start_mode(config, dir, Mode::Webhook).await
+    }
+
+    /// Listener, publisher and worker.
+    pub async fn start_all(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Harness {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut config = test_config(backend, dir.path());
+        tweak(&mut config);
+        Harness::start_mode(config, dir, Mode::All).await
+    }
+
+    pub async fn start_mode(config: Config, dir: Arc<tempfile::TempDir>, mode: Mode) -> Harness {
         let bus = Bus::default();
         let mut events = bus.subscribe();
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(agentctl::app::run(config.clone(), Mode::Webhook, bus.clone(), shutdown.clone()));
+        let handle = tokio::spawn(agentctl::app::run(config.clone(), mode, bus.clone(), shutdown.clone()));
         let addr = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if let Ok(Event::ListenerStarted { addr }) = events.recv().await {
@@ -120,6 +132,34 @@ impl Harness {
 
     pub fn journal(&self) -> Journal {
         Journal::open(&self.dir.path().join(JOURNAL_FILE), self.config.storage.sync).unwrap()
+    }
+
+    /// Waits for an event matching `f` (up to `wait`).
+    pub async fn wait_for<T>(
+        events: &mut tokio::sync::broadcast::Receiver<Event>,
+        wait: Duration,
+        mut f: impl FnMut(&Event) -> Option<T>,
+    ) -> T {
+        tokio::time::timeout(wait, async {
+            loop {
+                match events.recv().await {
+                    Ok(e) => {
+                        if let Some(t) = f(&e) {
+                            return t;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("event bus closed: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("the expected event arrives in time")
+    }
+
+    pub fn task_state(&self, id: &str) -> String {
+        let c = rusqlite::Connection::open(self.dir.path().join(JOURNAL_FILE)).unwrap();
+        c.query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0)).unwrap()
     }
 
     pub fn count(&self, sql: &str) -> i64 {

@@ -1,0 +1,229 @@
+//! The worker with real child processes, against the embedded queue and RabbitMQ: retries with
+//! backoff then dead, replay to success, drop of dead/queued/running jobs, timeouts that kill
+//! the whole process group, a command that cannot start, and the original message format.
+
+mod common;
+
+use agentctl::config::Command;
+use agentctl::event::Event;
+use agentctl::ops::{self, Jobs};
+use common::{Backend, Harness, delete_queues};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+both_backends!(
+    retries_then_dead_then_replay_to_success,
+    drop_queued_and_running_jobs,
+    original_message_format_is_consumed
+);
+
+fn finished(id: &str, want: &'static str) -> impl FnMut(&Event) -> Option<Option<String>> {
+    let id = id.to_string();
+    move |e| match e {
+        Event::TaskFinished { task_id, state, reason, .. } if *task_id == id && *state == want => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+fn dead_depth(want: u64) -> impl FnMut(&Event) -> Option<()> {
+    move |e| match e {
+        Event::QueueDepths { depths } if depths.iter().any(|d| d.queue.ends_with(".dead") && d.ready == want) => {
+            Some(())
+        }
+        _ => None,
+    }
+}
+
+async fn retries_then_dead_then_replay_to_success(backend: Backend) {
+    let marker = tempfile::tempdir().unwrap();
+    let ok = marker.path().join("ok");
+    let script = format!(
+        "echo '::progress 50 half way'; echo working; test -f {} || {{ echo 'no marker' >&2; exit 4; }}",
+        ok.display()
+    );
+    let h = Harness::start_all(backend, |c| {
+        c.worker.command = Command::Shell(script);
+        c.worker.max_attempts = 2;
+        c.worker.backoff_secs = vec![1];
+    })
+    .await;
+    let mut ev = h.bus.subscribe();
+    let (status, a) = h.send("github:issues.labeled").await;
+    assert_eq!(status, 202);
+    let id = a["task_id"].as_str().unwrap().to_string();
+
+    let progress = Harness::wait_for(&mut ev, LONG, |e| match e {
+        Event::TaskProgress { task_id, percent, message } if *task_id == id => Some((*percent, message.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(progress, (50, "half way".to_string()));
+    let why = Harness::wait_for(&mut ev, LONG, finished(&id, "retrying")).await.unwrap();
+    assert!(why.contains("exited with code 4"), "{why}");
+    Harness::wait_for(&mut ev, LONG, |e| match e {
+        Event::TaskStarted { task_id, attempt: 2, .. } if *task_id == id => Some(()),
+        _ => None,
+    })
+    .await;
+    Harness::wait_for(&mut ev, LONG, finished(&id, "dead")).await;
+    assert_eq!(h.task_state(&id), "dead");
+    Harness::wait_for(&mut ev, LONG, dead_depth(1)).await;
+    let jobs = ops::jobs_list(&h.config, Some("dead"), 10).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].failure.as_deref().unwrap().starts_with("exit: the handler exited with code 4"), "{jobs:?}");
+    assert_eq!(jobs[0].attempt, 2);
+
+    // Fixed; the replay runs it again, from attempt 1, to success, and it leaves the dead queue.
+    std::fs::write(&ok, "").unwrap();
+    let lines = ops::jobs_replay(&h.config, Jobs::One(id.clone())).await.unwrap();
+    assert!(lines[0].contains("replayed"), "{lines:?}");
+    Harness::wait_for(&mut ev, LONG, |e| match e {
+        Event::TaskStarted { task_id, attempt: 1, replay: true, .. } if *task_id == id => Some(()),
+        _ => None,
+    })
+    .await;
+    Harness::wait_for(&mut ev, LONG, finished(&id, "done")).await;
+    Harness::wait_for(&mut ev, LONG, dead_depth(0)).await;
+    assert_eq!(h.task_state(&id), "done");
+    let log = std::fs::read_to_string(h.dir.path().join("logs").join(format!("{id}.log"))).unwrap();
+    assert_eq!(log.matches("--- attempt").count(), 3, "{log}");
+    assert!(log.contains("no marker") && log.contains("working") && !log.contains("::progress"), "{log}");
+    let config = h.config.clone();
+    h.stop().await;
+    delete_queues(&config).await;
+}
+
+async fn drop_queued_and_running_jobs(backend: Backend) {
+    let h = Harness::start_all(backend, |c| {
+        c.worker.command = Command::Shell("sleep 30".into());
+        c.worker.concurrency = 1;
+    })
+    .await;
+    let mut ev = h.bus.subscribe();
+    let first = h.send("github:issues.labeled").await.1["task_id"].as_str().unwrap().to_string();
+    Harness::wait_for(&mut ev, LONG, |e| {
+        matches!(e, Event::TaskStarted { task_id, .. } if *task_id == first).then_some(())
+    })
+    .await;
+    // The one slot is busy: the second task waits on the queue, unclaimed.
+    let second = h.send("github:pull_request.labeled").await.1["task_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let lines = ops::jobs_drop(&h.config, Jobs::One(second.clone())).await.unwrap();
+    assert!(lines[0].contains("dropped; the worker will skip it"), "{lines:?}");
+    let lines = ops::jobs_drop(&h.config, Jobs::One(first.clone())).await.unwrap();
+    assert!(lines[0].contains("cancelling"), "{lines:?}");
+    Harness::wait_for(&mut ev, Duration::from_secs(10), finished(&first, "dropped")).await;
+    assert_eq!(h.task_state(&first), "dropped");
+    Harness::wait_for(&mut ev, LONG, |e| match e {
+        Event::TaskSkipped { task_id, reason } if *task_id == second => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(h.task_state(&second), "dropped");
+    let again = ops::jobs_drop(&h.config, Jobs::One(first.clone())).await.unwrap();
+    assert!(again[0].contains("not dropped"), "{again:?}");
+    let config = h.config.clone();
+    h.stop().await;
+    delete_queues(&config).await;
+}
+
+async fn original_message_format_is_consumed(backend: Backend) {
+    let h = Harness::start_all(backend, |c| c.worker.command = Command::Shell("cat > task.json.seen".into())).await;
+    let mut ev = h.bus.subscribe();
+    let body =
+        br#"{"type":"github_issue","owner":"octo","repo":"hello","number":7,"uuid":"legacy-1","user":"octocat"}"#;
+    match backend {
+        Backend::Embedded => {
+            let journal = h.journal();
+            let b = agentctl::broker::embedded::EmbeddedBroker::new(
+                journal,
+                agentctl::broker::Queues::new(&h.config.broker.queue),
+            );
+            b.enqueue(&h.config.broker.queue, "legacy-1", body.to_vec(), Duration::ZERO).await.unwrap();
+        }
+        Backend::Rabbit => {
+            let conn = lapin::Connection::connect(&h.config.broker.url, Default::default()).await.unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            ch.basic_publish(
+                "".into(),
+                h.config.broker.queue.as_str().into(),
+                Default::default(),
+                body,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    Harness::wait_for(&mut ev, LONG, finished("legacy-1", "done")).await;
+    let seen = std::fs::read_to_string(h.dir.path().join("work/legacy-1/task.json.seen")).unwrap();
+    let task: agentctl::task::Task = serde_json::from_str(&seen).unwrap();
+    assert_eq!((task.repo_full_name.as_str(), task.number, task.user.as_str()), ("octo/hello", 7, "octocat"));
+    let config = h.config.clone();
+    h.stop().await;
+    delete_queues(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_the_whole_process_group() {
+    let pid_dir = tempfile::tempdir().unwrap();
+    let pid_file = pid_dir.path().join("grandchild.pid");
+    let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
+    let h = Harness::start_all(Backend::Embedded, |c| {
+        c.worker.command = Command::Argv(vec!["sh".into(), "-c".into(), script]);
+        c.worker.timeout_secs = 1;
+        c.worker.max_attempts = 1;
+    })
+    .await;
+    let mut ev = h.bus.subscribe();
+    let id = h.send("gitlab:issue").await.1["task_id"].as_str().unwrap().to_string();
+    let why = Harness::wait_for(&mut ev, LONG, finished(&id, "dead")).await.unwrap();
+    assert!(why.contains("longer than worker.timeout_secs (1 s)"), "{why}");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let gone = stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    assert!(gone, "the handler's grandchild {pid} is still running: {stat}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_cannot_start_goes_dead_at_once() {
+    let h = Harness::start_all(Backend::Embedded, |c| {
+        c.worker.command = Command::Argv(vec!["/nonexistent/agent".into()]);
+        c.worker.max_attempts = 5;
+    })
+    .await;
+    let mut ev = h.bus.subscribe();
+    let id = h.send("github:issues.labeled").await.1["task_id"].as_str().unwrap().to_string();
+    let why = Harness::wait_for(&mut ev, LONG, finished(&id, "dead")).await.unwrap();
+    assert!(why.contains("could not start") && why.contains("/nonexistent/agent"), "{why}");
+    let jobs = ops::jobs_list(&h.config, Some("dead"), 10).unwrap();
+    assert_eq!(jobs[0].attempt, 1, "no retries for a command that cannot start");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_task_for_a_running_item_waits() {
+    let h = Harness::start_all(Backend::Embedded, |c| {
+        c.worker.command = Command::Shell("sleep 1".into());
+        c.worker.concurrency = 2;
+    })
+    .await;
+    let mut ev = h.bus.subscribe();
+    let first = h.send("github:issues.labeled").await.1["task_id"].as_str().unwrap().to_string();
+    let second = h.send("github:issues.labeled").await.1["task_id"].as_str().unwrap().to_string();
+    Harness::wait_for(&mut ev, LONG, |e| {
+        matches!(e, Event::TaskWaiting { task_id, .. } if *task_id == second).then_some(())
+    })
+    .await;
+    Harness::wait_for(&mut ev, LONG, finished(&first, "done")).await;
+    Harness::wait_for(&mut ev, LONG, |e| {
+        matches!(e, Event::TaskStarted { task_id, .. } if *task_id == second).then_some(())
+    })
+    .await;
+    Harness::wait_for(&mut ev, LONG, finished(&second, "done")).await;
+    h.stop().await;
+}
