@@ -51,8 +51,13 @@ impl Instance {
     }
 
     fn spawn(&self) -> Running {
+        self.spawn_with(&["--no-tui", "--mode", "webhook"], &[])
+    }
+
+    fn spawn_with(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Running {
         let mut child = self
-            .command(&["--no-tui", "--mode", "webhook"])
+            .command(args)
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -253,4 +258,73 @@ fn killed_during_load_embedded() {
 #[test]
 fn killed_during_load_rabbitmq() {
     killed_during_load(Backend::Rabbit);
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The worker as a process: the handler's environment holds the contract's variables and the
+/// forge token, never a webhook secret; and a worker killed with SIGKILL mid-task runs the task
+/// again after a restart, to completion, once.
+#[test]
+fn worker_crash_and_handler_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(Backend::Embedded, dir.path());
+    let inst = Instance::new(&config);
+    let out = tempfile::tempdir().unwrap();
+    let runs = out.path().join("runs");
+    let env_dump = out.path().join("env");
+    let script = format!(
+        "env > {env}; echo \"start $AGENTCTL_TASK_ID\" >> {runs}; sleep 2; echo \"done $AGENTCTL_TASK_ID\" >> {runs}",
+        env = env_dump.display(),
+        runs = runs.display()
+    );
+    let extra = [
+        ("AGENTCTL_WORKER_COMMAND", script.as_str()),
+        ("GITHUB_PERSONAL_ACCESS_TOKEN", "ghp_forge_token"),
+        ("OPENAI_API_KEY", "sk-openai"),
+        ("AGENTCTL_GITLAB_SIGNING_TOKEN", "whsec_c2lnbmluZw=="),
+    ];
+    let args = ["--no-tui", "--mode", "all"];
+    let first = inst.spawn_with(&args, &extra);
+    let (ok, out_text) = inst.send(&["send", "github:issues.labeled"]);
+    assert!(ok, "{out_text}");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    wait_until("the handler to start", Duration::from_secs(20), || read(&runs).contains("start"));
+
+    let env = read(&env_dump);
+    for (var, value) in [("AGENTCTL_SOURCE", "github"), ("AGENTCTL_KIND", "issue"), ("AGENTCTL_REPO", "Codertocat/Hello-World"),
+        ("AGENTCTL_NUMBER", "1"), ("AGENTCTL_ATTEMPT", "1"), ("GITHUB_PERSONAL_ACCESS_TOKEN", "ghp_forge_token"),
+        ("OPENAI_API_KEY", "sk-openai")]
+    {
+        assert!(env.contains(&format!("{var}={value}\n")), "{var} missing from the handler's environment:\n{env}");
+    }
+    assert!(env.contains("AGENTCTL_TASK_FILE=") && env.contains("AGENTCTL_URL=https://github.com/"), "{env}");
+    for secret in [common::GITHUB_SECRET, common::GITLAB_TOKEN, common::SYSTEM_TOKEN, "whsec_c2lnbmluZw=="] {
+        assert!(!env.contains(secret), "a webhook secret reached the handler:\n{env}");
+    }
+
+    // Killed mid-task: the handler goes with it; after a restart the task runs again, once.
+    signal(&first, "-KILL");
+    let _ = stderr_of(first);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!read(&runs).contains("done"), "the handler did not outlive agentctl: {}", read(&runs));
+    let second = inst.spawn_with(&args, &extra);
+    wait_until("the task to complete after the restart", Duration::from_secs(30), || read(&runs).contains("done"));
+    std::thread::sleep(Duration::from_secs(3));
+    let log = read(&runs);
+    assert_eq!(log.matches("start").count(), 2, "{log}");
+    assert_eq!(log.matches("done").count(), 1, "{log}");
+    let out = inst.command(&["jobs", "list", "--state", "done"]).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("Codertocat/Hello-World#1"), "{list}");
+    signal(&second, "-TERM");
+    let (status, log) = stderr_of(second);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("Re-queued 1 task(s)") && log.contains("Task done"), "{log}");
 }

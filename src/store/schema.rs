@@ -88,6 +88,8 @@ ALTER TABLE tasks ADD COLUMN exit_code INTEGER;
 ALTER TABLE tasks ADD COLUMN next_attempt_unix INTEGER;
 ALTER TABLE tasks ADD COLUMN started_unix INTEGER;
 ALTER TABLE tasks ADD COLUMN finished_unix INTEGER;
+-- The running handler's process group, so a restart can stop what a killed worker left behind.
+ALTER TABLE tasks ADD COLUMN pgid INTEGER;
 -- A message published with a delay (retries): AMQP per-message TTL, embedded visible-at.
 ALTER TABLE outbox ADD COLUMN delay_ms INTEGER NOT NULL DEFAULT 0;
 "#,

@@ -62,6 +62,18 @@ pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim
     Ok(Claim::Run)
 }
 
+pub fn set_pgid(c: &Connection, id: &str, pgid: i32) -> rusqlite::Result<()> {
+    c.execute("UPDATE tasks SET pgid = ?2 WHERE id = ?1", (id, pgid))?;
+    Ok(())
+}
+
+/// Process groups of tasks a previous run left running, with their task ids.
+pub fn leftover_groups(c: &Connection) -> rusqlite::Result<Vec<(String, i32)>> {
+    c.prepare("SELECT id, pgid FROM tasks WHERE state = 'running' AND pgid IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
 /// Parks a claimed task until its item is free.
 pub fn set_waiting(c: &Connection, id: &str) -> rusqlite::Result<()> {
     c.execute("UPDATE tasks SET state = 'waiting', updated_unix = ?2 WHERE id = ?1", (id, unix_now()))?;

@@ -59,6 +59,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let queues = Queues::new(&config.broker.queue);
+    // Handlers of a worker that was killed may still run (their grandchildren, say): stop them
+    // before their tasks run again.
+    let reader = journal.reader()?;
+    for (task_id, pgid) in tasks::leftover_groups(&reader)? {
+        let n = runner::stop_leftover_group(pgid, &task_id);
+        if n > 0 {
+            tracing::warn!("stopped {n} process(es) left running by task {task_id} from an earlier run");
+        }
+    }
+    drop(reader);
     let requeued = journal
         .write({
             let main = queues.main.clone();
@@ -216,7 +226,14 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         attempt: task.attempt,
         replay: task.replay,
     });
-    let attempt = runner::run(&task, &shared.config, &shared.data_dir, &shared.bus, cancel).await;
+    let journal = shared.journal.clone();
+    let id = task.id.clone();
+    let record_pgid = move |pgid: i32| {
+        tokio::spawn(async move {
+            let _ = journal.write(move |c| tasks::set_pgid(c, &id, pgid)).await;
+        });
+    };
+    let attempt = runner::run(&task, &shared.config, &shared.data_dir, &shared.bus, cancel, record_pgid).await;
     shared.running.lock().expect("running lock").remove(&task.id);
     if shared.stop_handlers.is_cancelled() && attempt.outcome == runner::Outcome::Cancelled {
         // Shutdown, not an operator: the task stays claimed and is re-queued at the next start.

@@ -65,7 +65,15 @@ pub fn log_path(data_dir: &Path, task_id: &str) -> PathBuf {
     data_dir.join("logs").join(format!("{task_id}.log"))
 }
 
-pub async fn run(task: &Task, config: &Config, data_dir: &Path, bus: &Bus, cancel: CancellationToken) -> Attempt {
+/// Runs one attempt; `on_start` hears the handler's process group id once it runs.
+pub async fn run(
+    task: &Task,
+    config: &Config,
+    data_dir: &Path,
+    bus: &Bus,
+    cancel: CancellationToken,
+    on_start: impl FnOnce(i32),
+) -> Attempt {
     let started = Instant::now();
     let failed = |why: String| Attempt {
         outcome: Outcome::FailedToStart(why),
@@ -99,6 +107,15 @@ pub async fn run(task: &Task, config: &Config, data_dir: &Path, bus: &Bus, cance
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // If agentctl itself dies (SIGKILL), the handler goes with it rather than running on
+    // unsupervised; what it started is stopped at the next start (see `stop_leftover_group`).
+    // SAFETY: prctl only sets a flag on the child; nothing is allocated between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     for var in SECRET_ENV {
         cmd.env_remove(var);
     }
@@ -129,6 +146,9 @@ pub async fn run(task: &Task, config: &Config, data_dir: &Path, bus: &Bus, cance
         Err(e) => return failed(format!("{program}: {e}")),
     };
     let pgid = child.id().map(|p| p as i32);
+    if let Some(pg) = pgid {
+        on_start(pg);
+    }
 
     // stdin: the task; a handler that does not read it must not block us.
     if let Some(mut stdin) = child.stdin.take() {
@@ -199,6 +219,32 @@ fn exit_outcome(status: std::io::Result<std::process::ExitStatus>) -> Outcome {
         },
         Err(e) => Outcome::FailedToStart(format!("waiting for the handler failed: {e}")),
     }
+}
+
+/// Kills what is left of a handler's process group from an earlier run of agentctl — only the
+/// processes that carry this task's id in their environment, so a reused group id is safe.
+pub fn stop_leftover_group(pgid: i32, task_id: &str) -> usize {
+    let marker = format!("AGENTCTL_TASK_ID={task_id}");
+    let mut killed = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the command name: state, ppid, pgrp, …
+        let pgrp = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
+        if pgrp != Some(pgid) {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|var| var == marker.as_bytes()) {
+            // SAFETY: kill(2) on a pid we just checked; no memory is touched.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            killed += 1;
+        }
+    }
+    killed
 }
 
 fn signal_group(pgid: i32, sig: i32) {
