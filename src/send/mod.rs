@@ -121,6 +121,8 @@ pub struct LoadReport {
     pub errors: u64,
     /// The task ids of the 202 answers.
     pub task_ids: Vec<String>,
+    /// When each of those answers arrived (same order as `task_ids`).
+    pub accepted_at: Vec<std::time::SystemTime>,
 }
 
 impl LoadReport {
@@ -171,6 +173,7 @@ pub async fn load(sender: Arc<Sender>, count: u64, concurrency: usize) -> anyhow
             let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
             let mut errors = 0u64;
             let mut task_ids = Vec::new();
+            let mut accepted_at = Vec::new();
             let mut conn = None;
             while next.fetch_add(1, Ordering::Relaxed) < count {
                 if conn.is_none() {
@@ -203,6 +206,7 @@ pub async fn load(sender: Arc<Sender>, count: u64, concurrency: usize) -> anyhow
                             && let Some(id) = v["task_id"].as_str()
                         {
                             task_ids.push(id.to_string());
+                            accepted_at.push(std::time::SystemTime::now());
                         }
                         if closing {
                             conn = None;
@@ -214,7 +218,7 @@ pub async fn load(sender: Arc<Sender>, count: u64, concurrency: usize) -> anyhow
                     }
                 }
             }
-            (lat, statuses, errors, task_ids)
+            (lat, statuses, errors, task_ids, accepted_at)
         });
     }
     let mut report = LoadReport {
@@ -224,15 +228,17 @@ pub async fn load(sender: Arc<Sender>, count: u64, concurrency: usize) -> anyhow
         statuses: BTreeMap::new(),
         errors: 0,
         task_ids: Vec::new(),
+        accepted_at: Vec::new(),
     };
     while let Some(w) = workers.join_next().await {
-        let (lat, statuses, errors, ids) = w?;
+        let (lat, statuses, errors, ids, at) = w?;
         report.latencies_us.extend(lat);
         for (s, n) in statuses {
             *report.statuses.entry(s).or_default() += n;
         }
         report.errors += errors;
         report.task_ids.extend(ids);
+        report.accepted_at.extend(at);
     }
     report.elapsed = start.elapsed();
     report.sent = report.latencies_us.len() as u64;
