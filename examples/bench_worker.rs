@@ -60,9 +60,12 @@ fn start(backend: &str, concurrency: u16) -> Agent {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
             let (Some(msg), Some(ts)) = (v["message"].as_str(), v["timestamp"].as_str()) else { continue };
-            let Ok(t) = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339) else { continue };
+            let Ok(t) = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339) else {
+                continue;
+            };
             let t: SystemTime = t.into();
-            let id = |prefix: &str| msg.strip_prefix(prefix).and_then(|r| r.split_whitespace().next()).map(str::to_string);
+            let id =
+                |prefix: &str| msg.strip_prefix(prefix).and_then(|r| r.split_whitespace().next()).map(str::to_string);
             if let Some(id) = id("Task started: task=") {
                 s.lock().unwrap().entry(id).or_default().0 = Some(t);
             } else if let Some(id) = id("Task done: task=") {
@@ -81,7 +84,9 @@ impl Agent {
         let mut config = Config::default();
         config.github.webhook_secret = Secret::new("bench-secret");
         let sample = agentctl::send::samples::sample("github:issues.labeled", "coding agent").unwrap();
-        Arc::new(agentctl::send::Sender::new(&config, sample, Some(&format!("http://127.0.0.1:{}", self.port))).unwrap())
+        Arc::new(
+            agentctl::send::Sender::new(&config, sample, Some(&format!("http://127.0.0.1:{}", self.port))).unwrap(),
+        )
     }
 
     fn wait_done(&self, ids: &[String]) {

@@ -298,10 +298,15 @@ fn worker_crash_and_handler_environment() {
     wait_until("the handler to start", Duration::from_secs(20), || read(&runs).contains("start"));
 
     let env = read(&env_dump);
-    for (var, value) in [("AGENTCTL_SOURCE", "github"), ("AGENTCTL_KIND", "issue"), ("AGENTCTL_REPO", "Codertocat/Hello-World"),
-        ("AGENTCTL_NUMBER", "1"), ("AGENTCTL_ATTEMPT", "1"), ("GITHUB_PERSONAL_ACCESS_TOKEN", "ghp_forge_token"),
-        ("OPENAI_API_KEY", "sk-openai")]
-    {
+    for (var, value) in [
+        ("AGENTCTL_SOURCE", "github"),
+        ("AGENTCTL_KIND", "issue"),
+        ("AGENTCTL_REPO", "Codertocat/Hello-World"),
+        ("AGENTCTL_NUMBER", "1"),
+        ("AGENTCTL_ATTEMPT", "1"),
+        ("GITHUB_PERSONAL_ACCESS_TOKEN", "ghp_forge_token"),
+        ("OPENAI_API_KEY", "sk-openai"),
+    ] {
         assert!(env.contains(&format!("{var}={value}\n")), "{var} missing from the handler's environment:\n{env}");
     }
     assert!(env.contains("AGENTCTL_TASK_FILE=") && env.contains("AGENTCTL_URL=https://github.com/"), "{env}");

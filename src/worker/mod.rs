@@ -123,7 +123,10 @@ pub async fn run(
                 _ = shutdown.cancelled() => break 'connect,
             };
             match message {
-                Ok(m) => accept(&shared, m, permit).await,
+                // Claiming takes a journal commit; the next message need not wait for it.
+                Ok(m) => {
+                    tokio::spawn(accept(shared.clone(), m, permit));
+                }
                 Err(e) => {
                     tracing::warn!("worker lost its consumer: {e}; reconnecting");
                     continue 'connect;
@@ -137,7 +140,7 @@ pub async fn run(
 }
 
 /// Claims a message's task in the journal, acks it, and runs it (or parks it behind its item).
-async fn accept(shared: &Arc<Shared>, message: Received, permit: OwnedSemaphorePermit) {
+async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePermit) {
     let task = match Task::from_message(&message.body) {
         Ok(t) => t,
         Err(e) => {
@@ -187,7 +190,7 @@ async fn accept(shared: &Arc<Shared>, message: Received, permit: OwnedSemaphoreP
                 let _ = shared.journal.write(move |c| tasks::set_waiting(c, &id)).await;
                 shared.bus.emit(Event::TaskWaiting { task_id: task.id, item });
             } else {
-                tokio::spawn(run_item(shared.clone(), task, permit));
+                run_item(shared.clone(), task, permit).await;
             }
         }
     }
