@@ -10,6 +10,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && useradd --system --create-home --home-dir /var/lib/agentctl agentctl
 COPY --from=build /src/target/release/agentctl /usr/local/bin/agentctl
 COPY --from=build /src/config.toml.example /etc/agentctl/config.toml.example
+COPY --from=build /src/assets/handlers /usr/local/share/agentctl/handlers
 USER agentctl
 WORKDIR /var/lib/agentctl
 ENV AGENTCTL_STORAGE_DATA_DIR=/var/lib/agentctl \
