@@ -15,7 +15,8 @@ const LONG: Duration = Duration::from_secs(30);
 both_backends!(
     retries_then_dead_then_replay_to_success,
     drop_queued_and_running_jobs,
-    original_message_format_is_consumed
+    original_message_format_is_consumed,
+    drop_a_dead_job
 );
 
 fn finished(id: &str, want: &'static str) -> impl FnMut(&Event) -> Option<Option<String>> {
@@ -225,5 +226,44 @@ async fn a_second_task_for_a_running_item_waits() {
     })
     .await;
     Harness::wait_for(&mut ev, LONG, finished(&second, "done")).await;
+    h.stop().await;
+}
+
+async fn drop_a_dead_job(backend: Backend) {
+    let h = Harness::start_all(backend, |c| c.worker.command = Command::Argv(vec!["/nonexistent/agent".into()])).await;
+    let mut ev = h.bus.subscribe();
+    let id = h.send("gitlab:issue").await.1["task_id"].as_str().unwrap().to_string();
+    Harness::wait_for(&mut ev, LONG, finished(&id, "dead")).await;
+    Harness::wait_for(&mut ev, LONG, dead_depth(1)).await;
+    let lines = ops::jobs_drop(&h.config, Jobs::AllDead).await.unwrap();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains("dropped (1 message removed"), "{lines:?}");
+    Harness::wait_for(&mut ev, LONG, dead_depth(0)).await;
+    assert_eq!(h.task_state(&id), "dropped");
+    let config = h.config.clone();
+    h.stop().await;
+    delete_queues(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_an_unfinished_task_to_run_again() {
+    let h = Harness::start_all(Backend::Embedded, |c| c.worker.command = Command::Shell("sleep 60".into())).await;
+    let mut ev = h.bus.subscribe();
+    let id = h.send("github:issues.labeled").await.1["task_id"].as_str().unwrap().to_string();
+    Harness::wait_for(&mut ev, LONG, |e| {
+        matches!(e, Event::TaskStarted { task_id, .. } if *task_id == id).then_some(())
+    })
+    .await;
+    let stopping = std::time::Instant::now();
+    let (mut config, dir) = h.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(20), "shutdown waits the grace period, not the handler");
+    let c = rusqlite::Connection::open(dir.path().join(agentctl::store::JOURNAL_FILE)).unwrap();
+    let state: String = c.query_row("SELECT state FROM tasks WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+    assert_eq!(state, "running", "still claimed: it was not finished, so it is not done, retried or dead");
+
+    config.worker.command = Command::Shell("true".into());
+    let h = Harness::start_mode(config, dir, agentctl::cli::Mode::All).await;
+    let mut ev = h.bus.subscribe();
+    Harness::wait_for(&mut ev, LONG, finished(&id, "done")).await;
     h.stop().await;
 }
