@@ -86,7 +86,7 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
             server::run(listener, ingest, limits, server_bus, server_stop).await.context("the listener failed")
         });
     }
-    let worker = matches!(mode, Mode::All | Mode::Consumer).then(|| {
+    let mut worker = matches!(mode, Mode::All | Mode::Consumer).then(|| {
         tokio::spawn(crate::worker::run(config.clone(), journal.clone(), broker.clone(), bus.clone(), shutdown.clone()))
     });
 
@@ -99,6 +99,13 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
             result = joined.context("a task panicked").and_then(|r| r);
             if result.is_ok() && !shutdown.is_cancelled() {
                 result = Err(anyhow::anyhow!("a part of agentctl stopped unexpectedly"));
+            }
+        }
+        joined = async { worker.as_mut().expect("guarded").await }, if worker.is_some() => {
+            worker = None;
+            result = joined.context("the worker panicked").and_then(|r| r.context("the worker failed"));
+            if result.is_ok() && !shutdown.is_cancelled() {
+                result = Err(anyhow::anyhow!("the worker stopped unexpectedly"));
             }
         }
     }

@@ -150,10 +150,8 @@ impl Task {
         }
     }
 
-    /// `owner/repo#7` (issues, pull requests) or `group/project!3` (merge requests).
     pub fn item_ref(&self) -> String {
-        let sep = if self.kind == Kind::MergeRequest { '!' } else { '#' };
-        format!("{}{sep}{}", self.repo_full_name, self.number)
+        item_ref(&self.repo_full_name, self.kind, self.number)
     }
 
     /// Reads a queue message: agentctl's own form, or the original design's task key
@@ -233,6 +231,12 @@ struct Original {
     title: Option<String>,
     label: Option<String>,
     attempt: Option<u32>,
+}
+
+/// `owner/repo#7` (issues, pull requests) or `group/project!3` (merge requests).
+pub fn item_ref(repo_full_name: &str, kind: Kind, number: u64) -> String {
+    let sep = if kind == Kind::MergeRequest { '!' } else { '#' };
+    format!("{repo_full_name}{sep}{number}")
 }
 
 /// A fresh, time-ordered task id.

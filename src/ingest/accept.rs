@@ -9,7 +9,7 @@ use super::{ParseError, Parsed, Route, github, gitlab};
 use crate::config::{Config, Filter, Secret};
 use crate::event::{Bus, Event, Verdict};
 use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps, StoredBody};
-use crate::task::{Kind, Task, new_task_id, now_rfc3339};
+use crate::task::{Task, new_task_id, now_rfc3339};
 use bytes::Bytes;
 use hyper::HeaderMap;
 use rusqlite::OptionalExtension;
@@ -280,7 +280,7 @@ impl Ingest {
         record.dedupe = incoming.replay_of.is_none();
         record.event = Some(parsed.event.clone());
         record.action = parsed.action.clone();
-        record.item = parsed.item.as_ref().map(item_ref);
+        record.item = parsed.item.as_ref().map(|i| crate::task::item_ref(&i.repo_full_name, i.kind, i.number));
         record.verdict = verdict.as_str();
         record.reason = reason.clone();
         if let (Some(label), Some(item)) = (&label, &parsed.item) {
@@ -346,13 +346,6 @@ fn parse(incoming: &Incoming) -> Result<Parsed, ParseError> {
         Route::Gitlab => gitlab::parse(&incoming.body, false),
         Route::GitlabSystem => gitlab::parse(&incoming.body, true),
     }
-}
-
-/// `octo/hello#7` for issues and pull requests, `group/project!3` for merge requests.
-pub fn item_ref(item: &crate::task::Item) -> String {
-    // Same form as `Task::item_ref`.
-    let sep = if item.kind == Kind::MergeRequest { '!' } else { '#' };
-    format!("{}{sep}{}", item.repo_full_name, item.number)
 }
 
 fn answer_reason(answer: &Answer) -> String {

@@ -229,11 +229,11 @@ pub fn list_jobs(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite:
     c.prepare(&sql)?
         .query_map(params![state, limit as i64], |r| {
             let kind: String = r.get(4)?;
-            let sep = if kind == "merge_request" { '!' } else { '#' };
+            let k = if kind == "merge_request" { crate::task::Kind::MergeRequest } else { crate::task::Kind::Issue };
             Ok(JobRow {
                 id: r.get(0)?,
                 state: r.get(1)?,
-                item: format!("{}{sep}{}", r.get::<_, String>(2)?, r.get::<_, i64>(3)?),
+                item: crate::task::item_ref(&r.get::<_, String>(2)?, k, r.get::<_, i64>(3)? as u64),
                 kind,
                 attempt: r.get(5)?,
                 progress: r.get(6)?,
