@@ -43,12 +43,15 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     let data_dir = config.storage.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("while creating the data dir {} (storage.data_dir)", data_dir.display()))?;
-    let secrets = ensure_route_secrets(&mut config, &data_dir)?;
-    for key in &secrets.created {
-        tracing::info!("No {key} configured: generated one and stored it in {}", secrets.path.display());
-    }
-    for key in secrets.used.iter().filter(|k| !secrets.created.contains(k)) {
-        tracing::info!("Using the generated {key} from {}", secrets.path.display());
+    // Only a listener needs route secrets; a consumer never sees a webhook.
+    if mode != Mode::Consumer {
+        let secrets = ensure_route_secrets(&mut config, &data_dir)?;
+        for key in &secrets.created {
+            tracing::info!("No {key} configured: generated one and stored it in {}", secrets.path.display());
+        }
+        for key in secrets.used.iter().filter(|k| !secrets.created.contains(k)) {
+            tracing::info!("Using the generated {key} from {}", secrets.path.display());
+        }
     }
 
     let _lock = publisher_lock(&data_dir)?.with_context(|| {
