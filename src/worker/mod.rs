@@ -43,8 +43,9 @@ struct Shared {
     queues: Queues,
     owner: String,
     slots: Arc<Semaphore>,
-    /// Items with a running task, and the tasks waiting for each.
-    items: Mutex<HashMap<String, VecDeque<Task>>>,
+    /// Items with a running task, and the tasks waiting for each. An async lock, held across the
+    /// journal write that records `waiting` or `running`, so the two cannot land out of order.
+    items: tokio::sync::Mutex<HashMap<String, VecDeque<Task>>>,
     /// Running tasks' cancel switches.
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Cancels every handler (shutdown after the grace period).
@@ -87,7 +88,7 @@ pub async fn run(
         bus,
         queues,
         owner: uuid::Uuid::new_v4().to_string(),
-        items: Mutex::default(),
+        items: tokio::sync::Mutex::default(),
         running: Mutex::default(),
         stop_handlers: CancellationToken::new(),
     });
@@ -171,25 +172,17 @@ async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePe
                 tracing::warn!("ack of task {} failed ({e}); a redelivery will be skipped as already running", task.id);
             }
             let item = task.item_ref();
-            let busy = {
-                let mut items = shared.items.lock().expect("items lock");
-                match items.get_mut(&item) {
-                    Some(waiting) => {
-                        waiting.push_back(task.clone());
-                        true
-                    }
-                    None => {
-                        items.insert(item.clone(), VecDeque::new());
-                        false
-                    }
-                }
-            };
-            if busy {
-                drop(permit);
+            let mut items = shared.items.lock().await;
+            if let Some(waiting) = items.get_mut(&item) {
+                waiting.push_back(task.clone());
                 let id = task.id.clone();
                 let _ = shared.journal.write(move |c| tasks::set_waiting(c, &id)).await;
+                drop(items);
+                drop(permit);
                 shared.bus.emit(Event::TaskWaiting { task_id: task.id, item });
             } else {
+                items.insert(item, VecDeque::new());
+                drop(items);
                 run_item(shared.clone(), task, permit).await;
             }
         }
@@ -203,20 +196,22 @@ async fn run_item(shared: Arc<Shared>, first: Task, permit: OwnedSemaphorePermit
     while let Some((task, permit)) = next.take() {
         run_attempt(&shared, task).await;
         drop(permit);
-        let waiting = shared.items.lock().expect("items lock").get_mut(&item).and_then(|q| q.pop_front());
-        match waiting {
-            Some(task) if !shared.stop_handlers.is_cancelled() => {
-                let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        if shared.stop_handlers.is_cancelled() {
+            break;
+        }
+        let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let mut items = shared.items.lock().await;
+        match items.get_mut(&item).and_then(|q| q.pop_front()) {
+            Some(task) => {
                 let id = task.id.clone();
                 let _ = shared.journal.write(move |c| tasks::set_running(c, &id)).await;
                 next = Some((task, permit));
             }
-            _ => {}
+            None => {
+                // Nothing waits: the item is free again.
+                items.remove(&item);
+            }
         }
-    }
-    let mut items = shared.items.lock().expect("items lock");
-    if items.get(&item).is_some_and(|q| q.is_empty()) {
-        items.remove(&item);
     }
 }
 
