@@ -147,6 +147,11 @@ async fn original_message_format_is_consumed(backend: Backend) {
         Backend::Rabbit => {
             let conn = lapin::Connection::connect(&h.config.broker.url, Default::default()).await.unwrap();
             let ch = conn.create_channel().await.unwrap();
+            // The producer's side of the contract: the queue exists (agentctl may not have
+            // declared it yet when this runs).
+            agentctl::broker::amqp::declare_topology(&ch, &agentctl::broker::Queues::new(&h.config.broker.queue))
+                .await
+                .unwrap();
             ch.basic_publish(
                 "".into(),
                 h.config.broker.queue.as_str().into(),
