@@ -82,11 +82,14 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     let publisher_stop = CancellationToken::new();
     tasks.spawn(publisher::run(journal.clone(), broker.clone(), bus.clone(), publisher_stop.clone()));
     tasks.spawn(retention::run(journal.clone(), config.storage.retention_days, shutdown.clone()));
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    tasks.spawn(crate::metrics::run(metrics.clone(), bus.clone(), shutdown.clone()));
+    tasks.spawn(crate::broker::report_depths(broker.clone(), bus.clone(), shutdown.clone()));
     if let Some(listener) = listener {
         let limits = Limits::from_config(&config.listen);
         let (server_bus, server_stop) = (bus.clone(), shutdown.clone());
         tasks.spawn(async move {
-            server::run(listener, ingest, limits, server_bus, server_stop).await.context("the listener failed")
+            server::run(listener, ingest, metrics, limits, server_bus, server_stop).await.context("the listener failed")
         });
     }
     let mut worker = matches!(mode, Mode::All | Mode::Consumer).then(|| {

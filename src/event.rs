@@ -66,10 +66,12 @@ pub enum Event {
     OutboxBacklog {
         pending: u64,
     },
-    /// Outbox rows confirmed by the broker; `backlog` = unpublished rows at the last count.
+    /// Outbox rows confirmed by the broker; `backlog` = unpublished rows at the last count;
+    /// `seconds` = how long the batch took from publish to confirm.
     Published {
         count: usize,
         backlog: u64,
+        seconds: f64,
     },
     PublishFailed {
         error: String,

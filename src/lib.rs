@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod headless;
 pub mod ingest;
+pub mod metrics;
 pub mod ops;
 pub mod send;
 pub mod store;

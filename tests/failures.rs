@@ -61,7 +61,7 @@ async fn full_journal_answers_503_and_recovers() {
     let config = test_config(Backend::Embedded, dir.path());
     let path = dir.path().join(JOURNAL_FILE);
     let journal = Journal::open(&path, SyncMode::Normal).unwrap();
-    let ingest = Ingest::new(&config, journal.clone(), Bus::default()).await.unwrap();
+    let ingest_on = async |bus: Bus| Ingest::new(&config, journal.clone(), bus).await.unwrap();
     let pages: i64 = journal.write(|c| c.query_row("PRAGMA page_count", [], |r| r.get(0))).await.unwrap();
     journal
         .write(move |c| c.query_row(&format!("PRAGMA max_page_count = {}", pages + 2), [], |_| Ok(())))
@@ -72,7 +72,11 @@ async fn full_journal_answers_503_and_recovers() {
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let limits = Limits::from_config(&config.listen);
-    let server = tokio::spawn(server::run(listener, ingest, limits, Bus::default(), stop.clone()));
+    let metrics = std::sync::Arc::new(agentctl::metrics::Metrics::new());
+    let bus = Bus::default();
+    tokio::spawn(agentctl::metrics::run(metrics.clone(), bus.clone(), stop.clone()));
+    let ingest = ingest_on(bus.clone()).await;
+    let server = tokio::spawn(server::run(listener, ingest, metrics, limits, bus, stop.clone()));
     let sender = |c: &agentctl::config::Config| {
         let s = agentctl::send::samples::sample("github:pull_request.labeled", "coding agent").unwrap();
         agentctl::send::Sender::new(c, s, Some(&format!("http://{addr}"))).unwrap()
@@ -91,6 +95,9 @@ async fn full_journal_answers_503_and_recovers() {
         }
     }
     assert!(saw_503, "a full journal answers 503");
+    let (status, ready) = common::raw(addr, "GET", "/ready", &[], vec![]).await;
+    assert_eq!((status, ready["status"].as_str()), (503, Some("not_ready")), "{ready}");
+    assert!(ready["journal"].as_str().unwrap().contains("full"), "{ready}");
     let tasks: i64 = journal.write(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))).await.unwrap();
     assert_eq!(tasks, accepted, "every 202 has its outbox row; no 503 left one behind");
 
@@ -98,6 +105,13 @@ async fn full_journal_answers_503_and_recovers() {
     journal.write(|c| c.query_row("PRAGMA max_page_count = 1000000", [], |_| Ok(()))).await.unwrap();
     let (status, _) = sender(&config).send_one().await.unwrap();
     assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (status, ready) = common::raw(addr, "GET", "/ready", &[], vec![]).await;
+    assert_eq!(
+        (status, ready["journal"].as_str()),
+        (200, Some("ok")),
+        "ready again 10 s after the last failure: {ready}"
+    );
     stop.cancel();
     server.await.unwrap().unwrap();
 }

@@ -217,3 +217,55 @@ async fn refused_requests_queue_nothing(backend: Backend) {
     h.stop().await;
     delete_queues(&config).await;
 }
+
+/// `/metrics` is Prometheus text whose counters match what was sent; `/ready` reports the
+/// journal and the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness() {
+    let h = Harness::start(Backend::Rabbit, |_| {}).await;
+    for sample in ["github:issues.labeled", "github:issues.labeled", "gitlab:issue"] {
+        assert_eq!(h.send(sample).await.0, 202);
+    }
+    assert_eq!(h.send("github:ping").await.0, 200);
+    let (status, _) = h.post("POST", "/webhook/gitlab", &[("x-gitlab-token", "wrong")], b"{}".to_vec()).await;
+    assert_eq!(status, 401);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req =
+        hyper::Request::get("/metrics").header("host", "x").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = String::from_utf8(http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes().to_vec())
+        .unwrap();
+
+    // Every sample line is `name{labels} value` with a number, after its # HELP and # TYPE.
+    let mut samples = HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") || line == "# EOF" {
+            continue;
+        }
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample line: {line}"));
+        value.parse::<f64>().unwrap_or_else(|_| panic!("not a number in: {line}"));
+        assert!(name.starts_with("agentctl_"), "{line}");
+        assert_eq!(name.matches('{').count(), name.matches('}').count(), "{line}");
+        samples.insert(name.to_string(), value.to_string());
+    }
+    let get = |k: &str| samples.get(k).map(String::as_str).unwrap_or_else(|| panic!("{k} missing from:\n{text}"));
+    assert_eq!(get(r#"agentctl_deliveries_total{source="github",verdict="queued"}"#), "2");
+    assert_eq!(get(r#"agentctl_deliveries_total{source="gitlab",verdict="queued"}"#), "1");
+    assert_eq!(get(r#"agentctl_deliveries_total{source="github",verdict="pong"}"#), "1");
+    assert_eq!(get(r#"agentctl_deliveries_total{source="gitlab",verdict="rejected"}"#), "1");
+    assert_eq!(get("agentctl_published_tasks_total"), "3");
+    assert_eq!(get("agentctl_outbox_backlog"), "0");
+    assert_eq!(get("agentctl_broker_up"), "1");
+    assert!(samples.keys().any(|k| k.starts_with("agentctl_queue_messages{")), "{text}");
+
+    let (status, ready) = h.post("GET", "/ready", &[], vec![]).await;
+    assert_eq!((status, ready["journal"].as_str(), ready["broker"].as_str()), (200, Some("ok"), Some("up")), "{ready}");
+    let config = h.config.clone();
+    h.stop().await;
+    delete_queues(&config).await;
+}

@@ -111,6 +111,24 @@ impl Queues {
     }
 }
 
+/// Emits the main, retry and dead queues' counts every second, as `QueueDepths` events.
+pub async fn report_depths(
+    broker: Arc<dyn Broker>,
+    bus: crate::event::Bus,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Ok(depths) = broker.depths().await {
+            bus.emit(crate::event::Event::QueueDepths { depths });
+        }
+    }
+}
+
 /// The configured backend.
 pub fn from_config(config: &Config, journal: &Journal) -> Arc<dyn Broker> {
     let queues = Queues::new(&config.broker.queue);

@@ -35,7 +35,7 @@ pub async fn run(
     let mut up: Option<bool> = None;
     let mut cursor = 0i64;
     let mut retry: VecDeque<OutboxRow> = VecDeque::new();
-    let mut inflight: JoinSet<(Vec<OutboxRow>, super::Published)> = JoinSet::new();
+    let mut inflight: JoinSet<(Vec<OutboxRow>, super::Published, f64)> = JoinSet::new();
     let mut paused_until: Option<Instant> = None;
     let mut backoff = BACKOFF_MIN;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -71,8 +71,9 @@ pub async fn run(
             }
             let broker = broker.clone();
             inflight.spawn(async move {
+                let started = Instant::now();
                 let result = broker.publish(&batch).await;
-                (batch, result)
+                (batch, result, started.elapsed().as_secs_f64())
             });
         }
 
@@ -81,13 +82,13 @@ pub async fn run(
             _ = shutdown.cancelled(), if !inflight.is_empty() => {
                 // Let the batches already sent finish, so their rows are marked.
                 let deadline = Instant::now() + DRAIN;
-                while let Ok(Some(Ok((batch, result)))) = tokio::time::timeout_at(deadline, inflight.join_next()).await {
+                while let Ok(Some(Ok((batch, result, _)))) = tokio::time::timeout_at(deadline, inflight.join_next()).await {
                     settle(&journal, &mut marks, &mut retry, batch, result);
                 }
                 break;
             }
             Some(joined) = inflight.join_next() => {
-                let (batch, result) = joined?;
+                let (batch, result, seconds) = joined?;
                 let error = result.error.clone();
                 let confirmed = result.confirmed.len();
                 settle(&journal, &mut marks, &mut retry, batch, result);
@@ -98,7 +99,7 @@ pub async fn run(
                             up = Some(true);
                         }
                         backoff = BACKOFF_MIN;
-                        bus.emit(Event::Published { count: confirmed, backlog });
+                        bus.emit(Event::Published { count: confirmed, backlog, seconds });
                     }
                     Some(e) => {
                         if up != Some(false) {

@@ -8,6 +8,7 @@
 use super::Route;
 use super::accept::{Answer, Incoming, Ingest};
 use crate::event::{Bus, Event};
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming as Body;
@@ -46,6 +47,7 @@ impl Limits {
 pub async fn run(
     listener: TcpListener,
     ingest: Ingest,
+    metrics: Arc<Metrics>,
     limits: Limits,
     bus: Bus,
     shutdown: CancellationToken,
@@ -73,8 +75,8 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let ingest = ingest.clone();
-        let svc = service_fn(move |req| serve(req, ingest.clone(), limits));
+        let (ingest, metrics) = (ingest.clone(), metrics.clone());
+        let svc = service_fn(move |req| serve(req, ingest.clone(), metrics.clone(), limits));
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             let _ = conn.await;
@@ -96,17 +98,56 @@ fn respond(answer: &Answer) -> Response<Full<Bytes>> {
     res
 }
 
-async fn serve(req: Request<Body>, ingest: Ingest, limits: Limits) -> Result<Response<Full<Bytes>>, Infallible> {
+fn plain(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = StatusCode::from_u16(status).expect("valid status");
+    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    res
+}
+
+/// Ready = deliveries can be made durable: the journal takes a write now and has not failed a
+/// delivery in the last 10 s. The broker's state is reported but does not fail readiness: while
+/// it is away, deliveries wait in the outbox.
+async fn ready(ingest: &Ingest, metrics: &Metrics) -> Response<Full<Bytes>> {
+    // A real write: a full disk or a read-only file fails it.
+    let probe = ingest.journal().write(|c| {
+        c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?1)", [crate::store::unix_now()])
+            .map(|_| ())
+    });
+    let journal = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(())) => match metrics.recent_journal_failure(10) {
+            Some(e) => Err(format!("a delivery failed to journal in the last 10 s: {e}")),
+            None => Ok(()),
+        },
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the journal did not answer within 2 s".to_string()),
+    };
+    let broker = match metrics.broker_up() {
+        Some(true) => "up",
+        Some(false) => "down",
+        None => "unknown",
+    };
+    let (status, body) = match &journal {
+        Ok(()) => (200, serde_json::json!({"status": "ready", "journal": "ok", "broker": broker})),
+        Err(e) => (503, serde_json::json!({"status": "not_ready", "journal": e, "broker": broker})),
+    };
+    plain(status, "application/json", serde_json::to_vec(&body).expect("JSON serializes"))
+}
+
+async fn serve(
+    req: Request<Body>,
+    ingest: Ingest,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
     let route = match req.uri().path() {
-        "/health" => {
-            return Ok(if matches!(*req.method(), Method::GET | Method::HEAD) {
-                let mut res = Response::new(Full::new(Bytes::from_static(br#"{"status":"healthy"}"#)));
-                res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-                res
-            } else {
-                respond(&Answer::MethodNotAllowed)
-            });
+        "/health" if is_get => return Ok(plain(200, "application/json", &br#"{"status":"healthy"}"#[..])),
+        "/metrics" if is_get => {
+            return Ok(plain(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()));
         }
+        "/ready" if is_get => return Ok(ready(&ingest, &metrics).await),
+        "/health" | "/metrics" | "/ready" => return Ok(respond(&Answer::MethodNotAllowed)),
         "/webhook/github" => Route::Github,
         "/webhook/gitlab" => Route::Gitlab,
         "/webhook/gitlab/system" => Route::GitlabSystem,

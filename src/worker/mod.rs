@@ -94,7 +94,6 @@ pub async fn run(
     });
     let watchers = CancellationToken::new();
     tokio::spawn(watch_cancels(shared.clone(), watchers.clone()));
-    tokio::spawn(report_depths(shared.clone(), broker.clone(), watchers.clone()));
 
     let mut backoff = RECONNECT_MIN;
     'connect: while !shutdown.is_cancelled() {
@@ -287,19 +286,6 @@ async fn watch_cancels(shared: Arc<Shared>, stop: CancellationToken) {
             if let Some(token) = shared.running.lock().expect("running lock").get(&id) {
                 token.cancel();
             }
-        }
-    }
-}
-
-async fn report_depths(shared: Arc<Shared>, broker: Arc<dyn Broker>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Ok(depths) = broker.depths().await {
-            shared.bus.emit(Event::QueueDepths { depths });
         }
     }
 }
