@@ -173,9 +173,12 @@ impl Broker for EmbeddedBroker {
 }
 
 async fn renew_leases(journal: Journal, owner: String, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis((LEASE_MS / 3) as u64));
+    let every = Duration::from_millis((LEASE_MS / 3) as u64);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
+            // A consumer that is gone renews nothing, even if a tick is due at the same time.
+            biased;
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
