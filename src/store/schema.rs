@@ -33,8 +33,8 @@ CREATE TABLE deliveries (
     replay_of     INTEGER
 );
 CREATE INDEX deliveries_received ON deliveries(received_unix);
-CREATE INDEX deliveries_verdict ON deliveries(verdict, id);
-CREATE INDEX deliveries_delivery_id ON deliveries(delivery_id);
+-- Only rejected rows are looked up by verdict (list --failed, the rejected-row cap).
+CREATE INDEX deliveries_rejected ON deliveries(id) WHERE verdict = 'rejected';
 
 CREATE TABLE tasks (
     id           TEXT PRIMARY KEY,
@@ -51,7 +51,6 @@ CREATE TABLE tasks (
     updated_unix INTEGER NOT NULL
 );
 CREATE INDEX tasks_state ON tasks(state);
-CREATE INDEX tasks_item ON tasks(repo, number);
 
 -- Messages to publish (the body is the task's payload). A row is written in the same
 -- transaction as its delivery and task, and marked published once the broker confirmed it.
