@@ -74,7 +74,6 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     };
     let broker = broker::from_config(&config, &journal);
     tracing::info!("Journal: {}; broker: {}", journal.path().display(), broker.describe());
-    let ingest = Ingest::new(&config, journal.clone(), bus.clone()).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     // The publisher outlives the worker, so the retries and dead letters of its last attempts
@@ -86,6 +85,7 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     tasks.spawn(crate::metrics::run(metrics.clone(), bus.clone(), shutdown.clone()));
     tasks.spawn(crate::broker::report_depths(broker.clone(), bus.clone(), shutdown.clone()));
     if let Some(listener) = listener {
+        let ingest = Ingest::new(&config, journal.clone(), bus.clone()).await?;
         let limits = Limits::from_config(&config.listen);
         let (server_bus, server_stop) = (bus.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -13,7 +13,6 @@ pub enum Verdict {
     Ignored,
     Duplicate,
     Pong,
-    Rejected,
 }
 
 impl Verdict {
@@ -23,7 +22,6 @@ impl Verdict {
             Verdict::Ignored => "ignored",
             Verdict::Duplicate => "duplicate",
             Verdict::Pong => "pong",
-            Verdict::Rejected => "rejected",
         }
     }
 }

@@ -55,7 +55,6 @@ pub fn log(event: &Event) {
                     task_id.as_deref().unwrap_or("none")
                 ),
                 Verdict::Pong => info!("Ping received: answered pong (delivery {journal_id})"),
-                Verdict::Rejected => warn!("Rejected delivery {journal_id}: {reason}"),
             }
         }
         Event::JournalFailed { error: e } => error!("Journal write failed, answered 503: {e}"),

@@ -56,10 +56,6 @@ impl AmqpBroker {
         AmqpBroker { url, queues, link: Mutex::new(None) }
     }
 
-    pub fn queues(&self) -> &Queues {
-        &self.queues
-    }
-
     /// The live link, connecting (and declaring the topology) if there is none.
     async fn link(&self) -> Result<Arc<Link>, BrokerError> {
         let mut guard = self.link.lock().await;

@@ -26,10 +26,6 @@ impl StoredBody {
             COMPRESSOR.with(|c| c.borrow_mut().compress(kept)).expect("compressing into a fresh buffer succeeds");
         StoredBody { packed, complete: kept.len() == raw.len() }
     }
-
-    pub fn empty() -> StoredBody {
-        StoredBody::pack(&[], None)
-    }
 }
 
 /// The original bytes of a stored body.
