@@ -30,11 +30,11 @@ pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim
     match state.as_deref() {
         Some("dropped") => return skip("dropped by an operator"),
         Some("done") => return skip("already done (a message published twice)"),
-        Some("running") => {
+        Some(state @ ("running" | "waiting")) => {
             let mine: bool =
                 c.query_row("SELECT owner IS ?2 FROM tasks WHERE id = ?1", (&task.id, owner), |r| r.get(0))?;
             if mine {
-                return skip("already running here (a message published twice)");
+                return skip(&format!("already {state} here (a message published twice)"));
             }
         }
         _ => {}
@@ -315,4 +315,39 @@ pub fn ids_in_state(c: &Connection, state: &str) -> rusqlite::Result<Vec<String>
     c.prepare("SELECT id FROM tasks WHERE state = ?1 ORDER BY created_unix")?
         .query_map([state], |r| r.get(0))?
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SyncMode;
+
+    fn task(id: &str) -> Task {
+        let json = format!(r#"{{"type":"github_issue","owner":"o","repo":"r","number":1,"uuid":"{id}"}}"#);
+        Task::from_message(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn claims_skip_what_is_taken_or_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::store::connect(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
+        assert_eq!(claim(&c, &task("a"), "me").unwrap(), Claim::Run, "unknown tasks are recorded and run");
+        assert!(matches!(claim(&c, &task("a"), "me").unwrap(), Claim::Skip(r) if r.contains("running")));
+        assert_eq!(claim(&c, &task("a"), "other").unwrap(), Claim::Run, "a dead worker's claim is taken over");
+        set_waiting(&c, "a").unwrap();
+        assert!(matches!(claim(&c, &task("a"), "other").unwrap(), Claim::Skip(r) if r.contains("waiting")));
+        finish(&c, "a", &Finish::Done { exit_code: 0 }).unwrap();
+        assert!(matches!(claim(&c, &task("a"), "me").unwrap(), Claim::Skip(r) if r.contains("done")));
+        assert_eq!(drop_task(&c, "a").unwrap(), Some(Dropped::AlreadyFinished("done".into())));
+
+        assert_eq!(claim(&c, &task("b"), "me").unwrap(), Claim::Run);
+        assert_eq!(requeue_unfinished(&c, "q").unwrap(), vec!["b".to_string()]);
+        let (state, _) = task_state(&c, "b").unwrap().unwrap();
+        assert_eq!(state, "queued");
+        assert_eq!(drop_task(&c, "b").unwrap(), Some(Dropped::Tombstoned));
+        assert!(matches!(claim(&c, &task("b"), "me").unwrap(), Claim::Skip(r) if r.contains("dropped")));
+        let replayed = replay_task(&c, "b", "q").unwrap().unwrap();
+        assert!(replayed.replay && replayed.attempt == 1);
+        assert_eq!(replay_task(&c, "b", "q").unwrap(), None, "a queued task is not replayed again");
+    }
 }
