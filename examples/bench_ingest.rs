@@ -165,16 +165,23 @@ async fn main() {
     // --burst: RabbitMQ refuses publishes for the whole load (memory alarm), so the journal has
     // to absorb all of it; the drain time is measured once the alarm is lifted.
     let burst = std::env::args().any(|a| a == "--burst");
+    // Restores the broker's watermark however this run ends.
+    struct Alarm;
+    impl Drop for Alarm {
+        fn drop(&mut self) {
+            rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+        }
+    }
+    let mut alarm = None;
     if burst {
         rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+        alarm = Some(Alarm);
     }
     let start = Instant::now();
     let report = agentctl::send::load(sender, count, concurrency).await.unwrap();
     let load_time = start.elapsed();
     let drain_start = Instant::now();
-    if burst {
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
-    }
+    drop(alarm.take());
     let accepted = report.statuses.get(&202).copied().unwrap_or(0);
     let journal = dir.path().join("journal.db");
     let mut peak_backlog = 0u64;

@@ -40,6 +40,10 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
             "--mode producer (the REST poller) is not available in this version; use --mode all, webhook or consumer"
         );
     }
+    let has_handler = !config.worker.command.is_empty();
+    if mode == Mode::Consumer && !has_handler {
+        bail!("--mode consumer needs a handler: set [worker] command (or AGENTCTL_WORKER_COMMAND)");
+    }
     let data_dir = config.storage.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("while creating the data dir {} (storage.data_dir)", data_dir.display()))?;
@@ -92,7 +96,13 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
             server::run(listener, ingest, metrics, limits, server_bus, server_stop).await.context("the listener failed")
         });
     }
-    let mut worker = matches!(mode, Mode::All | Mode::Consumer).then(|| {
+    if mode == Mode::All && !has_handler {
+        tracing::warn!(
+            "No worker.command configured: tasks are queued but not run. Set [worker] command \
+             (e.g. [\"sh\", \"assets/handlers/demo.sh\"]) to run an agent for each task"
+        );
+    }
+    let mut worker = (matches!(mode, Mode::All | Mode::Consumer) && has_handler).then(|| {
         tokio::spawn(crate::worker::run(config.clone(), journal.clone(), broker.clone(), bus.clone(), shutdown.clone()))
     });
 

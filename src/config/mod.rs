@@ -185,6 +185,16 @@ pub enum Command {
     Argv(Vec<String>),
 }
 
+impl Command {
+    /// No handler configured.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Command::Shell(s) => s.trim().is_empty(),
+            Command::Argv(v) => v.is_empty(),
+        }
+    }
+}
+
 impl Default for Command {
     fn default() -> Self {
         Command::Shell(String::new())
