@@ -92,7 +92,10 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
                 origin: format!(" (from environment variable {origin})"),
             });
         };
-        let value = env_value(raw, default).map_err(|message| ConfigError::Value {
+        let secret = SECRET_KEYS.contains(&format!("{section}.{key}").as_str());
+        // Lists take `[…]`; so does worker.command (an argv array or a string).
+        let array_ok = matches!(default, Value::Array(_)) || (section == "worker" && key == "command");
+        let value = env_value(raw, default, array_ok, secret).map_err(|message| ConfigError::Value {
             key: format!("{section}.{key}"),
             message: format!("{message} (from environment variable {origin})"),
         })?;
@@ -141,7 +144,21 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
 fn read_table(path: &Path) -> Result<Table, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    text.parse::<Table>().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    text.parse::<Table>().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: toml_error(&text, &e) })
+}
+
+/// A TOML error without the quoted source line (which may hold a secret): the message and where.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            format!("{message} at line {line}, column {column}")
+        }
+        None => message.to_string(),
+    }
 }
 
 fn section_mut<'a>(table: &'a mut Table, section: &str) -> &'a mut Table {
@@ -152,13 +169,15 @@ fn section_mut<'a>(table: &'a mut Table, section: &str) -> &'a mut Table {
         .expect("sections were checked to be tables")
 }
 
-/// Converts an environment string to the type the key's default has. A value starting with `[`
-/// is read as a TOML array; a list key also takes `a,b,c`.
-fn env_value(raw: &str, default: &Value) -> Result<Value, String> {
+/// Converts an environment string to the type the key's default has. For keys that take a list,
+/// a value starting with `[` is read as a TOML array, and `a,b,c` works too. A secret's value
+/// never appears in an error (and a secret that starts with `[` is just a string).
+fn env_value(raw: &str, default: &Value, array_ok: bool, secret: bool) -> Result<Value, String> {
     let trimmed = raw.trim();
-    if trimmed.starts_with('[') {
-        let parsed: Table =
-            format!("v = {trimmed}").parse().map_err(|e| format!("'{trimmed}' is not a TOML array: {e}"))?;
+    if array_ok && !secret && trimmed.starts_with('[') {
+        let parsed: Table = format!("v = {trimmed}")
+            .parse()
+            .map_err(|e: toml::de::Error| format!("'{trimmed}' is not a TOML array: {}", e.message().trim()))?;
         return Ok(parsed["v"].clone());
     }
     Ok(match default {
@@ -181,7 +200,17 @@ fn rabbitmq_url_from_parts(env: &Env) -> Option<String> {
     let port = env.get("RABBITMQ_PORT").map(String::as_str).unwrap_or("5672");
     let user = env.get("RABBITMQ_USER").map(String::as_str).unwrap_or("guest");
     let pass = env.get("RABBITMQ_PASSWORD").map(String::as_str).unwrap_or("guest");
-    Some(format!("amqp://{user}:{pass}@{host}:{port}/%2f"))
+    Some(format!("amqp://{}:{}@{host}:{port}/%2f", percent_encode(user), percent_encode(pass)))
+}
+
+/// Percent-encodes a URL's user or password (RFC 3986: all but unreserved characters).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn listen_addr_from_parts(env: &Env, table: &Table) -> Option<String> {
@@ -361,5 +390,21 @@ mod tests {
         let f = file("[github]\nwebhook_secret = 42\n");
         let err = load(Some(f.path()), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("github.webhook_secret") && !err.contains("42"), "{err}");
+
+        let f = file("[github]\nwebhook_secret = \"s3cr\\qet\n");
+        let err = load(Some(f.path()), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("line 2") && !err.contains("s3cr"), "{err}");
+
+        // A secret that looks like an array is a string, never echoed.
+        let c = load(None, &env(&[("GITHUB_WEBHOOK_SECRET", "[abc")])).unwrap();
+        assert_eq!(c.github.webhook_secret.expose(), "[abc");
+        let err = load(None, &env(&[("AGENTCTL_FILTER_LABELS", "[oops")])).unwrap_err().to_string();
+        assert!(err.contains("filter.labels"), "{err}");
+    }
+
+    #[test]
+    fn rabbitmq_parts_are_encoded() {
+        let c = load(None, &env(&[("RABBITMQ_HOST", "h"), ("RABBITMQ_PASSWORD", "p/w@x")])).unwrap();
+        assert_eq!(c.broker.url, "amqp://guest:p%2Fw%40x@h:5672/%2f");
     }
 }

@@ -160,16 +160,14 @@ impl Broker {
 }
 
 /// `amqp://user:secret@host/` → `amqp://user:<redacted>@host/`.
+/// The user info ends at the last `@`, whatever the password holds (even an unencoded `/`).
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_string() };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => {
-            format!("{}{}:{MASK}{}", &url[..scheme_end + 3], &authority[..colon], &rest[at..])
-        }
-        _ => url.to_string(),
+    let Some(at) = rest.rfind('@') else { return url.to_string() };
+    match rest[..at].find(':') {
+        Some(colon) => format!("{}{}:{MASK}{}", &url[..scheme_end + 3], &rest[..colon], &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -343,6 +341,7 @@ mod tests {
         );
         assert_eq!(redact_url("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
         assert_eq!(redact_url("amqp://u:p@ss@host/"), format!("amqp://u:{MASK}@host/"));
+        assert_eq!(redact_url("amqp://u:pa/ss@host/%2f"), format!("amqp://u:{MASK}@host/%2f"));
     }
 
     #[test]
