@@ -278,14 +278,19 @@ async fn retention_removes_old_deliveries_but_not_unpublished_tasks() {
         .write(|c| {
             c.execute("INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix) VALUES ('t-unpub', 1, 'queued', 'github', 'issue', 'a/b', 1, '{}', 0, 0)", [])?;
             c.execute("INSERT INTO outbox (task_id, queue, created_unix) VALUES ('t-unpub', 'q', 0)", [])?;
-            c.execute("UPDATE deliveries SET task_id = 't-unpub' WHERE id = (SELECT MAX(id) FROM deliveries)", [])
+            c.execute("UPDATE deliveries SET task_id = 't-unpub' WHERE id = (SELECT MAX(id) FROM deliveries)", [])?;
+            // And one delivery whose task is running: kept too.
+            c.execute("UPDATE tasks SET state = 'running', started_unix = 1 WHERE id = (SELECT task_id FROM deliveries WHERE id = 1)", [])
         })
         .await
         .unwrap();
     let removed = agentctl::store::retention::sweep(&journal, agentctl::store::unix_now() + 10).await.unwrap();
-    assert_eq!(removed, 3, "the three published deliveries go; the one holding an unpublished task stays");
+    assert_eq!(removed, 2, "published, unclaimed deliveries go; unpublished and running tasks stay");
     let left: i64 = journal.write(|c| c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))).await.unwrap();
-    assert_eq!(left, 1);
+    assert_eq!(left, 2);
+    let running: i64 =
+        journal.write(|c| c.query_row("SELECT COUNT(*) FROM tasks WHERE state = 'running'", [], |r| r.get(0))).await.unwrap();
+    assert_eq!(running, 1);
     let removed = agentctl::store::retention::sweep(&journal, 0).await.unwrap();
     assert_eq!(removed, 0, "nothing newer than the cutoff is touched");
 }

@@ -1,5 +1,6 @@
 //! Retention: deliveries older than `storage.retention_days` leave the journal, with their
-//! finished tasks and published outbox rows. Unpublished outbox rows are never removed.
+//! finished tasks and published outbox rows. Unpublished outbox rows, and tasks that are still
+//! running, waiting, retrying, dead or dropped, are never removed.
 
 use super::{Journal, unix_now};
 use std::time::Duration;
@@ -33,19 +34,27 @@ pub async fn sweep(journal: &Journal, cutoff: i64) -> Result<usize, super::Store
     loop {
         let n = journal
             .write(move |c| {
+                // Only finished tasks go: done, or handed to the broker and never claimed here
+                // (a separate worker runs it). Running, waiting, retrying, dead (replayable) and
+                // dropped (a tombstone its message may still meet) stay, with their deliveries.
+                const FINISHED: &str = "(state = 'done' OR (state = 'queued' AND started_unix IS NULL))";
                 c.execute(
-                    "DELETE FROM outbox WHERE published_unix IS NOT NULL AND task_id IN
-                       (SELECT task_id FROM deliveries WHERE received_unix < ?1 AND task_id IS NOT NULL)",
+                    &format!(
+                        "DELETE FROM outbox WHERE published_unix IS NOT NULL AND task_id IN
+                           (SELECT id FROM tasks WHERE created_unix < ?1 AND {FINISHED})"
+                    ),
                     [cutoff],
                 )?;
                 c.execute(
-                    "DELETE FROM tasks WHERE id IN (SELECT task_id FROM deliveries WHERE received_unix < ?1)
-                       AND id NOT IN (SELECT task_id FROM outbox)",
+                    &format!(
+                        "DELETE FROM tasks WHERE created_unix < ?1 AND {FINISHED}
+                           AND id NOT IN (SELECT task_id FROM outbox)"
+                    ),
                     [cutoff],
                 )?;
                 let n = c.execute(
                     "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE received_unix < ?1
-                       AND (task_id IS NULL OR task_id NOT IN (SELECT task_id FROM outbox)) LIMIT ?2)",
+                       AND (task_id IS NULL OR task_id NOT IN (SELECT id FROM tasks)) LIMIT ?2)",
                     (cutoff, CHUNK),
                 )?;
                 // Recount what rejected rows hold, for the rejected-body cap.
