@@ -288,9 +288,46 @@ async fn retention_removes_old_deliveries_but_not_unpublished_tasks() {
     assert_eq!(removed, 2, "published, unclaimed deliveries go; unpublished and running tasks stay");
     let left: i64 = journal.write(|c| c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))).await.unwrap();
     assert_eq!(left, 2);
-    let running: i64 =
-        journal.write(|c| c.query_row("SELECT COUNT(*) FROM tasks WHERE state = 'running'", [], |r| r.get(0))).await.unwrap();
+    let running: i64 = journal
+        .write(|c| c.query_row("SELECT COUNT(*) FROM tasks WHERE state = 'running'", [], |r| r.get(0)))
+        .await
+        .unwrap();
     assert_eq!(running, 1);
     let removed = agentctl::store::retention::sweep(&journal, 0).await.unwrap();
     assert_eq!(removed, 0, "nothing newer than the cutoff is touched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(Backend::Embedded, dir.path());
+    let journal = Journal::open(&dir.path().join(JOURNAL_FILE), SyncMode::Normal).unwrap();
+    let ingest = Ingest::new(&config, journal.clone(), Bus::default()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let limits = Limits { body_timeout: Duration::from_secs(1), ..Limits::from_config(&config.listen) };
+    let metrics = std::sync::Arc::new(agentctl::metrics::Metrics::new());
+    let server = tokio::spawn(server::run(listener, ingest, metrics, limits, Bus::default(), stop.clone()));
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /webhook/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: issues\r\nContent-Length: 100\r\n\r\n{\"act",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection is answered and closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("did not arrive within 1 s"), "{answer}");
+    let rejected: i64 = journal
+        .write(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE http_status = 408", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(rejected, 1, "the slow delivery is journaled as refused");
+    stop.cancel();
+    server.await.unwrap().unwrap();
 }

@@ -38,6 +38,10 @@ pub enum Answer {
     TooLarge {
         limit: u64,
     },
+    /// The body did not arrive in time.
+    TimedOut {
+        secs: u64,
+    },
     NotFound,
     MethodNotAllowed,
     /// The delivery could not be made durable.
@@ -54,6 +58,7 @@ impl Answer {
             Answer::Unauthorized { .. } => 401,
             Answer::BadRequest { .. } => 400,
             Answer::TooLarge { .. } => 413,
+            Answer::TimedOut { .. } => 408,
             Answer::NotFound => 404,
             Answer::MethodNotAllowed => 405,
             Answer::Unavailable { .. } => 503,
@@ -70,6 +75,9 @@ impl Answer {
             Answer::BadRequest { reason } => json!({"status": "bad_request", "reason": reason}),
             Answer::TooLarge { limit } => {
                 json!({"status": "too_large", "reason": format!("body is larger than listen.max_body_bytes ({limit} bytes)")})
+            }
+            Answer::TimedOut { secs } => {
+                json!({"status": "timeout", "reason": format!("the body did not arrive within {secs} s")})
             }
             Answer::NotFound => {
                 json!({"status": "not_found", "reason": "no such route; webhooks go to /webhook/github, /webhook/gitlab or /webhook/gitlab/system"})

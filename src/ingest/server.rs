@@ -24,6 +24,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+/// How long a client may take to send a body once its headers are in. A slow sender would
+/// otherwise hold a connection slot for ever.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long shutdown waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -32,6 +36,7 @@ pub struct Limits {
     pub max_body_bytes: u64,
     pub max_connections: usize,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 impl Limits {
@@ -40,6 +45,7 @@ impl Limits {
             max_body_bytes: c.max_body_bytes,
             max_connections: c.max_connections as usize,
             header_timeout: Duration::from_secs(c.header_timeout_secs),
+            body_timeout: BODY_TIMEOUT,
         }
     }
 }
@@ -163,10 +169,13 @@ async fn serve(
     let body = if declared.is_some_and(|n| n > limits.max_body_bytes) {
         Err(too_large())
     } else {
-        match Limited::new(body, limits.max_body_bytes as usize).collect().await {
-            Ok(b) => Ok(b.to_bytes()),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-            Err(e) => Err(Answer::BadRequest { reason: format!("could not read the body: {e}") }),
+        match tokio::time::timeout(limits.body_timeout, Limited::new(body, limits.max_body_bytes as usize).collect())
+            .await
+        {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+            Ok(Err(e)) => Err(Answer::BadRequest { reason: format!("could not read the body: {e}") }),
+            Err(_) => Err(Answer::TimedOut { secs: limits.body_timeout.as_secs() }),
         }
     };
     let incoming = Incoming {
@@ -185,7 +194,7 @@ async fn serve(
     let answer =
         task.await.unwrap_or_else(|e| Answer::Unavailable { reason: format!("the delivery handler failed: {e}") });
     let mut res = respond(&answer);
-    if answer.status() == 413 {
+    if matches!(answer.status(), 408 | 413) {
         // The rest of the body was not read; the connection cannot be reused.
         res.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     }
