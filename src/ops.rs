@@ -101,9 +101,12 @@ pub enum Jobs {
     AllDead,
 }
 
-fn open_journal(config: &Config) -> anyhow::Result<Journal> {
+/// The journal (which must exist), the broker and the queue names, for job operations.
+fn job_tools(config: &Config) -> anyhow::Result<(Journal, std::sync::Arc<dyn broker::Broker>, broker::Queues)> {
     open_reader(config)?;
-    Ok(Journal::open(&journal_path(config), config.storage.sync)?)
+    let journal = Journal::open(&journal_path(config), config.storage.sync)?;
+    let broker = broker::from_config(config, &journal);
+    Ok((journal, broker, broker::Queues::new(&config.broker.queue)))
 }
 
 fn job_ids(journal: &Journal, which: &Jobs) -> anyhow::Result<Vec<String>> {
@@ -125,9 +128,7 @@ pub fn jobs_list(config: &Config, state: Option<&str>, limit: usize) -> anyhow::
 /// Dead (or finished) jobs back to the main queue, attempts reset, marked as replays. Returns
 /// one line per job saying what happened.
 pub async fn jobs_replay(config: &Config, which: Jobs) -> anyhow::Result<Vec<String>> {
-    let journal = open_journal(config)?;
-    let broker = broker::from_config(config, &journal);
-    let queues = broker::Queues::new(&config.broker.queue);
+    let (journal, broker, queues) = job_tools(config)?;
     let mut out = Vec::new();
     for id in job_ids(&journal, &which)? {
         let state = tasks::task_state(&journal.reader()?, &id)?.map(|(s, _)| s);
@@ -158,9 +159,7 @@ pub async fn jobs_replay(config: &Config, which: Jobs) -> anyhow::Result<Vec<Str
 /// tombstoned (the worker acks it without running); a running one is cancelled (its process
 /// group killed by the worker within a second) and not retried.
 pub async fn jobs_drop(config: &Config, which: Jobs) -> anyhow::Result<Vec<String>> {
-    let journal = open_journal(config)?;
-    let broker = broker::from_config(config, &journal);
-    let queues = broker::Queues::new(&config.broker.queue);
+    let (journal, broker, queues) = job_tools(config)?;
     let mut out = Vec::new();
     for id in job_ids(&journal, &which)? {
         let task_id = id.clone();

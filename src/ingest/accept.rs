@@ -231,7 +231,8 @@ impl Ingest {
         incoming: &Incoming,
         token_fp: Option<String>,
         verification: &str,
-        answer: &Answer,
+        status: u16,
+        reason: String,
     ) -> NewDelivery {
         NewDelivery {
             route: incoming.route.as_str(),
@@ -243,13 +244,13 @@ impl Ingest {
             received_at: now_rfc3339(),
             headers_json: headers::to_json(&incoming.headers),
             // Rejected bodies are cut to the per-body cap; accepted ones are kept whole.
-            body: StoredBody::pack(&incoming.body, (answer.status() >= 400).then_some(self.caps.per_body)),
+            body: StoredBody::pack(&incoming.body, (status >= 400).then_some(self.caps.per_body)),
             body_size: incoming.body.len(),
             token_fp,
             verification: verification.to_string(),
             verdict: "rejected",
-            reason: answer_reason(answer),
-            http_status: answer.status(),
+            reason,
+            http_status: status,
             replay_of: incoming.replay_of,
             task: None,
         }
@@ -263,7 +264,7 @@ impl Ingest {
         verification: &str,
         answer: Answer,
     ) -> Answer {
-        let record = self.delivery(&incoming, token_fp, verification, &answer);
+        let record = self.delivery(&incoming, token_fp, verification, answer.status(), answer_reason(&answer));
         let reason = record.reason.clone();
         let caps = self.caps;
         if let Err(e) = self.journal.write(move |c| record.insert(c, caps)).await {
@@ -284,13 +285,12 @@ impl Ingest {
             Decision::Ignore { reason } => Answer::Ignored { reason: reason.clone() },
             Decision::Pong => Answer::Pong,
         };
-        let mut record = self.delivery(&incoming, token_fp, "ok", &provisional);
+        let mut record = self.delivery(&incoming, token_fp, "ok", provisional.status(), reason.clone());
         record.dedupe = incoming.replay_of.is_none();
         record.event = Some(parsed.event.clone());
         record.action = parsed.action.clone();
         record.item = parsed.item.as_ref().map(|i| crate::task::item_ref(&i.repo_full_name, i.kind, i.number));
         record.verdict = verdict.as_str();
-        record.reason = reason.clone();
         if let (Some(label), Some(item)) = (&label, &parsed.item) {
             let task = Task::new(item, new_task_id(), label, record.delivery_id.clone(), record.received_at.clone());
             record.task = Some(NewTask {
