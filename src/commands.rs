@@ -18,7 +18,23 @@ pub fn load_dotenv() -> anyhow::Result<()> {
     }
 }
 
-pub fn init_tracing(format: LogFormat) {
+/// Whether this invocation runs the terminal console: the service, without `--no-tui`, with
+/// stdout a terminal.
+pub fn wants_console(cli: &Cli) -> bool {
+    use std::io::IsTerminal;
+    cli.command.is_none() && !cli.no_tui && std::io::stdout().is_terminal()
+}
+
+/// Log lines go to the console's Logs view when it runs, else to stderr.
+pub fn init_tracing(cli: &Cli) {
+    if wants_console(cli) {
+        crate::ui::init_tracing();
+    } else {
+        init_stderr_tracing(cli.log_format);
+    }
+}
+
+fn init_stderr_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("AGENTCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
@@ -63,13 +79,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(cli: &Cli, config: Config) -> anyhow::Result<()> {
-    if !cli.no_tui {
-        tracing::info!("The terminal console is not part of this version yet; running headless (as with --no-tui)");
-    }
-    let _ = cli.read_only; // Only the console has actions to disable.
     let bus = Bus::default();
     let shutdown = CancellationToken::new();
     app::cancel_on_signals(shutdown.clone());
+    if wants_console(cli) {
+        return crate::ui::run(config, cli.mode, cli.read_only, bus, shutdown).await;
+    }
+    if !cli.no_tui {
+        tracing::info!("stdout is not a terminal: running headless (as with --no-tui)");
+    }
     // The printer outlives the service, so the shutdown lines are printed too.
     let printer_stop = CancellationToken::new();
     let printer = tokio::spawn(headless::run(bus.clone(), printer_stop.clone()));
@@ -159,7 +177,7 @@ async fn deliveries_command(config: Config, cmd: &DeliveriesCommand) -> anyhow::
             Ok(())
         }
         DeliveriesCommand::Replay { id } => {
-            let replayed = ops::replay(config, *id).await?;
+            let replayed = ops::replay(config, *id, Bus::default()).await?;
             let answer = &replayed.answer;
             println!("{} {}", answer.status(), answer.to_json());
             if matches!(answer, crate::ingest::accept::Answer::Queued { .. }) {

@@ -42,6 +42,8 @@ pub enum Event {
         route: &'static str,
         status: u16,
         reason: String,
+        /// Its journal entry, when it could be written.
+        journal_id: Option<i64>,
     },
     /// A verified delivery was decided on and journaled.
     DeliveryDecided {
@@ -107,6 +109,10 @@ pub enum Event {
         exit_code: Option<i32>,
         duration_ms: u64,
         reason: Option<String>,
+        /// `exit`, `signal`, `timeout`, `start` or `cancelled` when the attempt failed.
+        failure_class: Option<String>,
+        /// When a retrying task runs again (Unix seconds).
+        retry_at_unix: Option<i64>,
     },
     /// Another task for the same item is running; this one runs after it.
     TaskWaiting {

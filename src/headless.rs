@@ -35,7 +35,7 @@ pub fn log(event: &Event) {
             source.display_name(),
             action.as_deref().unwrap_or("none")
         ),
-        Event::DeliveryRejected { route, status, reason } => warn!("Rejected delivery to {route} ({status}): {reason}"),
+        Event::DeliveryRejected { route, status, reason, .. } => warn!("Rejected delivery to {route} ({status}): {reason}"),
         Event::DeliveryDecided { journal_id, item, verdict, reason, label, task_id, replay_of, .. } => {
             let item = item.as_deref().unwrap_or("-");
             let replay = replay_of.map(|o| format!(" (replay of delivery {o})")).unwrap_or_default();
@@ -74,7 +74,7 @@ pub fn log(event: &Event) {
             info!("Task progress: task={task_id} {percent}% {message}")
         }
         Event::TaskLog { .. } | Event::QueueDepths { .. } => {}
-        Event::TaskFinished { task_id, item, state, exit_code, duration_ms, reason } => {
+        Event::TaskFinished { task_id, item, state, exit_code, duration_ms, reason, .. } => {
             let code = exit_code.map(|c| format!(" exit={c}")).unwrap_or_default();
             let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
             let secs = *duration_ms as f64 / 1000.0;

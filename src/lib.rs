@@ -14,4 +14,5 @@ pub mod ops;
 pub mod send;
 pub mod store;
 pub mod task;
+pub mod ui;
 pub mod worker;

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         eprintln!("agentctl: {e:#}");
         return ExitCode::FAILURE;
     }
-    agentctl::commands::init_tracing(cli.log_format);
+    agentctl::commands::init_tracing(&cli);
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     match runtime.block_on(agentctl::commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,

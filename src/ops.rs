@@ -1,4 +1,4 @@
-//! Operations on the journal that the CLI (and later the console) offer: list, show and replay
+//! Operations on the journal that the CLI and the console offer: list, show and replay
 //! deliveries. They work while agentctl runs in another process: SQLite's WAL lets this process
 //! read and write beside it, and the running agentctl publishes what a replay queues.
 
@@ -43,8 +43,9 @@ pub struct Replayed {
 }
 
 /// Runs stored delivery `id` through verification with today's secrets, the filter and the
-/// queue again, bypassing dedupe; the new journal entry records it as a replay of `id`.
-pub async fn replay(mut config: Config, id: i64) -> anyhow::Result<Replayed> {
+/// queue again, bypassing dedupe; the new journal entry records it as a replay of `id`. Its
+/// events go to `bus` (the console's, so the replay shows in its feed).
+pub async fn replay(mut config: Config, id: i64, bus: Bus) -> anyhow::Result<Replayed> {
     let row = show(&config, id)?;
     let Some(route) = Route::parse(&row.summary.route) else {
         bail!("delivery {id} came to an unknown route '{}'", row.summary.route);
@@ -59,7 +60,7 @@ pub async fn replay(mut config: Config, id: i64) -> anyhow::Result<Replayed> {
     let data_dir = config.storage.data_dir();
     ensure_route_secrets(&mut config, &data_dir)?;
     let journal = Journal::open(&journal_path(&config), config.storage.sync)?;
-    let ingest = Ingest::new(&config, journal.clone(), Bus::default()).await?;
+    let ingest = Ingest::new(&config, journal.clone(), bus).await?;
     let answer = ingest
         .handle(Incoming {
             route,
@@ -123,6 +124,11 @@ pub fn jobs_list(config: &Config, state: Option<&str>, limit: usize) -> anyhow::
         bail!("unknown state '{s}'; states: {}", tasks::STATES.join(", "));
     }
     Ok(tasks::list_jobs(&open_reader(config)?, state, limit)?)
+}
+
+/// A job's state in the journal, if it is there.
+pub fn job_state(config: &Config, id: &str) -> anyhow::Result<Option<String>> {
+    Ok(tasks::task_state(&open_reader(config)?, id)?.map(|(state, _)| state))
 }
 
 /// Dead (or finished) jobs back to the main queue, attempts reset, marked as replays. Returns

@@ -138,7 +138,7 @@ async fn replay_after_fixing_the_secret(backend: Backend) {
     // Fixed; the running agentctl publishes what the replay queues.
     config.github.webhook_secret = agentctl::config::Secret::new(GITHUB_SECRET);
     let h = Harness::start_with(config.clone(), dir).await;
-    let replayed = agentctl::ops::replay(config.clone(), rejected).await.unwrap();
+    let replayed = agentctl::ops::replay(config.clone(), rejected, agentctl::event::Bus::default()).await.unwrap();
     let agentctl::ingest::accept::Answer::Queued { task_id } = replayed.answer else {
         panic!("the replay is queued: {:?}", replayed.answer)
     };
@@ -149,14 +149,14 @@ async fn replay_after_fixing_the_secret(backend: Backend) {
     assert_eq!(h.count(&format!("SELECT replay_of FROM deliveries WHERE task_id = '{task_id}'")), rejected);
 
     // A replay bypasses dedupe: the same delivery again is a new task.
-    let again = agentctl::ops::replay(config.clone(), rejected).await.unwrap();
+    let again = agentctl::ops::replay(config.clone(), rejected, agentctl::event::Bus::default()).await.unwrap();
     assert!(matches!(again.answer, agentctl::ingest::accept::Answer::Queued { .. }));
     assert!(q.next(WAIT).await.is_some());
     drop(q); // its consumer would take the next message
     let (config, _dir) = h.stop().await;
 
     // With no agentctl running, the replay publishes by itself.
-    let third = agentctl::ops::replay(config.clone(), rejected).await.unwrap();
+    let third = agentctl::ops::replay(config.clone(), rejected, agentctl::event::Bus::default()).await.unwrap();
     assert!(third.published_here);
     let mut q = QueueReader::new(&config).await;
     assert!(q.next(WAIT).await.is_some());

@@ -267,10 +267,19 @@ impl Ingest {
         let record = self.delivery(&incoming, token_fp, verification, answer.status(), answer_reason(&answer));
         let reason = record.reason.clone();
         let caps = self.caps;
-        if let Err(e) = self.journal.write(move |c| record.insert(c, caps)).await {
-            tracing::warn!("could not journal a rejected delivery: {e}");
-        }
-        self.bus.emit(Event::DeliveryRejected { route: incoming.route.path(), status: answer.status(), reason });
+        let journal_id = match self.journal.write(move |c| record.insert(c, caps)).await {
+            Ok(Recorded::Stored { journal_id, .. } | Recorded::Duplicate { journal_id, .. }) => Some(journal_id),
+            Err(e) => {
+                tracing::warn!("could not journal a rejected delivery: {e}");
+                None
+            }
+        };
+        self.bus.emit(Event::DeliveryRejected {
+            route: incoming.route.path(),
+            status: answer.status(),
+            reason,
+            journal_id,
+        });
         answer
     }
 

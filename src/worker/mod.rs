@@ -237,11 +237,16 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         return;
     }
     let finish = policy::decide(&task, &attempt, &shared.config.worker, &shared.queues, unix_now());
-    let (state, reason) = match &finish {
-        Finish::Done { .. } => ("done", None),
-        Finish::Retry { task, .. } => ("retrying", task.failure.as_ref().map(|f| f.reason.clone())),
-        Finish::Dead { task, .. } => ("dead", task.failure.as_ref().map(|f| f.reason.clone())),
-        Finish::Dropped { reason } => ("dropped", Some(reason.clone())),
+    let (state, failure, retry_at_unix) = match &finish {
+        Finish::Done { .. } => ("done", None, None),
+        Finish::Retry { task, next_unix, .. } => ("retrying", task.failure.as_ref(), Some(*next_unix)),
+        Finish::Dead { task, .. } => ("dead", task.failure.as_ref(), None),
+        Finish::Dropped { .. } => ("dropped", None, None),
+    };
+    let (reason, failure_class) = match (&finish, failure) {
+        (Finish::Dropped { reason }, _) => (Some(reason.clone()), None),
+        (_, Some(f)) => (Some(f.reason.clone()), Some(f.class.clone())),
+        _ => (None, None),
     };
     let exit_code = match attempt.outcome {
         runner::Outcome::Exited(c) => Some(c),
@@ -262,6 +267,8 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         exit_code,
         duration_ms: attempt.duration.as_millis() as u64,
         reason,
+        failure_class,
+        retry_at_unix,
     });
 }
 

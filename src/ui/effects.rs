@@ -1,0 +1,163 @@
+//! Carries out what the console asked for, off the drawing loop: replays and drops through
+//! `ops` (the same code as `agentctl deliveries replay` / `jobs replay|drop`), loading a
+//! delivery's timeline, re-reading a job's log file. Results come back on a channel; a failure
+//! becomes a message in the footer and a log line, never a crash.
+
+use super::console::{Console, DeliveryDetail, Detail, Effect, Op, short};
+use super::keys::LogKey;
+use super::state::{Millis, State};
+use crate::config::Config;
+use crate::event::Bus;
+use crate::ops;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tui_logger::TuiWidgetEvent;
+
+/// How much of a job's log file the tail view reads.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+pub enum Outcome {
+    /// An operation finished; `job` is a task whose state it changed, as the journal has it now.
+    Done { message: String, job: Option<(String, String)> },
+    Failed(String),
+    Delivery(i64, Box<Result<DeliveryDetail, String>>),
+    JobLog(String, Vec<String>),
+}
+
+/// Fills the history from the journal, if there is one yet.
+pub fn seed(config: &Config, state: &mut State) {
+    let journal = config.storage.data_dir().join(crate::store::JOURNAL_FILE);
+    if !journal.exists() {
+        return;
+    }
+    let deliveries = ops::list(config, false, config.ui.history_deliveries);
+    let jobs = ops::jobs_list(config, None, config.ui.history_jobs);
+    match (deliveries, jobs) {
+        (Ok(d), Ok(j)) => state.seed(d, j),
+        (Err(e), _) | (_, Err(e)) => tracing::warn!("could not read the history from the journal: {e:#}"),
+    }
+}
+
+pub fn spawn(effect: Effect, config: Arc<Config>, bus: Bus, tx: mpsc::Sender<Outcome>) {
+    tokio::spawn(async move {
+        let outcome = match effect {
+            Effect::Run(op) => run_op(op, &config, bus).await,
+            Effect::LoadDelivery(id) => {
+                let loaded = tokio::task::spawn_blocking(move || load_delivery(&config, id))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                Outcome::Delivery(id, Box::new(loaded))
+            }
+            Effect::LoadJobLog(id) => {
+                let path = crate::worker::runner::log_path(&config.storage.data_dir(), &id);
+                let lines = tokio::task::spawn_blocking(move || tail(&path)).await.unwrap_or_default();
+                Outcome::JobLog(id, lines)
+            }
+            Effect::Quit | Effect::Log(_) => return,
+        };
+        let _ = tx.send(outcome).await;
+    });
+}
+
+async fn run_op(op: Op, config: &Config, bus: Bus) -> Outcome {
+    let result = match &op {
+        Op::ReplayDelivery(id) => ops::replay(config.clone(), *id, bus).await.map(|r| {
+            let answer = r.answer.to_json();
+            let what = answer["reason"].as_str().or(answer["task_id"].as_str()).unwrap_or_default().to_string();
+            (format!("delivery {id} replayed: {} {what}", r.answer.status()), None)
+        }),
+        Op::ReplayJob(id) => ops::jobs_replay(config, ops::Jobs::One(id.clone())).await.map(|l| (l.join("; "), Some(id))),
+        Op::DropJob(id) => ops::jobs_drop(config, ops::Jobs::One(id.clone())).await.map(|l| (l.join("; "), Some(id))),
+    };
+    match result {
+        Ok((message, job)) => {
+            tracing::info!("console: {message}");
+            let job = job.and_then(|id| match ops::job_state(config, id) {
+                Ok(Some(state)) => Some((id.clone(), state)),
+                _ => None,
+            });
+            Outcome::Done { message, job }
+        }
+        Err(e) => {
+            let message = match &op {
+                Op::ReplayDelivery(id) => format!("replay of delivery {id} failed: {e:#}"),
+                Op::ReplayJob(id) => format!("replay of job {} failed: {e:#}", short(id)),
+                Op::DropJob(id) => format!("drop of job {} failed: {e:#}", short(id)),
+            };
+            tracing::warn!("console: {message}");
+            Outcome::Failed(message)
+        }
+    }
+}
+
+fn load_delivery(config: &Config, id: i64) -> Result<DeliveryDetail, String> {
+    let row = ops::show(config, id).map_err(|e| format!("{e:#}"))?;
+    let task_state = match &row.summary.task_id {
+        Some(t) => ops::job_state(config, t).map_err(|e| format!("{e:#}"))?,
+        None => None,
+    };
+    Ok(DeliveryDetail { row, task_state })
+}
+
+/// The last lines of a log file (at most `TAIL_BYTES` of it); empty when there is none.
+fn tail(path: &std::path::Path) -> Vec<String> {
+    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(TAIL_BYTES);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // cut mid-line
+    }
+    lines
+}
+
+/// Applies an outcome to what the console shows.
+pub fn apply(outcome: Outcome, state: &mut State, console: &mut Console, now: Millis) {
+    match outcome {
+        Outcome::Done { message, job } => {
+            if let Some((id, job_state)) = job {
+                state.set_job_state(&id, &job_state, now);
+            }
+            console.say(message, now);
+        }
+        Outcome::Failed(message) => console.say(message, now),
+        Outcome::Delivery(id, result) => {
+            if let Some(Detail::Delivery { journal_id, loaded, .. }) = &mut console.detail
+                && *journal_id == id
+            {
+                *loaded = Some(result);
+            }
+        }
+        Outcome::JobLog(id, new_lines) => {
+            if let Some(Detail::JobLog { task_id, lines, .. }) = &mut console.detail
+                && *task_id == id
+            {
+                *lines = new_lines;
+            }
+        }
+    }
+}
+
+pub fn log_event(key: LogKey) -> TuiWidgetEvent {
+    match key {
+        LogKey::TargetUp => TuiWidgetEvent::UpKey,
+        LogKey::TargetDown => TuiWidgetEvent::DownKey,
+        LogKey::ShowMore => TuiWidgetEvent::PlusKey,
+        LogKey::ShowLess => TuiWidgetEvent::MinusKey,
+        LogKey::CaptureMore => TuiWidgetEvent::RightKey,
+        LogKey::CaptureLess => TuiWidgetEvent::LeftKey,
+        LogKey::ToggleTargets => TuiWidgetEvent::HideKey,
+        LogKey::PageUp => TuiWidgetEvent::PrevPageKey,
+        LogKey::PageDown => TuiWidgetEvent::NextPageKey,
+        LogKey::EndPaging => TuiWidgetEvent::EscapeKey,
+    }
+}

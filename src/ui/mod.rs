@@ -1,0 +1,201 @@
+//! The terminal console: a reader of the same event stream the headless printer reads. Three
+//! places, as in bottom: the pipeline's events and the operator's keys come in (`run`), the
+//! state is updated (`state`, `console`), and a frame is drawn (`view`) — only when something
+//! changed, at most ~30 times a second, after draining a bounded batch of events.
+//!
+//! The console never slows the pipeline: it reads the bus (a bounded broadcast channel) and,
+//! when it falls behind, the bus drops the oldest events for it and says how many; the header
+//! shows that count. Replays and drops run on their own tasks and report back.
+
+pub mod console;
+mod effects;
+pub mod keys;
+mod popup;
+pub mod state;
+mod terminal;
+pub mod view;
+
+use crate::cli::Mode;
+use crate::config::{Config, redact_url};
+use crate::event::{Bus, Event};
+use console::{Console, Detail, Effect};
+use crossterm::event::{Event as TermEvent, EventStream};
+use futures_util::StreamExt;
+use state::{Limits, Millis, State};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use view::{Chrome, Scene};
+
+/// At most this many events are applied before a frame is drawn.
+const BATCH: usize = 4096;
+/// The shortest time between two frames (~30 fps).
+const FRAME: Duration = Duration::from_millis(33);
+/// How often a running job's log file is re-read while its tail is open.
+const LOG_REFRESH: Duration = Duration::from_millis(500);
+
+pub fn now_ms() -> Millis {
+    crate::store::unix_now_ms()
+}
+
+/// Sends tracing to the console's Logs view instead of stderr (which the screen owns).
+pub fn init_tracing() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
+    tracing_subscriber::registry().with(filter).with(tui_logger::TuiTracingSubscriberLayer).init();
+    // The env filter above decides what is recorded; the widget shows all of it by default.
+    let _ = tui_logger::init_logger(tui_logger::LevelFilter::Trace);
+    tui_logger::set_default_level(tui_logger::LevelFilter::Trace);
+}
+
+/// Runs agentctl (`app::run`) with the console in this terminal until `q`, a signal, or the
+/// service stopping on its own. The terminal is restored on every way out, panics included.
+pub async fn run(config: Config, mode: Mode, read_only: bool, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let limits = Limits { deliveries: config.ui.history_deliveries, jobs: config.ui.history_jobs };
+    let mut state = State::new(limits);
+    effects::seed(&config, &mut state);
+    let chrome = Chrome {
+        mode: format!("{mode:?}").to_lowercase(),
+        broker: if config.broker.url.is_empty() { "embedded".into() } else { redact_url(&config.broker.url) },
+        listen: if mode == Mode::Consumer { "-".into() } else { config.listen.addr.clone() },
+        started_at: now_ms(),
+        data_dir: config.storage.data_dir(),
+    };
+    let config = Arc::new(config);
+    // Subscribe before the service starts so its first events are seen.
+    let events = bus.subscribe();
+    // The log lines the headless mode prints go to the Logs view.
+    let printer_stop = CancellationToken::new();
+    let printer = tokio::spawn(crate::headless::run(bus.clone(), printer_stop.clone()));
+    let mut service = tokio::spawn(crate::app::run((*config).clone(), mode, bus.clone(), shutdown.clone()));
+
+    let looped = match terminal::Guard::enter() {
+        Ok((guard, mut terminal)) => {
+            let looped = event_loop(&mut terminal, &mut service, state, &chrome, read_only, &config, &bus, &shutdown, events).await;
+            drop(guard);
+            looped
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("while opening the terminal console (try --no-tui)")),
+    };
+    // However the console ended, the service stops and is waited for; the terminal is already
+    // restored, so its last words reach the screen.
+    shutdown.cancel();
+    let served = match looped {
+        Ok(Some(served)) => served,
+        Ok(None) => service.await.unwrap_or_else(|e| Err(anyhow::anyhow!("agentctl panicked: {e}"))),
+        Err(e) => {
+            let _ = service.await;
+            Err(e)
+        }
+    };
+    printer_stop.cancel();
+    let _ = printer.await;
+    served
+}
+
+/// Draws and reacts until the service ends (its result is returned) or the terminal's input
+/// ends (`None`).
+#[allow(clippy::too_many_arguments)]
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    service: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+    mut state: State,
+    chrome: &Chrome,
+    read_only: bool,
+    config: &Arc<Config>,
+    bus: &Bus,
+    shutdown: &CancellationToken,
+    mut events: broadcast::Receiver<Event>,
+) -> anyhow::Result<Option<anyhow::Result<()>>> {
+    let mut console = Console::new(read_only);
+    let logger = tui_logger::TuiWidgetState::new().set_default_display_level(tui_logger::LevelFilter::Info);
+    let (results_tx, mut results) = mpsc::channel(64);
+    let mut keys = EventStream::new();
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    let mut log_refresh = tokio::time::interval(LOG_REFRESH);
+    let mut dirty = true;
+    let mut last_draw = tokio::time::Instant::now() - FRAME;
+    loop {
+        if dirty && last_draw.elapsed() >= FRAME {
+            let now = now_ms();
+            terminal.draw(|frame| {
+                console.page = view::page_rows(frame.area()).saturating_sub(4).max(1);
+                view::draw(frame, &Scene { state: &state, console: &console, chrome, now, logger: &logger });
+            })?;
+            last_draw = tokio::time::Instant::now();
+            dirty = false;
+        }
+        let next_frame = last_draw + FRAME;
+        tokio::select! {
+            biased;
+            key = keys.next() => match key {
+                Some(Ok(TermEvent::Key(key))) => {
+                    let Some(action) = keys::lookup(console.context(), &key) else { continue };
+                    dirty = true;
+                    match console.handle(action, &state, now_ms()) {
+                        Some(Effect::Quit) => {
+                            console.say("shutting down: finishing in-flight deliveries and handlers…", now_ms());
+                            shutdown.cancel();
+                        }
+                        Some(Effect::Log(key)) => logger.transition(effects::log_event(key)),
+                        Some(effect) => effects::spawn(effect, config.clone(), bus.clone(), results_tx.clone()),
+                        None => {}
+                    }
+                }
+                Some(Ok(TermEvent::Resize(..))) => dirty = true,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::warn!("terminal input failed: {e}"),
+                None => return Ok(None),
+            },
+            result = &mut *service => {
+                return Ok(Some(result.unwrap_or_else(|e| Err(anyhow::anyhow!("agentctl panicked: {e}")))));
+            }
+            received = events.recv() => {
+                dirty |= apply(&mut state, received, &mut events);
+            }
+            Some(result) = results.recv() => {
+                effects::apply(result, &mut state, &mut console, now_ms());
+                dirty = true;
+            }
+            _ = second.tick() => {
+                state.tick(now_ms());
+                // Uptime, elapsed times and "next attempt in" move every second.
+                dirty = true;
+            }
+            _ = log_refresh.tick(), if matches!(console.detail, Some(Detail::JobLog { .. })) => {
+                if let Some(Detail::JobLog { task_id, .. }) = &console.detail {
+                    effects::spawn(Effect::LoadJobLog(task_id.clone()), config.clone(), bus.clone(), results_tx.clone());
+                }
+            }
+            _ = tokio::time::sleep_until(next_frame), if dirty => {}
+        }
+    }
+}
+
+/// Applies one received event and then up to `BATCH` more that are already waiting.
+fn apply(state: &mut State, first: Result<Event, broadcast::error::RecvError>, rx: &mut broadcast::Receiver<Event>) -> bool {
+    let now = now_ms();
+    let mut changed = false;
+    let mut take = |state: &mut State, r: Result<Event, _>| match r {
+        Ok(e) => changed |= state.apply(e, now),
+        Err(broadcast::error::RecvError::Lagged(n)) => {
+            state.note_dropped(n);
+            changed = true;
+        }
+        Err(_) => {}
+    };
+    take(state, first);
+    for _ in 0..BATCH {
+        match rx.try_recv() {
+            Ok(e) => take(state, Ok(e)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => take(state, Err(broadcast::error::RecvError::Lagged(n))),
+            Err(_) => break,
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod snapshots;

@@ -1,0 +1,116 @@
+//! A delivery's timeline: when and where it came, its headers (secrets masked), the decision
+//! and its reason, the task it created and that task's state now, and the pretty-printed
+//! payload. Scrolls as one page.
+
+use super::{Scene, clock};
+use crate::ui::console::Detail;
+use crate::ui::state::JobState;
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+
+/// Header names whose values are never shown, even though the journal keeps none of the
+/// secret ones: the console must not be the place a secret leaks from.
+const MASKED: [&str; 6] = ["signature", "token", "authorization", "cookie", "secret", "key"];
+
+pub fn masked(name: &str, value: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    if MASKED.iter().any(|m| lower.contains(m)) && !lower.contains("idempotency") {
+        "•••••• (masked)".into()
+    } else {
+        value.to_string()
+    }
+}
+
+pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
+    let Some(Detail::Delivery { journal_id, loaded, scroll }) = &scene.console.detail else { return };
+    let label = Style::new().fg(Color::Gray);
+    let bold = Style::new().add_modifier(Modifier::BOLD);
+    let lines: Vec<Line> = match loaded.as_deref() {
+        None => vec![Line::from("loading from the journal…")],
+        Some(Err(e)) => vec![Line::styled(format!("cannot load delivery {journal_id}: {e}"), Style::new().fg(Color::Red))],
+        Some(Ok(detail)) => {
+            let s = &detail.row.summary;
+            let mut lines = vec![
+                Line::from(vec![Span::styled("received  ", label), Span::raw(format!("{} ({} UTC)", s.received_at, clock_of(&s.received_at)))]),
+                Line::from(vec![Span::styled("route     ", label), Span::raw(s.route.clone())]),
+                Line::from(vec![
+                    Span::styled("event     ", label),
+                    Span::raw(match (&s.event, &s.action) {
+                        (Some(e), Some(a)) => format!("{e}.{a}"),
+                        (Some(e), None) => e.clone(),
+                        _ => "-".into(),
+                    }),
+                ]),
+                Line::from(vec![Span::styled("item      ", label), Span::raw(s.item.clone().unwrap_or_else(|| "-".into()))]),
+                Line::from(vec![Span::styled("delivery  ", label), Span::raw(s.delivery_id.clone().unwrap_or_else(|| "-".into()))]),
+                Line::from(vec![Span::styled("verified  ", label), Span::raw(detail.row.verification.clone())]),
+                Line::from(vec![
+                    Span::styled("decision  ", label),
+                    Span::styled(format!("{} ({})", s.verdict, s.http_status), bold),
+                    Span::raw(format!(" — {}", s.reason)),
+                ]),
+            ];
+            if let Some(o) = s.replay_of {
+                lines.push(Line::from(vec![Span::styled("replay of ", label), Span::raw(format!("delivery {o}"))]));
+            }
+            lines.push(task_line(scene, s.task_id.as_deref(), detail.task_state.as_deref()));
+            lines.push(Line::from(""));
+            lines.push(Line::styled("headers", bold));
+            for (k, v) in &detail.row.headers {
+                lines.push(Line::from(vec![Span::styled(format!("  {k}: "), label), Span::raw(masked(k, v))]));
+            }
+            lines.push(Line::from(""));
+            lines.extend(payload(&detail.row));
+            lines
+        }
+    };
+    let title = format!(" Delivery {journal_id} — Esc back, j/k PgUp/PgDn scroll ");
+    let widget = Paragraph::new(lines)
+        .block(Block::new().borders(Borders::ALL).title(title))
+        .wrap(Wrap { trim: false })
+        .scroll((*scroll, 0));
+    frame.render_widget(widget, area);
+}
+
+fn clock_of(rfc3339: &str) -> String {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .map(|t| clock((t.unix_timestamp_nanos() / 1_000_000) as i64))
+        .unwrap_or_default()
+}
+
+/// The task line: the live state when the console follows the task, else the journal's.
+fn task_line<'a>(scene: &Scene, task_id: Option<&str>, journal_state: Option<&str>) -> Line<'a> {
+    let label = Style::new().fg(Color::Gray);
+    let Some(id) = task_id else {
+        return Line::from(vec![Span::styled("task      ", label), Span::raw("none")]);
+    };
+    let now = match scene.state.jobs.get(id) {
+        Some(j) => {
+            let pct = j.percent.map(|p| format!(" {p}%")).unwrap_or_default();
+            let msg = if j.state == JobState::Running && !j.message.is_empty() { format!(" {}", j.message) } else { String::new() };
+            format!("{} (attempt {}){pct}{msg}", j.state.as_str(), j.attempt)
+        }
+        None => journal_state.unwrap_or("not in the journal any more").to_string(),
+    };
+    Line::from(vec![Span::styled("task      ", label), Span::raw(format!("{id} — now "), ), Span::styled(now, Style::new().add_modifier(Modifier::BOLD))])
+}
+
+fn payload<'a>(row: &crate::store::DeliveryRow) -> Vec<Line<'a>> {
+    let bold = Style::new().add_modifier(Modifier::BOLD);
+    let Some(body) = &row.body else {
+        return vec![Line::styled(format!("payload: not kept ({} bytes; rejected bodies are capped)", row.body_size), bold)];
+    };
+    let heading = if row.body_stored {
+        format!("payload ({} bytes)", row.body_size)
+    } else {
+        format!("payload (first {} of {} bytes)", body.len(), row.body_size)
+    };
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    std::iter::once(Line::styled(heading, bold)).chain(text.lines().map(|l| Line::from(l.to_string()))).collect()
+}

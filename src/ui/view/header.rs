@@ -1,0 +1,66 @@
+//! The header: where agentctl listens, the broker and its state, the mode, uptime, and the
+//! counters an operator glances at.
+
+use super::{Scene, duration};
+use crate::ui::state::BrokerState;
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph};
+
+pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
+    let (state, chrome) = (scene.state, scene.chrome);
+    let bold = Style::new().add_modifier(Modifier::BOLD);
+    let dim = Style::new().fg(Color::Gray);
+    let (broker_state, broker_style) = match &state.broker {
+        BrokerState::Connecting => ("connecting".to_string(), Style::new().fg(Color::Yellow)),
+        BrokerState::Up => ("up".to_string(), Style::new().fg(Color::Green)),
+        BrokerState::Down(e) => (format!("down: {e}"), Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)),
+    };
+    let listen = state.listen_addr.as_deref().unwrap_or(&chrome.listen);
+    let mut first = vec![
+        Span::styled("agentctl ", bold.fg(Color::Cyan)),
+        Span::styled("listen ", dim),
+        Span::raw(format!("{listen}  ")),
+        Span::styled("broker ", dim),
+        Span::raw(format!("{} ", chrome.broker)),
+        Span::styled(broker_state, broker_style),
+        Span::styled("  mode ", dim),
+        Span::raw(chrome.mode.clone()),
+        Span::styled("  up ", dim),
+        Span::raw(duration(scene.now - chrome.started_at)),
+    ];
+    if scene.console.paused_at.is_some() {
+        first.push(Span::styled("  PAUSED", Style::new().fg(Color::Black).bg(Color::Yellow)));
+    }
+    if state.shutting_down {
+        first.push(Span::styled("  SHUTTING DOWN", Style::new().fg(Color::White).bg(Color::Red)));
+    }
+    let c = &state.counters;
+    let count = |name: &'static str, n: u64, color: Color| {
+        let style = if n > 0 { Style::new().fg(color).add_modifier(Modifier::BOLD) } else { dim };
+        [Span::styled(format!("{name} "), dim), Span::styled(format!("{n}  "), style)]
+    };
+    let mut second: Vec<Span> = [
+        count("received", c.received, Color::White),
+        count("queued", c.queued, Color::Green),
+        count("ignored", c.ignored, Color::Gray),
+        count("rejected", c.rejected, Color::Red),
+        count("duplicates", c.duplicates, Color::Magenta),
+        count("running", c.running, Color::Cyan),
+        count("failed", c.failed, Color::Yellow),
+        count("dead", c.dead, Color::Red),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if state.dropped_events > 0 {
+        second.push(Span::styled(
+            format!("console missed {} events", state.dropped_events),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    let block = Block::new().borders(Borders::BOTTOM).border_style(dim);
+    frame.render_widget(Paragraph::new(vec![Line::from(first), Line::from(second)]).block(block), area);
+}

@@ -1,0 +1,56 @@
+//! A job's live log tail: its state, attempt and elapsed time, a progress gauge while it runs,
+//! and the last lines of its handler's output (the task's log file, re-read while it runs).
+
+use super::jobs::{detail, elapsed, state_style};
+use super::Scene;
+use crate::ui::console::Detail;
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Gauge, Paragraph};
+
+pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
+    let Some(Detail::JobLog { task_id, lines, scroll }) = &scene.console.detail else { return };
+    let job = scene.state.jobs.get(task_id);
+    let [info, gauge, log] =
+        Layout::vertical([Constraint::Length(3), Constraint::Length(if job.is_some_and(|j| j.percent.is_some()) { 3 } else { 0 }), Constraint::Min(3)])
+            .areas(area);
+    let summary = match job {
+        Some(j) => Line::from(vec![
+            Span::styled(j.state.as_str(), state_style(j.state)),
+            Span::raw(format!("  {}  attempt {}  {}  {}", j.item, j.attempt, elapsed(j, scene.now), detail(j, scene.now))),
+        ]),
+        None => Line::from("not in the console's history: showing its log file"),
+    };
+    frame.render_widget(
+        Paragraph::new(summary).block(Block::new().borders(Borders::ALL).title(format!(" Job {task_id} — Esc back "))),
+        info,
+    );
+    if let Some(j) = job
+        && let Some(p) = j.percent
+    {
+        let g = Gauge::default()
+            .block(Block::new().borders(Borders::ALL).title(" progress "))
+            .gauge_style(Style::new().fg(Color::Cyan))
+            .percent(p.min(100) as u16)
+            .label(format!("{p}% {}", j.message));
+        frame.render_widget(g, gauge);
+    }
+    // The file has every line; the events carry the recent ones if the file is not there.
+    let text: Vec<&str> = if lines.is_empty() {
+        job.map(|j| j.log.iter().map(String::as_str).collect()).unwrap_or_default()
+    } else {
+        lines.iter().map(String::as_str).collect()
+    };
+    let height = log.height.saturating_sub(2) as usize;
+    let bottom = text.len().saturating_sub(height);
+    let top = match scroll {
+        None => bottom,
+        Some(s) => (*s as usize).min(bottom),
+    };
+    let shown: Vec<Line> = text.iter().skip(top).take(height).map(|l| Line::from(l.to_string())).collect();
+    let follow = if scroll.is_none() { "following" } else { "G to follow" };
+    let title = format!(" log: {} lines, {follow} ", text.len());
+    frame.render_widget(Paragraph::new(shown).block(Block::new().borders(Borders::ALL).title(title)), log);
+}

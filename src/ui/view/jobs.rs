@@ -1,0 +1,109 @@
+//! Jobs: every task the console knows of — running ones first with a progress bar, the last
+//! progress message, elapsed time and attempt; then retrying (next attempt in …), waiting,
+//! queued, dead (failure class and reason), and finished ones.
+
+use super::{Scene, duration, page_rows, selected_style, window_start};
+use crate::ui::console::index_of;
+use crate::ui::state::{JobEntry, JobState, Millis};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Span;
+use ratatui::widgets::{Block, Borders, Cell, Row, Table, TableState};
+
+pub fn state_style(s: JobState) -> Style {
+    match s {
+        JobState::Running => Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
+        JobState::Retrying => Style::new().fg(Color::Yellow),
+        JobState::Waiting | JobState::Queued => Style::new().fg(Color::White),
+        JobState::Dead => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        JobState::Done => Style::new().fg(Color::Green),
+        JobState::Dropped | JobState::Skipped => Style::new().fg(Color::Gray),
+    }
+}
+
+/// A ten-cell bar and the percent, for a table cell.
+pub fn bar(percent: Option<u8>) -> String {
+    match percent {
+        Some(p) => {
+            let filled = (p.min(100) as usize + 5) / 10;
+            format!("{}{} {:>3}%", "█".repeat(filled), "░".repeat(10 - filled), p)
+        }
+        None => String::new(),
+    }
+}
+
+/// What the DETAIL column says about a job in its state.
+pub fn detail(j: &JobEntry, now: Millis) -> String {
+    let reason = j.reason.clone().unwrap_or_default();
+    match j.state {
+        JobState::Running => j.message.clone(),
+        JobState::Retrying => match j.retry_at {
+            Some(at) => format!("next attempt in {}: {reason}", duration(at - now)),
+            None => reason,
+        },
+        JobState::Dead => match &j.failure_class {
+            Some(class) => format!("{class}: {reason}"),
+            None => reason,
+        },
+        JobState::Done => match j.exit_code {
+            Some(code) => format!("exit {code}"),
+            None => String::new(),
+        },
+        JobState::Waiting => "waits for another task on this item".into(),
+        JobState::Queued => if j.replay { "replay, queued".into() } else { String::new() },
+        JobState::Dropped | JobState::Skipped => reason,
+    }
+}
+
+pub fn elapsed(j: &JobEntry, now: Millis) -> String {
+    match (j.state, j.started_at, j.duration_ms) {
+        (JobState::Running, Some(start), _) => duration(now - start),
+        (_, _, Some(ms)) => duration(ms as i64),
+        _ => String::new(),
+    }
+}
+
+pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
+    let console = scene.console;
+    let rows = console.visible_jobs(scene.state);
+    let selected = index_of(&rows, console.jobs.selected.as_ref(), |j| &j.task_id);
+    let height = page_rows(area);
+    let start = window_start(selected, height);
+    let table_rows = rows.iter().skip(start).take(height).map(|j| {
+        Row::new(vec![
+            Cell::from(Span::styled(j.state.as_str(), state_style(j.state))),
+            Cell::from(crate::ui::console::short(&j.task_id).to_string()),
+            Cell::from(j.item.clone()),
+            Cell::from(j.attempt.to_string()),
+            Cell::from(Span::styled(bar(j.percent), Style::new().fg(Color::Cyan))),
+            Cell::from(elapsed(j, scene.now)),
+            Cell::from(detail(j, scene.now)),
+        ])
+    });
+    let mut title = format!(" Jobs ({}", rows.len());
+    if !console.jobs.filter.is_empty() {
+        title.push_str(&format!(" filter: {}", console.jobs.filter));
+    }
+    title.push_str(") ");
+    let table = Table::new(
+        table_rows,
+        [
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(26),
+            Constraint::Length(3),
+            Constraint::Length(15),
+            Constraint::Length(7),
+            Constraint::Fill(1),
+        ],
+    )
+    .header(
+        Row::new(["STATE", "JOB", "ITEM", "TRY", "PROGRESS", "ELAPSED", "DETAIL"])
+            .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)),
+    )
+    .row_highlight_style(selected_style())
+    .block(Block::new().borders(Borders::ALL).title(title));
+    let mut table_state = TableState::new().with_selected((!rows.is_empty()).then_some(selected - start));
+    frame.render_stateful_widget(table, area, &mut table_state);
+}

@@ -1,0 +1,106 @@
+//! Drawing: one file per view, each a function of the state, the console and the clock. Nothing
+//! here changes state, so the same inputs always draw the same screen (the snapshot tests rely
+//! on it).
+
+mod delivery;
+mod events;
+mod footer;
+mod header;
+mod job_log;
+mod jobs;
+mod logs;
+mod queues;
+
+use super::console::{Console, Detail};
+use super::keys::Tab;
+use super::popup;
+use super::state::{Millis, State};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Tabs;
+
+/// What the console shows that does not change while it runs.
+#[derive(Debug, Clone)]
+pub struct Chrome {
+    pub mode: String,
+    /// The broker, without its password: a RabbitMQ URL, or `embedded`.
+    pub broker: String,
+    pub listen: String,
+    pub started_at: Millis,
+    pub data_dir: std::path::PathBuf,
+}
+
+/// Everything a frame is drawn from.
+pub struct Scene<'a> {
+    pub state: &'a State,
+    pub console: &'a Console,
+    pub chrome: &'a Chrome,
+    pub now: Millis,
+    pub logger: &'a tui_logger::TuiWidgetState,
+}
+
+pub fn draw(frame: &mut Frame, scene: &Scene) {
+    let [header, tabs, body, footer] =
+        Layout::vertical([Constraint::Length(3), Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)])
+            .areas(frame.area());
+    header::draw(frame, header, scene);
+    draw_tabs(frame, tabs, scene.console.tab);
+    match (&scene.console.detail, scene.console.tab) {
+        (Some(Detail::Delivery { .. }), _) => delivery::draw(frame, body, scene),
+        (Some(Detail::JobLog { .. }), _) => job_log::draw(frame, body, scene),
+        (None, Tab::Events) => events::draw(frame, body, scene),
+        (None, Tab::Jobs) => jobs::draw(frame, body, scene),
+        (None, Tab::Queues) => queues::draw(frame, body, scene),
+        (None, Tab::Logs) => logs::draw(frame, body, scene),
+    }
+    footer::draw(frame, footer, scene);
+    if scene.console.help {
+        popup::help::draw(frame, scene.console.read_only);
+    }
+    if let Some(confirm) = &scene.console.confirm {
+        popup::confirm::draw(frame, confirm);
+    }
+}
+
+/// Rows of a table that fit in `area` with a border and a header line.
+pub fn page_rows(area: Rect) -> usize {
+    area.height.saturating_sub(3) as usize
+}
+
+fn draw_tabs(frame: &mut Frame, area: Rect, current: Tab) {
+    let titles = Tab::ALL.iter().enumerate().map(|(i, t)| Line::from(format!("{} {}", i + 1, t.title())));
+    let tabs = Tabs::new(titles)
+        .select(current.index())
+        .highlight_style(Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD | Modifier::REVERSED))
+        .divider(Span::raw("│"));
+    frame.render_widget(tabs, area);
+}
+
+/// `HH:MM:SS` in UTC.
+pub fn clock(ms: Millis) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// A short human duration: `850ms`, `12s`, `3m05s`, `2h10m`.
+pub fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{}s", ms / 1000),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
+/// A selected-row style shared by the lists.
+pub fn selected_style() -> Style {
+    Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD)
+}
+
+/// Where a list's window starts so that row `selected` is visible in `height` rows.
+pub fn window_start(selected: usize, height: usize) -> usize {
+    if height == 0 { 0 } else { selected.saturating_sub(height - 1) }
+}
