@@ -35,7 +35,9 @@ pub fn log(event: &Event) {
             source.display_name(),
             action.as_deref().unwrap_or("none")
         ),
-        Event::DeliveryRejected { route, status, reason, .. } => warn!("Rejected delivery to {route} ({status}): {reason}"),
+        Event::DeliveryRejected { route, status, reason, .. } => {
+            warn!("Rejected delivery to {route} ({status}): {reason}")
+        }
         Event::DeliveryDecided { journal_id, item, verdict, reason, label, task_id, replay_of, .. } => {
             let item = item.as_deref().unwrap_or("-");
             let replay = replay_of.map(|o| format!(" (replay of delivery {o})")).unwrap_or_default();

@@ -210,7 +210,12 @@ mod tests {
         m.observe(&decided(Verdict::Queued));
         m.observe(&decided(Verdict::Queued));
         m.observe(&decided(Verdict::Ignored));
-        m.observe(&Event::DeliveryRejected { route: "/webhook/gitlab", status: 401, reason: "bad".into(), journal_id: Some(1) });
+        m.observe(&Event::DeliveryRejected {
+            route: "/webhook/gitlab",
+            status: 401,
+            reason: "bad".into(),
+            journal_id: Some(1),
+        });
         m.observe(&Event::Published { count: 2, backlog: 5, seconds: 0.003 });
         m.observe(&Event::BrokerUp { broker: "embedded".into() });
         let text = m.render();

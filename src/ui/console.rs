@@ -239,7 +239,8 @@ impl Console {
                 input.pop();
             }
             Action::Apply | Action::Abandon => {
-                let text = if action == Action::Apply { self.filter_input.take().unwrap_or_default() } else { String::new() };
+                let text =
+                    if action == Action::Apply { self.filter_input.take().unwrap_or_default() } else { String::new() };
                 self.filter_input = None;
                 match self.tab {
                     Tab::Events => self.events = ListView { selected: None, filter: text },
@@ -265,7 +266,8 @@ impl Console {
                 let i = index_of(&rows, self.events.selected.as_ref(), |d| &d.seq);
                 let j = step(i, rows.len(), action, page);
                 // The top row means "follow the newest" unless the feed is paused.
-                self.events.selected = if j == 0 && self.paused_at.is_none() { None } else { rows.get(j).map(|d| d.seq) };
+                self.events.selected =
+                    if j == 0 && self.paused_at.is_none() { None } else { rows.get(j).map(|d| d.seq) };
             }
             Tab::Jobs => {
                 let rows = self.visible_jobs(state);
@@ -340,7 +342,10 @@ impl Console {
             Tab::Jobs => {
                 let Some(j) = self.selected_job(state) else { return };
                 if !matches!(j.state, JobState::Dead | JobState::Dropped | JobState::Done | JobState::Skipped) {
-                    return self.say(format!("job is {}: only dead, dropped or done jobs are replayed", j.state.as_str()), now);
+                    return self.say(
+                        format!("job is {}: only dead, dropped or done jobs are replayed", j.state.as_str()),
+                        now,
+                    );
                 }
                 let mut lines = vec![
                     format!("{} ({}, attempt {})", j.item, j.state.as_str(), j.attempt),

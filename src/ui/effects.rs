@@ -19,7 +19,10 @@ const TAIL_BYTES: u64 = 64 * 1024;
 
 pub enum Outcome {
     /// An operation finished; `job` is a task whose state it changed, as the journal has it now.
-    Done { message: String, job: Option<(String, String)> },
+    Done {
+        message: String,
+        job: Option<(String, String)>,
+    },
     Failed(String),
     Delivery(i64, Box<Result<DeliveryDetail, String>>),
     JobLog(String, Vec<String>),
@@ -67,7 +70,9 @@ async fn run_op(op: Op, config: &Config, bus: Bus) -> Outcome {
             let what = answer["reason"].as_str().or(answer["task_id"].as_str()).unwrap_or_default().to_string();
             (format!("delivery {id} replayed: {} {what}", r.answer.status()), None)
         }),
-        Op::ReplayJob(id) => ops::jobs_replay(config, ops::Jobs::One(id.clone())).await.map(|l| (l.join("; "), Some(id))),
+        Op::ReplayJob(id) => {
+            ops::jobs_replay(config, ops::Jobs::One(id.clone())).await.map(|l| (l.join("; "), Some(id)))
+        }
         Op::DropJob(id) => ops::jobs_drop(config, ops::Jobs::One(id.clone())).await.map(|l| (l.join("; "), Some(id))),
     };
     match result {

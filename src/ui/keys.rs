@@ -167,11 +167,23 @@ pub struct Binding {
     pub mutates: bool,
 }
 
-const fn bind(scope: Scope, keys: &'static [Key], action: Action, hint: Option<&'static str>, help: &'static str) -> Binding {
+const fn bind(
+    scope: Scope,
+    keys: &'static [Key],
+    action: Action,
+    hint: Option<&'static str>,
+    help: &'static str,
+) -> Binding {
     Binding { scope, keys, action, hint, help, mutates: false }
 }
 
-const fn mutating(scope: Scope, keys: &'static [Key], action: Action, hint: &'static str, help: &'static str) -> Binding {
+const fn mutating(
+    scope: Scope,
+    keys: &'static [Key],
+    action: Action,
+    hint: &'static str,
+    help: &'static str,
+) -> Binding {
     Binding { scope, keys, action, hint: Some(hint), help, mutates: true }
 }
 
@@ -180,13 +192,13 @@ use Scope::*;
 /// Every key the console knows, in the order help lists them.
 pub const KEYMAP: &[Binding] = &[
     bind(Global, &[k('?')], Action::Help, Some("help"), "show or hide this help"),
-    bind(Global, &[k('q'), ctrl('c')], Action::Quit, Some("quit"), "quit gracefully (in-flight deliveries and handlers finish)"),
+    bind(Global, &[k('q'), ctrl('c')], Action::Quit, Some("quit"), "quit; in-flight work finishes first"),
     bind(Global, &[code(KeyCode::Tab)], Action::NextTab, Some("next view"), "next view"),
-    bind(Global, &[k('1')], Action::ShowTab(Tab::Events), None, "Events view: deliveries and the decision on each"),
-    bind(Global, &[k('2')], Action::ShowTab(Tab::Jobs), None, "Jobs view: tasks and their handler runs"),
-    bind(Global, &[k('3')], Action::ShowTab(Tab::Queues), None, "Queues view: depths, rates, outbox"),
-    bind(Global, &[k('4')], Action::ShowTab(Tab::Logs), None, "Logs view: agentctl's own log"),
-    bind(Global, &[k('p')], Action::Pause, Some("pause"), "pause or resume the live feed (counters keep counting)"),
+    bind(Global, &[k('1')], Action::ShowTab(Tab::Events), None, "Events: deliveries and decisions"),
+    bind(Global, &[k('2')], Action::ShowTab(Tab::Jobs), None, "Jobs: tasks and their handler runs"),
+    bind(Global, &[k('3')], Action::ShowTab(Tab::Queues), None, "Queues: depths, rates, outbox"),
+    bind(Global, &[k('4')], Action::ShowTab(Tab::Logs), None, "Logs: agentctl's own log"),
+    bind(Global, &[k('p')], Action::Pause, Some("pause"), "pause or resume the live feed"),
     bind(List, &[k('j'), code(KeyCode::Down)], Action::Down, Some("move"), "select the next row"),
     bind(List, &[k('k'), code(KeyCode::Up)], Action::Up, None, "select the previous row"),
     bind(List, &[k('g'), code(KeyCode::Home)], Action::Top, None, "first row (and follow new ones)"),
@@ -194,17 +206,23 @@ pub const KEYMAP: &[Binding] = &[
     bind(List, &[code(KeyCode::PageUp)], Action::PageUp, None, "one page up"),
     bind(List, &[code(KeyCode::PageDown)], Action::PageDown, None, "one page down"),
     bind(List, &[code(KeyCode::Enter)], Action::Open, Some("details"), "open the selected row"),
-    bind(List, &[k('/')], Action::Filter, Some("filter"), "filter the list by text (Esc in the input clears it)"),
-    mutating(Events, &[k('r')], Action::Replay, "replay", "replay the selected delivery: verify, filter and queue it again"),
-    mutating(Events, &[k('d')], Action::Drop, "drop task", "drop the task the selected delivery created"),
-    mutating(Jobs, &[k('r')], Action::Replay, "replay", "replay the selected dead, dropped or done job"),
-    mutating(Jobs, &[k('d')], Action::Drop, "drop", "drop the selected job (a running one is cancelled)"),
-    bind(Logs, &[k('j'), code(KeyCode::Down)], Action::Log(LogKey::TargetDown), Some("target"), "select the next log target"),
+    bind(List, &[k('/')], Action::Filter, Some("filter"), "filter the list by text"),
+    mutating(Events, &[k('r')], Action::Replay, "replay", "replay the delivery: verify, filter, queue"),
+    mutating(Events, &[k('d')], Action::Drop, "drop task", "drop the task the delivery created"),
+    mutating(Jobs, &[k('r')], Action::Replay, "replay", "replay a dead, dropped or done job"),
+    mutating(Jobs, &[k('d')], Action::Drop, "drop", "drop the job (a running one is cancelled)"),
+    bind(
+        Logs,
+        &[k('j'), code(KeyCode::Down)],
+        Action::Log(LogKey::TargetDown),
+        Some("target"),
+        "select the next log target",
+    ),
     bind(Logs, &[k('k'), code(KeyCode::Up)], Action::Log(LogKey::TargetUp), None, "select the previous log target"),
-    bind(Logs, &[k('+')], Action::Log(LogKey::ShowMore), Some("level"), "show more detail for the selected target"),
-    bind(Logs, &[k('-')], Action::Log(LogKey::ShowLess), None, "show less detail for the selected target"),
-    bind(Logs, &[code(KeyCode::Right)], Action::Log(LogKey::CaptureMore), None, "capture more detail for the selected target"),
-    bind(Logs, &[code(KeyCode::Left)], Action::Log(LogKey::CaptureLess), None, "capture less detail for the selected target"),
+    bind(Logs, &[k('+')], Action::Log(LogKey::ShowMore), Some("level"), "show more detail for the target"),
+    bind(Logs, &[k('-')], Action::Log(LogKey::ShowLess), None, "show less detail for the target"),
+    bind(Logs, &[code(KeyCode::Right)], Action::Log(LogKey::CaptureMore), None, "record more detail for the target"),
+    bind(Logs, &[code(KeyCode::Left)], Action::Log(LogKey::CaptureLess), None, "record less detail for the target"),
     bind(Logs, &[k('h')], Action::Log(LogKey::ToggleTargets), Some("targets"), "hide or show the target list"),
     bind(Logs, &[code(KeyCode::PageUp)], Action::Log(LogKey::PageUp), Some("scroll"), "scroll back"),
     bind(Logs, &[code(KeyCode::PageDown)], Action::Log(LogKey::PageDown), None, "scroll forward"),
@@ -218,10 +236,28 @@ pub const KEYMAP: &[Binding] = &[
     bind(Detail, &[code(KeyCode::Esc)], Action::Back, Some("back"), "back to the list"),
     bind(Confirm, &[k('y')], Action::Confirm, Some("yes, do it"), "do what the popup says"),
     bind(Confirm, &[k('n'), code(KeyCode::Esc)], Action::Cancel, Some("cancel"), "cancel"),
-    bind(Confirm, &[code(KeyCode::Tab), code(KeyCode::Left), code(KeyCode::Right)], Action::SwitchFocus, None, "move between Cancel and Confirm"),
-    bind(Confirm, &[code(KeyCode::Enter)], Action::Press, Some("press focused"), "press the focused button (Cancel at first)"),
+    bind(
+        Confirm,
+        &[code(KeyCode::Tab), code(KeyCode::Left), code(KeyCode::Right)],
+        Action::SwitchFocus,
+        None,
+        "move between Cancel and Confirm",
+    ),
+    bind(
+        Confirm,
+        &[code(KeyCode::Enter)],
+        Action::Press,
+        Some("press focused"),
+        "press the focused button (Cancel at first)",
+    ),
     bind(Help, &[k('?'), code(KeyCode::Esc), k('q')], Action::Back, Some("close"), "close the help"),
-    bind(FilterInput, &[code(KeyCode::Enter)], Action::Apply, Some("keep filter"), "keep the filter and go back to the list"),
+    bind(
+        FilterInput,
+        &[code(KeyCode::Enter)],
+        Action::Apply,
+        Some("keep filter"),
+        "keep the filter and go back to the list",
+    ),
     bind(FilterInput, &[code(KeyCode::Esc)], Action::Abandon, Some("clear"), "clear the filter"),
     bind(FilterInput, &[code(KeyCode::Backspace)], Action::Erase, None, "erase a character"),
 ];
@@ -296,7 +332,7 @@ pub fn help_sections(read_only: bool) -> Vec<(&'static str, Vec<(String, String)
                 .filter(|b| b.scope == *scope)
                 .map(|b| {
                     let help = if read_only && b.mutates {
-                        format!("{} (off: --read-only)", b.help)
+                        format!("{} (off: read-only)", b.help)
                     } else {
                         b.help.to_string()
                     };
@@ -351,7 +387,7 @@ mod tests {
         assert!(!hints(ctx, true).iter().any(|(_, h)| *h == "replay" || *h == "drop"));
         let help = help_sections(true);
         let jobs = &help.iter().find(|(t, _)| *t == "Jobs").expect("a Jobs section").1;
-        assert!(jobs.iter().all(|(_, h)| h.ends_with("(off: --read-only)")));
+        assert!(jobs.iter().all(|(_, h)| h.ends_with("(off: read-only)")));
         assert!(mutates(Action::Drop) && !mutates(Action::Quit));
     }
 

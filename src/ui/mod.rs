@@ -52,7 +52,13 @@ pub fn init_tracing() {
 
 /// Runs agentctl (`app::run`) with the console in this terminal until `q`, a signal, or the
 /// service stopping on its own. The terminal is restored on every way out, panics included.
-pub async fn run(config: Config, mode: Mode, read_only: bool, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    mode: Mode,
+    read_only: bool,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let limits = Limits { deliveries: config.ui.history_deliveries, jobs: config.ui.history_jobs };
     let mut state = State::new(limits);
     effects::seed(&config, &mut state);
@@ -73,7 +79,9 @@ pub async fn run(config: Config, mode: Mode, read_only: bool, bus: Bus, shutdown
 
     let looped = match terminal::Guard::enter() {
         Ok((guard, mut terminal)) => {
-            let looped = event_loop(&mut terminal, &mut service, state, &chrome, read_only, &config, &bus, &shutdown, events).await;
+            let looped =
+                event_loop(&mut terminal, &mut service, state, &chrome, read_only, &config, &bus, &shutdown, events)
+                    .await;
             drop(guard);
             looped
         }
@@ -175,7 +183,11 @@ async fn event_loop(
 }
 
 /// Applies one received event and then up to `BATCH` more that are already waiting.
-fn apply(state: &mut State, first: Result<Event, broadcast::error::RecvError>, rx: &mut broadcast::Receiver<Event>) -> bool {
+fn apply(
+    state: &mut State,
+    first: Result<Event, broadcast::error::RecvError>,
+    rx: &mut broadcast::Receiver<Event>,
+) -> bool {
     let now = now_ms();
     let mut changed = false;
     let mut take = |state: &mut State, r: Result<Event, _>| match r {
@@ -198,4 +210,4 @@ fn apply(state: &mut State, first: Result<Event, broadcast::error::RecvError>, r
 }
 
 #[cfg(test)]
-mod snapshots;
+mod render_tests;

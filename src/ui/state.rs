@@ -324,7 +324,18 @@ impl State {
                     replay_of: None,
                 });
             }
-            Event::DeliveryDecided { journal_id, source, event, action, item, verdict, reason, task_id, replay_of, .. } => {
+            Event::DeliveryDecided {
+                journal_id,
+                source,
+                event,
+                action,
+                item,
+                verdict,
+                reason,
+                task_id,
+                replay_of,
+                ..
+            } => {
                 match verdict {
                     Verdict::Queued => self.counters.queued += 1,
                     Verdict::Ignored | Verdict::Pong => self.counters.ignored += 1,
@@ -387,7 +398,16 @@ impl State {
                     job.log.push_back(line);
                 }
             }
-            Event::TaskFinished { task_id, item, state, exit_code, duration_ms, reason, failure_class, retry_at_unix } => {
+            Event::TaskFinished {
+                task_id,
+                item,
+                state,
+                exit_code,
+                duration_ms,
+                reason,
+                failure_class,
+                retry_at_unix,
+            } => {
                 let was_running = self.jobs.get(&task_id).is_some_and(|j| j.state == JobState::Running);
                 if was_running {
                     self.counters.running = self.counters.running.saturating_sub(1);

@@ -10,14 +10,18 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 
 pub fn draw(frame: &mut Frame, read_only: bool) {
     let sections = keys::help_sections(read_only);
-    let key_width = sections.iter().flat_map(|(_, rows)| rows.iter().map(|(k, _)| k.chars().count())).max().unwrap_or(0);
+    let key_width =
+        sections.iter().flat_map(|(_, rows)| rows.iter().map(|(k, _)| k.chars().count())).max().unwrap_or(0);
     // Two columns, split where the line count is most even, so the help fits a 40-row terminal.
     let rendered: Vec<Vec<Line>> = sections
         .into_iter()
         .map(|(title, rows)| {
             let mut lines = vec![Line::styled(title, Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD))];
             lines.extend(rows.into_iter().map(|(k, help)| {
-                Line::from(vec![Span::styled(format!(" {k:<key_width$} "), Style::new().fg(Color::Cyan)), Span::raw(help)])
+                Line::from(vec![
+                    Span::styled(format!(" {k:<key_width$} "), Style::new().fg(Color::Cyan)),
+                    Span::raw(help),
+                ])
             }));
             lines
         })

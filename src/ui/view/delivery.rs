@@ -30,11 +30,16 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     let bold = Style::new().add_modifier(Modifier::BOLD);
     let lines: Vec<Line> = match loaded.as_deref() {
         None => vec![Line::from("loading from the journal…")],
-        Some(Err(e)) => vec![Line::styled(format!("cannot load delivery {journal_id}: {e}"), Style::new().fg(Color::Red))],
+        Some(Err(e)) => {
+            vec![Line::styled(format!("cannot load delivery {journal_id}: {e}"), Style::new().fg(Color::Red))]
+        }
         Some(Ok(detail)) => {
             let s = &detail.row.summary;
             let mut lines = vec![
-                Line::from(vec![Span::styled("received  ", label), Span::raw(format!("{} ({} UTC)", s.received_at, clock_of(&s.received_at)))]),
+                Line::from(vec![
+                    Span::styled("received  ", label),
+                    Span::raw(format!("{} ({} UTC)", s.received_at, clock_of(&s.received_at))),
+                ]),
                 Line::from(vec![Span::styled("route     ", label), Span::raw(s.route.clone())]),
                 Line::from(vec![
                     Span::styled("event     ", label),
@@ -44,8 +49,14 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
                         _ => "-".into(),
                     }),
                 ]),
-                Line::from(vec![Span::styled("item      ", label), Span::raw(s.item.clone().unwrap_or_else(|| "-".into()))]),
-                Line::from(vec![Span::styled("delivery  ", label), Span::raw(s.delivery_id.clone().unwrap_or_else(|| "-".into()))]),
+                Line::from(vec![
+                    Span::styled("item      ", label),
+                    Span::raw(s.item.clone().unwrap_or_else(|| "-".into())),
+                ]),
+                Line::from(vec![
+                    Span::styled("delivery  ", label),
+                    Span::raw(s.delivery_id.clone().unwrap_or_else(|| "-".into())),
+                ]),
                 Line::from(vec![Span::styled("verified  ", label), Span::raw(detail.row.verification.clone())]),
                 Line::from(vec![
                     Span::styled("decision  ", label),
@@ -90,18 +101,29 @@ fn task_line<'a>(scene: &Scene, task_id: Option<&str>, journal_state: Option<&st
     let now = match scene.state.jobs.get(id) {
         Some(j) => {
             let pct = j.percent.map(|p| format!(" {p}%")).unwrap_or_default();
-            let msg = if j.state == JobState::Running && !j.message.is_empty() { format!(" {}", j.message) } else { String::new() };
+            let msg = if j.state == JobState::Running && !j.message.is_empty() {
+                format!(" {}", j.message)
+            } else {
+                String::new()
+            };
             format!("{} (attempt {}){pct}{msg}", j.state.as_str(), j.attempt)
         }
         None => journal_state.unwrap_or("not in the journal any more").to_string(),
     };
-    Line::from(vec![Span::styled("task      ", label), Span::raw(format!("{id} — now "), ), Span::styled(now, Style::new().add_modifier(Modifier::BOLD))])
+    Line::from(vec![
+        Span::styled("task      ", label),
+        Span::raw(format!("{id} — now ")),
+        Span::styled(now, Style::new().add_modifier(Modifier::BOLD)),
+    ])
 }
 
 fn payload<'a>(row: &crate::store::DeliveryRow) -> Vec<Line<'a>> {
     let bold = Style::new().add_modifier(Modifier::BOLD);
     let Some(body) = &row.body else {
-        return vec![Line::styled(format!("payload: not kept ({} bytes; rejected bodies are capped)", row.body_size), bold)];
+        return vec![Line::styled(
+            format!("payload: not kept ({} bytes; rejected bodies are capped)", row.body_size),
+            bold,
+        )];
     };
     let heading = if row.body_stored {
         format!("payload ({} bytes)", row.body_size)

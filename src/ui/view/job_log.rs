@@ -1,8 +1,8 @@
 //! A job's live log tail: its state, attempt and elapsed time, a progress gauge while it runs,
 //! and the last lines of its handler's output (the task's log file, re-read while it runs).
 
-use super::jobs::{detail, elapsed, state_style};
 use super::Scene;
+use super::jobs::{detail, elapsed, state_style};
 use crate::ui::console::Detail;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -13,13 +13,22 @@ use ratatui::widgets::{Block, Borders, Gauge, Paragraph};
 pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     let Some(Detail::JobLog { task_id, lines, scroll }) = &scene.console.detail else { return };
     let job = scene.state.jobs.get(task_id);
-    let [info, gauge, log] =
-        Layout::vertical([Constraint::Length(3), Constraint::Length(if job.is_some_and(|j| j.percent.is_some()) { 3 } else { 0 }), Constraint::Min(3)])
-            .areas(area);
+    let [info, gauge, log] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Length(if job.is_some_and(|j| j.percent.is_some()) { 3 } else { 0 }),
+        Constraint::Min(3),
+    ])
+    .areas(area);
     let summary = match job {
         Some(j) => Line::from(vec![
             Span::styled(j.state.as_str(), state_style(j.state)),
-            Span::raw(format!("  {}  attempt {}  {}  {}", j.item, j.attempt, elapsed(j, scene.now), detail(j, scene.now))),
+            Span::raw(format!(
+                "  {}  attempt {}  {}  {}",
+                j.item,
+                j.attempt,
+                elapsed(j, scene.now),
+                detail(j, scene.now)
+            )),
         ]),
         None => Line::from("not in the console's history: showing its log file"),
     };

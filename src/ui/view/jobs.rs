@@ -51,7 +51,13 @@ pub fn detail(j: &JobEntry, now: Millis) -> String {
             None => String::new(),
         },
         JobState::Waiting => "waits for another task on this item".into(),
-        JobState::Queued => if j.replay { "replay, queued".into() } else { String::new() },
+        JobState::Queued => {
+            if j.replay {
+                "replay, queued".into()
+            } else {
+                String::new()
+            }
+        }
         JobState::Dropped | JobState::Skipped => reason,
     }
 }

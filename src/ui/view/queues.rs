@@ -16,22 +16,21 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     let [table_area, sparks_area, rates_area] =
         Layout::vertical([Constraint::Length(n + 4), Constraint::Length(3 * n.max(1)), Constraint::Min(6)]).areas(area);
 
-    let rows = q.latest.iter().map(|d| {
-        Row::new(vec![d.queue.clone(), d.ready.to_string(), d.unacked.to_string(), d.consumers.to_string()])
-    });
+    let rows = q
+        .latest
+        .iter()
+        .map(|d| Row::new(vec![d.queue.clone(), d.ready.to_string(), d.unacked.to_string(), d.consumers.to_string()]));
     let backlog_style = if q.outbox_backlog > 0 { Style::new().fg(Color::Yellow) } else { Style::new() };
-    let table = Table::new(
-        rows,
-        [Constraint::Fill(1), Constraint::Length(10), Constraint::Length(10), Constraint::Length(10)],
-    )
-    .header(
-        Row::new(["QUEUE", "READY", "UNACKED", "CONSUMERS"])
-            .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)),
-    )
-    .block(Block::new().borders(Borders::ALL).title(" Queues ").title_bottom(Line::styled(
-        format!(" outbox backlog: {} (journaled, not yet confirmed by the broker) ", q.outbox_backlog),
-        backlog_style,
-    )));
+    let table =
+        Table::new(rows, [Constraint::Fill(1), Constraint::Length(10), Constraint::Length(10), Constraint::Length(10)])
+            .header(
+                Row::new(["QUEUE", "READY", "UNACKED", "CONSUMERS"])
+                    .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)),
+            )
+            .block(Block::new().borders(Borders::ALL).title(" Queues ").title_bottom(Line::styled(
+                format!(" outbox backlog: {} (journaled, not yet confirmed by the broker) ", q.outbox_backlog),
+                backlog_style,
+            )));
     frame.render_widget(table, table_area);
     if q.latest.is_empty() {
         frame.render_widget(Paragraph::new(" waiting for the first queue depths…"), sparks_area);
