@@ -1,0 +1,212 @@
+//! The console as an operator uses it: the built `agentctl` in a real terminal (tmux), fed by
+//! `agentctl send`, driven with keys, read back with `capture-pane`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentctl");
+
+/// A tmux server of its own (so a developer's sessions are never touched) with one session.
+struct Tmux {
+    socket: String,
+    session: &'static str,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmux = Tmux { socket: format!("agentctl-test-{}-{n}", std::process::id()), session: "console" };
+        let status = Command::new("tmux")
+            .args(["-L", &tmux.socket, "new-session", "-d", "-s", tmux.session, "-x", "150", "-y", "42", command])
+            .status()
+            .expect("tmux runs (the console test needs tmux installed)");
+        assert!(status.success(), "tmux could not start a session");
+        tmux
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", self.session])
+            .output()
+            .expect("tmux capture-pane runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn alternate_screen_on(&self) -> bool {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "display-message", "-p", "-t", self.session, "#{alternate_on}"])
+            .output()
+            .expect("tmux display-message runs");
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+
+    /// Sends one key (tmux key name), then waits a moment so that the next key is not read as
+    /// part of an escape sequence (Esc followed quickly by `q` is Alt-q to a terminal).
+    fn key(&self, key: &str) {
+        let status = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", self.session, key])
+            .status()
+            .expect("tmux send-keys runs");
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    /// Waits until the screen satisfies `what`, or fails showing the screen.
+    fn wait_for(&self, description: &str, what: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.screen();
+            if what(&screen) {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {description}; the screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A handler that fails at once for GitHub items (so they go dead: one attempt allowed) and
+/// runs for minutes for GitLab ones (so there is a running job to drop).
+fn write_handler(dir: &Path) -> PathBuf {
+    let path = dir.join("handler.sh");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\ncat >/dev/null\ncase \"$AGENTCTL_SOURCE\" in\n  gitlab) echo '::progress 10 working'; sleep 300 ;;\n  \
+         *) echo 'failing on purpose' >&2; exit 3 ;;\nesac\n",
+    )
+    .unwrap();
+    path
+}
+
+fn write_config(dir: &Path, port: u16) -> PathBuf {
+    let handler = write_handler(dir);
+    let path = dir.join("config.toml");
+    let config = format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n[storage]\ndata_dir = \"{data}\"\n[worker]\ncommand = [\"sh\", \"{handler}\"]\n\
+         max_attempts = 1\nconcurrency = 2\n",
+        data = dir.join("data").display(),
+        handler = handler.display(),
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn send(config: &Path, args: &[&str]) {
+    let out = Command::new(BIN).arg("--config").arg(config).arg("send").args(args).output().unwrap();
+    assert!(out.status.success(), "send {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The table rows (lines inside the body box) that mention `what`.
+fn rows_with<'s>(screen: &'s str, what: &str) -> Vec<&'s str> {
+    screen.lines().filter(|l| l.starts_with('│') && l.contains(what)).collect()
+}
+
+#[test]
+fn an_operator_watches_deliveries_replays_a_dead_job_drops_a_running_one_and_quits() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let tmux = Tmux::start(&format!("'{BIN}' --config '{}'; echo AGENTCTL_EXIT=$?; sleep 60", config.display()));
+    tmux.wait_for("the header", |s| s.contains(&format!("listen 127.0.0.1:{port}")) && s.contains("broker embedded"));
+
+    send(&config, &["github:issues.labeled"]);
+    send(&config, &["gitlab:issue"]);
+    send(&config, &["github:ping"]);
+    send(&config, &["github:issues.labeled", "--label", "bug"]);
+    let screen = tmux.wait_for("four rows in Events", |s| s.contains("Events (4)"));
+    assert_eq!(rows_with(&screen, "Codertocat/Hello-World#1").len(), 2, "{screen}");
+    assert!(rows_with(&screen, "issues.labeled").iter().any(|r| r.contains("queued")), "{screen}");
+    assert!(rows_with(&screen, "issues.labeled").iter().any(|r| r.contains("ignored")), "{screen}");
+    assert!(
+        rows_with(&screen, "issue.open").iter().any(|r| r.contains("gitlabhq/gitlab-test#23") && r.contains("queued"))
+    );
+    assert!(rows_with(&screen, "ping").iter().any(|r| r.contains("pong")), "{screen}");
+    assert!(screen.contains("received 4") && screen.contains("queued 2") && screen.contains("ignored 2"), "{screen}");
+
+    // Jobs: the GitLab task runs, the GitHub one is dead after its one attempt.
+    tmux.key("2");
+    let screen = tmux.wait_for("a running and a dead job", |s| {
+        !rows_with(s, "running ").is_empty() && !rows_with(s, "dead ").is_empty()
+    });
+    assert!(rows_with(&screen, "running ")[0].contains("gitlabhq/gitlab-test#23"), "{screen}");
+    assert!(rows_with(&screen, "dead ")[0].contains("exit: "), "the failure class is shown: {screen}");
+
+    // `r` on the dead job (second row) asks first, `y` replays it.
+    tmux.key("j");
+    tmux.key("r");
+    let popup = tmux.wait_for("the replay popup", |s| s.contains("Replay job"));
+    assert!(popup.contains("removed from the dead queue") && popup.contains("[ Cancel ]"), "{popup}");
+    tmux.key("y");
+    tmux.wait_for("the replay result", |s| s.contains(": replayed ("));
+    let jobs = Command::new(BIN).arg("--config").arg(&config).args(["jobs", "list"]).output().unwrap();
+    let jobs = String::from_utf8_lossy(&jobs.stdout);
+    assert!(jobs.lines().any(|l| l.contains("Codertocat/Hello-World#1")), "{jobs}");
+
+    // `d` on the running job (first row), `y`: it is cancelled and ends dropped.
+    tmux.key("g");
+    tmux.key("d");
+    let popup = tmux.wait_for("the drop popup", |s| s.contains("Drop job"));
+    assert!(popup.contains("cancelled now"), "{popup}");
+    tmux.key("y");
+    let screen = tmux.wait_for("the job dropped", |s| !rows_with(s, "dropped ").is_empty());
+    assert!(rows_with(&screen, "dropped ")[0].contains("gitlabhq/gitlab-test#23"), "{screen}");
+
+    tmux.key("?");
+    tmux.wait_for("the help", |s| {
+        s.contains("Keys — ? or Esc to close") && s.contains("replay a dead, dropped or done job")
+    });
+    tmux.key("Escape");
+    tmux.wait_for("the help closed", |s| !s.contains("Keys — ? or Esc to close"));
+
+    tmux.key("q");
+    let screen = tmux.wait_for("agentctl to exit", |s| s.contains("AGENTCTL_EXIT="));
+    assert!(screen.contains("AGENTCTL_EXIT=0"), "{screen}");
+    assert!(!tmux.alternate_screen_on(), "the terminal is back on its normal screen");
+    assert!(!screen.contains("1 Events │ 2 Jobs"), "the console is gone from the screen: {screen}");
+}
+
+#[test]
+fn read_only_console_refuses_actions_and_stdout_not_a_terminal_runs_headless() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let tmux =
+        Tmux::start(&format!("'{BIN}' --config '{}' --read-only; echo AGENTCTL_EXIT=$?; sleep 60", config.display()));
+    tmux.wait_for("the header", |s| s.contains(&format!("listen 127.0.0.1:{port}")));
+    send(&config, &["github:issues.labeled"]);
+    tmux.wait_for("the delivery", |s| s.contains("Events (1)"));
+    tmux.key("r");
+    tmux.wait_for("the refusal", |s| s.contains("read-only console"));
+    assert!(!tmux.screen().contains("Replay delivery"));
+    tmux.key("q");
+    tmux.wait_for("exit 0", |s| s.contains("AGENTCTL_EXIT=0"));
+
+    // Without a terminal on stdout the same command runs headless and says so.
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stdout is not a terminal: running headless"), "{stderr}");
+}
