@@ -196,7 +196,7 @@ fn read_only_console_refuses_actions_and_stdout_not_a_terminal_runs_headless() {
     tmux.wait_for("exit 0", |s| s.contains("AGENTCTL_EXIT=0"));
 
     // Without a terminal on stdout the same command runs headless and says so.
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("--config")
         .arg(&config)
         .stdout(std::process::Stdio::piped())
