@@ -47,6 +47,13 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     let data_dir = config.storage.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("while creating the data dir {} (storage.data_dir)", data_dir.display()))?;
+    // The lock first: a second instance refused here must not touch the data dir's files.
+    let _lock = publisher_lock(&data_dir)?.with_context(|| {
+        format!(
+            "another agentctl is already running on the data dir {}; stop it or set storage.data_dir",
+            data_dir.display()
+        )
+    })?;
     // Only a listener needs route secrets; a consumer never sees a webhook.
     if mode != Mode::Consumer {
         let secrets = ensure_route_secrets(&mut config, &data_dir)?;
@@ -58,12 +65,6 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
         }
     }
 
-    let _lock = publisher_lock(&data_dir)?.with_context(|| {
-        format!(
-            "another agentctl is already running on the data dir {}; stop it or set storage.data_dir",
-            data_dir.display()
-        )
-    })?;
     let journal = Journal::open(&data_dir.join(JOURNAL_FILE), config.storage.sync)
         .with_context(|| format!("while opening the journal in {}", data_dir.display()))?;
     let listener = if mode == Mode::Consumer {

@@ -93,6 +93,11 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
             });
         };
         let secret = SECRET_KEYS.contains(&format!("{section}.{key}").as_str());
+        // An empty secret variable (compose passes unset ones as empty) is no secret: it must
+        // not blank the file's value, which would refuse every delivery.
+        if secret && raw.trim().is_empty() {
+            return Ok(());
+        }
         // Lists take `[…]`; so does worker.command (an argv array or a string).
         let array_ok = matches!(default, Value::Array(_)) || (section == "worker" && key == "command");
         let value = env_value(raw, default, array_ok, secret).map_err(|message| ConfigError::Value {
@@ -313,6 +318,14 @@ mod tests {
         let e = env(&[("GITHUB_WEBHOOK_SECRET", "legacy"), ("AGENTCTL_GITHUB_WEBHOOK_SECRET", "new")]);
         let c = load(Some(f.path()), &e).unwrap();
         assert_eq!(c.github.webhook_secret.expose(), "new");
+    }
+
+    #[test]
+    fn an_empty_secret_variable_leaves_the_files_secret() {
+        let f = file("[github]\nwebhook_secret = \"from-file\"\n");
+        let e = env(&[("GITHUB_WEBHOOK_SECRET", ""), ("AGENTCTL_GITHUB_WEBHOOK_SECRET", " ")]);
+        let c = load(Some(f.path()), &e).unwrap();
+        assert_eq!(c.github.webhook_secret.expose(), "from-file");
     }
 
     #[test]
