@@ -430,10 +430,11 @@ impl State {
             Event::TaskSkipped { task_id, reason } => {
                 self.roll(now);
                 self.queues.acked_this_second += 1;
-                if let Some(job) = self.jobs.get_mut(&task_id) {
-                    if job.state.is_live() {
-                        job.state = if reason.contains("dropped") { JobState::Dropped } else { JobState::Skipped };
-                    }
+                // A duplicate message ("already running here", "already done") changes nothing.
+                if let Some(job) = self.jobs.get_mut(&task_id)
+                    && !reason.starts_with("already")
+                {
+                    job.state = if reason.starts_with("dropped") { JobState::Dropped } else { JobState::Skipped };
                     job.reason = Some(reason);
                     job.updated_at = now;
                 }

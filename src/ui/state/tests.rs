@@ -146,9 +146,16 @@ fn skipped_and_dropped_tasks_leave_the_live_states() {
     s.apply(decided(1, "o/r#1", Verdict::Queued, Some("a")), 0);
     s.apply(decided(2, "o/r#2", Verdict::Queued, Some("b")), 0);
     s.apply(Event::TaskSkipped { task_id: "a".into(), reason: "dropped by an operator".into() }, 1);
-    s.apply(Event::TaskSkipped { task_id: "b".into(), reason: "duplicate message".into() }, 1);
+    s.apply(Event::TaskSkipped { task_id: "b".into(), reason: "the item is closed".into() }, 1);
     assert_eq!(s.jobs["a"].state, JobState::Dropped);
     assert_eq!(s.jobs["b"].state, JobState::Skipped);
+    // A second message for a task that is running here is skipped; the task still runs.
+    s.apply(Event::TaskStarted { task_id: "c".into(), item: "o/r#3".into(), attempt: 1, replay: false }, 2);
+    s.apply(
+        Event::TaskSkipped { task_id: "c".into(), reason: "already running here (a message published twice)".into() },
+        3,
+    );
+    assert_eq!(s.jobs["c"].state, JobState::Running);
 }
 
 #[test]
