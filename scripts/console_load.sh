@@ -96,7 +96,7 @@ run_console() {
       if [ \$((i % 2)) = 1 ]; then key=2; want='┌ Jobs'; else key=1; want='┌ Events'; fi
       t0=\$(date +%s%N)
       tmux -L $SOCK send-keys -t load \$key
-      until tmux -L $SOCK capture-pane -p -t load | grep -q \"\$want\"; do :; done
+      until tmux -L $SOCK capture-pane -p -t load | grep -q \"\$want\"; do sleep 0.005; done
       t1=\$(date +%s%N)
       echo \$(( (t1 - t0) / 1000000 )) >>'$WORK/keys.ms'
       sleep 0.3

@@ -211,3 +211,30 @@ fn apply(
 
 #[cfg(test)]
 mod render_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_that_falls_behind_counts_what_the_bus_dropped_and_drains_a_batch() {
+        let bus = Bus::new(4);
+        let mut rx = bus.subscribe();
+        for _ in 0..10 {
+            bus.emit(Event::DeliveryReceived {
+                source: crate::task::Source::Github,
+                event: "issues".into(),
+                action: None,
+            });
+        }
+        let mut state = State::new(Limits { deliveries: 10, jobs: 10 });
+        let first = rx.try_recv().map_err(|e| match e {
+            broadcast::error::TryRecvError::Lagged(n) => broadcast::error::RecvError::Lagged(n),
+            _ => broadcast::error::RecvError::Closed,
+        });
+        assert!(apply(&mut state, first, &mut rx));
+        // The channel kept the last 4; the 6 before them were dropped for this reader.
+        assert_eq!(state.dropped_events, 6);
+        assert_eq!(state.counters.received, 4);
+    }
+}
