@@ -17,7 +17,7 @@ command -v tmux >/dev/null || { echo "needs tmux" >&2; exit 1; }
 HZ=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
 SOCK=agentctl-load-$$
-trap 'tmux -L $SOCK kill-server 2>/dev/null || true; pkill -f "$WORK/config.toml" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'tmux -L $SOCK kill-server 2>/dev/null || true; pkill -f "$WORK/" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -66,66 +66,66 @@ measure() {
   python3 -c "print(f'{100*($c1-$c0)/$HZ/($t1-$t0):.2f} {${peak:-0}/1024:.1f}')"
 }
 
-run_headless() {
-  local cfg; cfg=$(config headless)
-  "$BIN" --config "$cfg" --no-tui 2>"$WORK/headless.log" &
-  local pid=$!
-  wait_listen "$cfg"
-  read -r idle_cpu idle_rss < <(measure "$pid" sleep "$IDLE")
-  read -r flood_cpu flood_rss < <(measure "$pid" "$BIN" --config "$cfg" send github:issues.labeled --count "$COUNT" --concurrency "$CONC")
-  local rps; rps=$(sed -n 's/.*throughput: *\([0-9.]*\) req\/s.*/\1/p' "$WORK/last_out" | head -1)
-  grep -E "throughput|p50|p99" "$WORK/last_out" | sed 's/^/  headless: /' >&2
-  kill -TERM "$pid"; wait "$pid" || true
-  echo "$idle_cpu $idle_rss $flood_cpu $flood_rss $rps"
+flood() { # $1 pid, $2 config, $3 label: prints "cpu rss rps"
+  read -r cpu rss < <(measure "$1" "$BIN" --config "$2" send github:issues.labeled --count "$COUNT" --concurrency "$CONC")
+  local rps; rps=$(sed -n 's/.*: \([0-9.]*\) requests\/s$/\1/p' "$WORK/last_out" | head -1)
+  echo "  $3: $(head -2 "$WORK/last_out" | tr '\n' ' ')" >&2
+  echo "$cpu $rss $rps"
 }
 
-run_console() {
-  local cfg; cfg=$(config console)
-  tmux -L "$SOCK" new-session -d -s load -x 160 -y 45 "'$BIN' --config $cfg"
-  local pid; pid=$(pid_of "$cfg")
-  wait_listen "$cfg"
-  read -r idle_cpu idle_rss < <(measure "$pid" sleep "$IDLE")
-  # Key latency under the flood: the flood runs in the background; keys 1/2 alternate views.
-  "$BIN" --config "$cfg" send github:issues.labeled --count "$COUNT" --concurrency "$CONC" >"$WORK/console_send.out" &
-  local sender=$!
-  read -r flood_cpu flood_rss < <(measure "$pid" bash -c "
-    lat=()
-    sleep 1
-    for i in \$(seq 1 20); do
-      kill -0 $sender 2>/dev/null || break
-      if [ \$((i % 2)) = 1 ]; then key=2; want='┌ Jobs'; else key=1; want='┌ Events'; fi
-      t0=\$(date +%s%N)
-      tmux -L $SOCK send-keys -t load \$key
-      until tmux -L $SOCK capture-pane -p -t load | grep -q \"\$want\"; do sleep 0.005; done
-      t1=\$(date +%s%N)
-      echo \$(( (t1 - t0) / 1000000 )) >>'$WORK/keys.ms'
-      sleep 0.3
-    done
-    wait $sender")
-  local rps; rps=$(sed -n 's/.*throughput: *\([0-9.]*\) req\/s.*/\1/p' "$WORK/console_send.out" | head -1)
-  grep -E "throughput|p50|p99" "$WORK/console_send.out" | sed 's/^/  console:  /' >&2
-  local screen; screen=$(tmux -L "$SOCK" capture-pane -p -t load | head -2)
-  echo "  console header after the flood: $(echo "$screen" | tail -1)" >&2
-  tmux -L "$SOCK" send-keys -t load q
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  echo "$idle_cpu $idle_rss $flood_cpu $flood_rss $rps"
-}
+# Both instances run side by side (own data dir and port); each is flooded in turn while the
+# other idles, ROUNDS times in alternating order, so drift on the machine hits both alike.
+ROUNDS=${ROUNDS:-3}
+echo "agentctl console vs headless: $COUNT deliveries at concurrency $CONC, $ROUNDS rounds, idle ${IDLE}s, broker ${AMQP_URL:+RabbitMQ}${AMQP_URL:-embedded}" >&2
+hcfg=$(config headless)
+# HEADLESS_LOG=/dev/null for a baseline that pays nothing for its log lines.
+"$BIN" --config "$hcfg" --no-tui 2>"${HEADLESS_LOG:-$WORK/headless.log}" &
+hpid=$!
+ccfg=$(config console)
+tmux -L "$SOCK" new-session -d -s load -x 160 -y 45 "'$BIN' --config $ccfg"
+cpid=$(pid_of "$ccfg")
+wait_listen "$hcfg"; wait_listen "$ccfg"
+read -r h_idle_cpu h_idle_rss < <(measure "$hpid" sleep "$IDLE")
+read -r c_idle_cpu c_idle_rss < <(measure "$cpid" sleep "$IDLE")
+: >"$WORK/h.runs"; : >"$WORK/c.runs"
+for r in $(seq 1 "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then
+    flood "$hpid" "$hcfg" "headless round $r" >>"$WORK/h.runs"; flood "$cpid" "$ccfg" "console  round $r" >>"$WORK/c.runs"
+  else
+    flood "$cpid" "$ccfg" "console  round $r" >>"$WORK/c.runs"; flood "$hpid" "$hcfg" "headless round $r" >>"$WORK/h.runs"
+  fi
+done
+# Then one more flood on the console with a key pressed every ~0.3 s (1 and 2 alternate the
+# view), timed through a tmux control-mode client.
+"$BIN" --config "$ccfg" send github:issues.labeled --count "$COUNT" --concurrency "$CONC" >"$WORK/keys_send.out" &
+sender=$!
+sleep 1
+python3 scripts/key_latency.py "$SOCK" load 40 "$sender" >"$WORK/keys.ms"
+wait "$sender" || true
+echo "  console with key presses: $(head -2 "$WORK/keys_send.out" | tr '\n' ' ')" >&2
+echo "  console header at the end: $(tmux -L "$SOCK" capture-pane -p -t load | sed -n 2p)" >&2
+tmux -L "$SOCK" send-keys -t load q
+kill -TERM "$hpid"; wait "$hpid" 2>/dev/null || true
+for _ in $(seq 1 100); do kill -0 "$cpid" 2>/dev/null || break; sleep 0.1; done
 
-echo "agentctl console vs headless: $COUNT deliveries at concurrency $CONC, idle ${IDLE}s, broker ${AMQP_URL:+RabbitMQ}${AMQP_URL:-embedded}" >&2
-read -r h_idle_cpu h_idle_rss h_cpu h_rss h_rps < <(run_headless)
-read -r c_idle_cpu c_idle_rss c_cpu c_rss c_rps < <(run_console)
-keys=$(sort -n "$WORK/keys.ms" | tr '\n' ' ')
-python3 - "$h_idle_cpu" "$h_idle_rss" "$h_cpu" "$h_rss" "$h_rps" "$c_idle_cpu" "$c_idle_rss" "$c_cpu" "$c_rss" "$c_rps" "$keys" <<'EOF'
-import sys
-h = list(map(float, sys.argv[1:6])); c = list(map(float, sys.argv[6:11]))
-keys = sorted(int(x) for x in sys.argv[11].split())
+keys=$(grep -v timeout "$WORK/keys.ms" | sort -n | tr '\n' ' ')
+timeouts=$(grep -c timeout "$WORK/keys.ms" || true)
+echo "  key presses without a screen change within 5 s: $timeouts" >&2
+python3 - "$h_idle_cpu" "$h_idle_rss" "$c_idle_cpu" "$c_idle_rss" "$WORK/h.runs" "$WORK/c.runs" "$keys" <<'EOF2'
+import statistics, sys
+h_idle_cpu, h_idle_rss, c_idle_cpu, c_idle_rss = map(float, sys.argv[1:5])
+runs = lambda f: [list(map(float, l.split())) for l in open(f) if l.strip()]
+h, c = runs(sys.argv[5]), runs(sys.argv[6])
+med = lambda rows, i: statistics.median(r[i] for r in rows)
+keys = sorted(float(x) for x in sys.argv[7].split())
 pct = lambda p: keys[min(len(keys) - 1, int(p * len(keys)))] if keys else float('nan')
-print(f"| | headless (--no-tui) | console (tmux) | console / headless |")
-print(f"|---|---|---|---|")
-print(f"| idle CPU (% of a core) | {h[0]:.2f} | {c[0]:.2f} | |")
-print(f"| idle RSS (MiB) | {h[1]:.1f} | {c[1]:.1f} | {c[1]/h[1]:.2f} |")
-print(f"| flood CPU (% of a core) | {h[2]:.0f} | {c[2]:.0f} | {c[2]/h[2]:.2f} |")
-print(f"| flood peak RSS (MiB) | {h[3]:.1f} | {c[3]:.1f} | {c[3]/h[3]:.2f} |")
-print(f"| flood throughput (req/s) | {h[4]:.0f} | {c[4]:.0f} | {c[4]/h[4]:.3f} |")
+print("| | headless (--no-tui) | console (tmux) | console / headless |")
+print("|---|---|---|---|")
+print(f"| idle CPU (% of a core) | {h_idle_cpu:.2f} | {c_idle_cpu:.2f} | |")
+print(f"| idle RSS (MiB) | {h_idle_rss:.1f} | {c_idle_rss:.1f} | {c_idle_rss/h_idle_rss:.2f} |")
+print(f"| flood CPU (% of a core, median) | {med(h,0):.0f} | {med(c,0):.0f} | {med(c,0)/med(h,0):.2f} |")
+print(f"| flood peak RSS (MiB, max) | {max(r[1] for r in h):.1f} | {max(r[1] for r in c):.1f} | {max(r[1] for r in c)/max(r[1] for r in h):.2f} |")
+print(f"| flood throughput (req/s, median of {len(h)}) | {med(h,2):.0f} | {med(c,2):.0f} | {med(c,2)/med(h,2):.3f} |")
+print(f"| each round (req/s) | {' / '.join(f'{r[2]:.0f}' for r in h)} | {' / '.join(f'{r[2]:.0f}' for r in c)} | |")
 print(f"| key → screen change under the flood (ms, n={len(keys)}) | | p50 {pct(0.5)}, p90 {pct(0.9)}, max {keys[-1] if keys else 'nan'} | |")
-EOF
+EOF2

@@ -53,6 +53,22 @@ pub enum Detail {
     JobLog { task_id: String, lines: Vec<String>, scroll: Option<u16> },
 }
 
+/// The rows of a list that fit a window, and where the window and the selection are.
+pub struct Page<'s, T> {
+    pub rows: Vec<&'s T>,
+    /// Rows in the whole (filtered) list.
+    pub total: usize,
+    /// The selected row's index in the whole list.
+    pub selected: usize,
+    /// The first shown row's index in the whole list.
+    pub start: usize,
+}
+
+/// Where a list's window starts so that row `selected` is visible in `height` rows.
+pub fn window_start(selected: usize, height: usize) -> usize {
+    if height == 0 { 0 } else { selected.saturating_sub(height - 1) }
+}
+
 /// Selection in a list: a row's key, or `None` to follow the newest row.
 #[derive(Debug, Clone, Default)]
 pub struct ListView<K> {
@@ -140,10 +156,38 @@ impl Console {
         jobs
     }
 
+    /// The Events rows a window of `height` shows around the selection, without walking the
+    /// whole history when no filter is set (the common case, and the one a flood hits).
+    pub fn deliveries_page<'s>(&self, state: &'s State, height: usize) -> Page<'s, DeliveryEntry> {
+        let all = &state.deliveries;
+        // Rows shown: a prefix of the history (sorted by seq) when paused, else all of it.
+        let limit = match self.paused_at {
+            Some(p) => all.partition_point(|d| d.seq <= p),
+            None => all.len(),
+        };
+        if !self.events.filter.is_empty() {
+            let rows = self.visible_deliveries(state);
+            let selected = index_of(&rows, self.events.selected.as_ref(), |d| &d.seq);
+            let start = window_start(selected, height);
+            let total = rows.len();
+            return Page { rows: rows.into_iter().skip(start).take(height).collect(), total, selected, start };
+        }
+        // Newest first: row i is all[limit - 1 - i].
+        let selected = match self.events.selected {
+            Some(seq) => {
+                let pos = all.partition_point(|d| d.seq < seq);
+                if pos < limit && all[pos].seq == seq { limit - 1 - pos } else { 0 }
+            }
+            None => 0,
+        };
+        let start = window_start(selected, height);
+        let rows = (start..limit.min(start + height)).map(|i| &all[limit - 1 - i]).collect();
+        Page { rows, total: limit, selected, start }
+    }
+
     pub fn selected_delivery<'s>(&self, state: &'s State) -> Option<&'s DeliveryEntry> {
-        let rows = self.visible_deliveries(state);
-        let i = index_of(&rows, self.events.selected.as_ref(), |d| &d.seq);
-        rows.get(i).copied()
+        let page = self.deliveries_page(state, 1);
+        page.rows.first().copied()
     }
 
     pub fn selected_job<'s>(&self, state: &'s State) -> Option<&'s JobEntry> {

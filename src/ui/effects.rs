@@ -42,8 +42,15 @@ pub fn seed(config: &Config, state: &mut State) {
     }
 }
 
-pub fn spawn(effect: Effect, config: Arc<Config>, bus: Bus, tx: mpsc::Sender<Outcome>) {
-    tokio::spawn(async move {
+/// Runs `effect` on `runtime`; its outcome comes back on `tx`.
+pub fn spawn(
+    runtime: &tokio::runtime::Handle,
+    effect: Effect,
+    config: Arc<Config>,
+    bus: Bus,
+    tx: mpsc::Sender<Outcome>,
+) {
+    runtime.spawn(async move {
         let outcome = match effect {
             Effect::Run(op) => run_op(op, &config, bus).await,
             Effect::LoadDelivery(id) => {

@@ -77,15 +77,38 @@ pub async fn run(
     let printer = tokio::spawn(crate::headless::run(bus.clone(), printer_stop.clone()));
     let mut service = tokio::spawn(crate::app::run((*config).clone(), mode, bus.clone(), shutdown.clone()));
 
-    let looped = match terminal::Guard::enter() {
-        Ok((guard, mut terminal)) => {
-            let looped =
-                event_loop(&mut terminal, &mut service, state, &chrome, read_only, &config, &bus, &shutdown, events)
-                    .await;
-            drop(guard);
-            looped
-        }
-        Err(e) => Err(anyhow::Error::new(e).context("while opening the terminal console (try --no-tui)")),
+    // The console runs on a thread of its own, so a key press is answered promptly even when a
+    // flood of deliveries keeps every runtime worker busy; its actions run on the main runtime.
+    let parts = Parts {
+        state,
+        chrome,
+        read_only,
+        config,
+        bus: bus.clone(),
+        shutdown: shutdown.clone(),
+        events,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("agentctl-console".into()).spawn(move || {
+        let looped = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(async {
+                match terminal::Guard::enter() {
+                    Ok((guard, mut terminal)) => {
+                        let looped = event_loop(&mut terminal, &mut service, parts).await;
+                        drop(guard);
+                        looped
+                    }
+                    Err(e) => Err(anyhow::Error::new(e).context("while opening the terminal console (try --no-tui)")),
+                }
+            }),
+            Err(e) => Err(anyhow::Error::new(e).context("while starting the console's runtime")),
+        };
+        let _ = done_tx.send((looped, service));
+    });
+    let (looped, service) = match spawned {
+        Ok(_) => done_rx.await.map_err(|_| anyhow::anyhow!("the console thread panicked"))?,
+        Err(e) => return Err(anyhow::Error::new(e).context("while starting the console thread")),
     };
     // However the console ended, the service stops and is waited for; the terminal is already
     // restored, so its last words reach the screen.
@@ -103,20 +126,28 @@ pub async fn run(
     served
 }
 
+/// What the console's loop owns.
+struct Parts {
+    state: State,
+    chrome: Chrome,
+    read_only: bool,
+    config: Arc<Config>,
+    bus: Bus,
+    shutdown: CancellationToken,
+    events: broadcast::Receiver<Event>,
+    /// The main runtime, where actions run.
+    runtime: tokio::runtime::Handle,
+}
+
 /// Draws and reacts until the service ends (its result is returned) or the terminal's input
 /// ends (`None`).
-#[allow(clippy::too_many_arguments)]
 async fn event_loop(
     terminal: &mut ratatui::DefaultTerminal,
     service: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
-    mut state: State,
-    chrome: &Chrome,
-    read_only: bool,
-    config: &Arc<Config>,
-    bus: &Bus,
-    shutdown: &CancellationToken,
-    mut events: broadcast::Receiver<Event>,
+    parts: Parts,
 ) -> anyhow::Result<Option<anyhow::Result<()>>> {
+    let Parts { mut state, chrome, read_only, config, bus, shutdown, mut events, runtime } = parts;
+    let chrome = &chrome;
     let mut console = Console::new(read_only);
     let logger = tui_logger::TuiWidgetState::new().set_default_display_level(tui_logger::LevelFilter::Info);
     let (results_tx, mut results) = mpsc::channel(64);
@@ -124,9 +155,11 @@ async fn event_loop(
     let mut second = tokio::time::interval(Duration::from_secs(1));
     let mut log_refresh = tokio::time::interval(LOG_REFRESH);
     let mut dirty = true;
+    // A key press is answered at once, not at the next frame slot.
+    let mut urgent = false;
     let mut last_draw = tokio::time::Instant::now() - FRAME;
     loop {
-        if dirty && last_draw.elapsed() >= FRAME {
+        if dirty && (urgent || last_draw.elapsed() >= FRAME) {
             let now = now_ms();
             terminal.draw(|frame| {
                 console.page = view::page_rows(frame.area()).saturating_sub(4).max(1);
@@ -134,6 +167,7 @@ async fn event_loop(
             })?;
             last_draw = tokio::time::Instant::now();
             dirty = false;
+            urgent = false;
         }
         let next_frame = last_draw + FRAME;
         tokio::select! {
@@ -142,13 +176,14 @@ async fn event_loop(
                 Some(Ok(TermEvent::Key(key))) => {
                     let Some(action) = keys::lookup(console.context(), &key) else { continue };
                     dirty = true;
+                    urgent = true;
                     match console.handle(action, &state, now_ms()) {
                         Some(Effect::Quit) => {
                             console.say("shutting down: finishing in-flight deliveries and handlers…", now_ms());
                             shutdown.cancel();
                         }
                         Some(Effect::Log(key)) => logger.transition(effects::log_event(key)),
-                        Some(effect) => effects::spawn(effect, config.clone(), bus.clone(), results_tx.clone()),
+                        Some(effect) => effects::spawn(&runtime, effect, config.clone(), bus.clone(), results_tx.clone()),
                         None => {}
                     }
                 }
@@ -174,7 +209,8 @@ async fn event_loop(
             }
             _ = log_refresh.tick(), if matches!(console.detail, Some(Detail::JobLog { .. })) => {
                 if let Some(Detail::JobLog { task_id, .. }) = &console.detail {
-                    effects::spawn(Effect::LoadJobLog(task_id.clone()), config.clone(), bus.clone(), results_tx.clone());
+                    let effect = Effect::LoadJobLog(task_id.clone());
+                    effects::spawn(&runtime, effect, config.clone(), bus.clone(), results_tx.clone());
                 }
             }
             _ = tokio::time::sleep_until(next_frame), if dirty => {}

@@ -174,6 +174,31 @@ fn enter_opens_details_esc_goes_back_and_help_closes_on_any_key() {
 }
 
 #[test]
+fn the_unfiltered_page_is_the_filtered_walk_without_the_walk() {
+    let mut s = state_with(30);
+    for (pause, moves) in [(false, 0), (false, 7), (true, 3), (true, 29)] {
+        let mut c = Console::new(false);
+        if pause {
+            c.handle(Action::Pause, &s, 0);
+            add(&mut s, 100 + moves as i64);
+        }
+        for _ in 0..moves {
+            c.handle(Action::Down, &s, 0);
+        }
+        let fast = c.deliveries_page(&s, 5);
+        // A filter every row matches takes the slow path over the same rows.
+        c.events.filter = "o/r#".into();
+        let slow = c.deliveries_page(&s, 5);
+        let seqs = |p: &Page<DeliveryEntry>| p.rows.iter().map(|d| d.seq).collect::<Vec<_>>();
+        assert_eq!(
+            (seqs(&fast), fast.total, fast.selected, fast.start),
+            (seqs(&slow), slow.total, slow.selected, slow.start)
+        );
+        assert_eq!(fast.selected, moves.min(fast.total - 1));
+    }
+}
+
+#[test]
 fn tab_cycles_the_views() {
     let s = state_with(0);
     let mut c = Console::new(false);

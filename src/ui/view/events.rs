@@ -2,8 +2,7 @@
 //! decision with its reason. Newest on top; the selection follows the newest row until the
 //! operator moves it.
 
-use super::{Scene, clock, page_rows, selected_style, window_start};
-use crate::ui::console::index_of;
+use super::{Scene, clock, page_rows, selected_style};
 use crate::ui::state::RowVerdict;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
@@ -22,11 +21,8 @@ pub fn verdict_style(v: RowVerdict) -> Style {
 
 pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     let console = scene.console;
-    let rows = console.visible_deliveries(scene.state);
-    let selected = index_of(&rows, console.events.selected.as_ref(), |d| &d.seq);
-    let height = page_rows(area);
-    let start = window_start(selected, height);
-    let table_rows = rows.iter().skip(start).take(height).map(|d| {
+    let page = console.deliveries_page(scene.state, page_rows(area));
+    let table_rows = page.rows.iter().map(|d| {
         let replay = d.replay_of.map(|o| format!(" (replay of {o})")).unwrap_or_default();
         Row::new(vec![
             Cell::from(clock(d.at)),
@@ -37,8 +33,8 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
             Cell::from(format!("{}{replay}", d.reason)),
         ])
     });
-    let mut title = format!(" Events ({}", rows.len());
-    if rows.len() != scene.state.deliveries.len() {
+    let mut title = format!(" Events ({}", page.total);
+    if page.total != scene.state.deliveries.len() {
         title.push_str(&format!(" of {}", scene.state.deliveries.len()));
     }
     title.push(')');
@@ -66,6 +62,7 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     )
     .row_highlight_style(selected_style())
     .block(Block::new().borders(Borders::ALL).title(title));
-    let mut table_state = TableState::new().with_selected((!rows.is_empty()).then_some(selected - start));
+    let mut table_state =
+        TableState::new().with_selected((!page.rows.is_empty()).then_some(page.selected - page.start));
     frame.render_stateful_widget(table, area, &mut table_state);
 }

@@ -2,8 +2,8 @@
 //! progress message, elapsed time and attempt; then retrying (next attempt in …), waiting,
 //! queued, dead (failure class and reason), and finished ones.
 
-use super::{Scene, duration, page_rows, selected_style, window_start};
-use crate::ui::console::index_of;
+use super::{Scene, duration, page_rows, selected_style};
+use crate::ui::console::{index_of, window_start};
 use crate::ui::state::{JobEntry, JobState, Millis};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};

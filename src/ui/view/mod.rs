@@ -99,8 +99,3 @@ pub fn duration(ms: i64) -> String {
 pub fn selected_style() -> Style {
     Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD)
 }
-
-/// Where a list's window starts so that row `selected` is visible in `height` rows.
-pub fn window_start(selected: usize, height: usize) -> usize {
-    if height == 0 { 0 } else { selected.saturating_sub(height - 1) }
-}
