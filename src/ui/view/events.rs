@@ -2,13 +2,13 @@
 //! decision with its reason. Newest on top; the selection follows the newest row until the
 //! operator moves it.
 
-use super::{Scene, clock, page_rows, selected_style};
+use super::{Scene, clock, draw_list, page_rows};
 use crate::ui::state::RowVerdict;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Span;
-use ratatui::widgets::{Block, Borders, Cell, Row, Table, TableState};
+use ratatui::widgets::{Cell, Row};
 
 pub fn verdict_style(v: RowVerdict) -> Style {
     match v {
@@ -45,24 +45,14 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         title.push_str(&format!(" · paused, {} new", scene.state.last_seq() - p));
     }
     title.push(' ');
-    let table = Table::new(
-        table_rows,
-        [
-            Constraint::Length(8),
-            Constraint::Length(15),
-            Constraint::Length(28),
-            Constraint::Length(26),
-            Constraint::Length(9),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(
-        Row::new(["TIME UTC", "SOURCE", "EVENT", "ITEM", "VERDICT", "REASON"])
-            .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)),
-    )
-    .row_highlight_style(selected_style())
-    .block(Block::new().borders(Borders::ALL).title(title));
-    let mut table_state =
-        TableState::new().with_selected((!page.rows.is_empty()).then_some(page.selected - page.start));
-    frame.render_stateful_widget(table, area, &mut table_state);
+    let columns = [
+        ("TIME UTC", Constraint::Length(8)),
+        ("SOURCE", Constraint::Length(15)),
+        ("EVENT", Constraint::Length(28)),
+        ("ITEM", Constraint::Length(26)),
+        ("VERDICT", Constraint::Length(9)),
+        ("REASON", Constraint::Fill(1)),
+    ];
+    let selected = (!page.rows.is_empty()).then_some(page.selected - page.start);
+    draw_list(frame, area, title, &columns, table_rows, selected);
 }

@@ -2,14 +2,14 @@
 //! progress message, elapsed time and attempt; then retrying (next attempt in …), waiting,
 //! queued, dead (failure class and reason), and finished ones.
 
-use super::{Scene, duration, page_rows, selected_style};
+use super::{Scene, draw_list, duration, page_rows};
 use crate::ui::console::{index_of, window_start};
 use crate::ui::state::{JobEntry, JobState, Millis};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Span;
-use ratatui::widgets::{Block, Borders, Cell, Row, Table, TableState};
+use ratatui::widgets::{Cell, Row};
 
 pub fn state_style(s: JobState) -> Style {
     match s {
@@ -92,24 +92,14 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         title.push_str(&format!(" filter: {}", console.jobs.filter));
     }
     title.push_str(") ");
-    let table = Table::new(
-        table_rows,
-        [
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(26),
-            Constraint::Length(3),
-            Constraint::Length(15),
-            Constraint::Length(7),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(
-        Row::new(["STATE", "JOB", "ITEM", "TRY", "PROGRESS", "ELAPSED", "DETAIL"])
-            .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)),
-    )
-    .row_highlight_style(selected_style())
-    .block(Block::new().borders(Borders::ALL).title(title));
-    let mut table_state = TableState::new().with_selected((!rows.is_empty()).then_some(selected - start));
-    frame.render_stateful_widget(table, area, &mut table_state);
+    let columns = [
+        ("STATE", Constraint::Length(8)),
+        ("JOB", Constraint::Length(8)),
+        ("ITEM", Constraint::Length(26)),
+        ("TRY", Constraint::Length(3)),
+        ("PROGRESS", Constraint::Length(15)),
+        ("ELAPSED", Constraint::Length(7)),
+        ("DETAIL", Constraint::Fill(1)),
+    ];
+    draw_list(frame, area, title, &columns, table_rows, (!rows.is_empty()).then_some(selected - start));
 }

@@ -95,7 +95,23 @@ pub fn duration(ms: i64) -> String {
     }
 }
 
-/// A selected-row style shared by the lists.
-pub fn selected_style() -> Style {
-    Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD)
+/// Draws a list view: a bordered table of the window's rows under a header line, the selected
+/// row (`selected`, an index into `rows`) highlighted.
+pub fn draw_list<'a>(
+    frame: &mut Frame,
+    area: Rect,
+    title: String,
+    columns: &[(&'static str, Constraint)],
+    rows: impl IntoIterator<Item = ratatui::widgets::Row<'a>>,
+    selected: Option<usize>,
+) {
+    use ratatui::widgets::{Block, Borders, Row, Table, TableState};
+    let table = Table::new(rows, columns.iter().map(|(_, c)| *c))
+        .header(
+            Row::new(columns.iter().map(|(name, _)| *name))
+                .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)),
+        )
+        .row_highlight_style(Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD))
+        .block(Block::new().borders(Borders::ALL).title(title));
+    frame.render_stateful_widget(table, area, &mut TableState::new().with_selected(selected));
 }
