@@ -131,6 +131,11 @@ pub fn job_state(config: &Config, id: &str) -> anyhow::Result<Option<String>> {
     Ok(tasks::task_state(&open_reader(config)?, id)?.map(|(state, _)| state))
 }
 
+/// When a job was queued, last started and finished, as the journal has it.
+pub fn job_timeline(config: &Config, id: &str) -> anyhow::Result<Option<tasks::Timeline>> {
+    Ok(tasks::timeline(&open_reader(config)?, id)?)
+}
+
 /// Dead (or finished) jobs back to the main queue, attempts reset, marked as replays. Returns
 /// one line per job saying what happened.
 pub async fn jobs_replay(config: &Config, which: Jobs) -> anyhow::Result<Vec<String>> {

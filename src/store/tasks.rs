@@ -317,6 +317,36 @@ pub fn ids_in_state(c: &Connection, state: &str) -> rusqlite::Result<Vec<String>
         .collect()
 }
 
+/// The moments of a task's life the journal keeps (Unix seconds), for a delivery's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeline {
+    pub state: String,
+    pub attempt: u32,
+    pub created: i64,
+    /// The last attempt's start and end.
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+    pub failure: Option<String>,
+}
+
+pub fn timeline(c: &Connection, id: &str) -> rusqlite::Result<Option<Timeline>> {
+    c.query_row(
+        "SELECT state, attempt, created_unix, started_unix, finished_unix, failure FROM tasks WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(Timeline {
+                state: r.get(0)?,
+                attempt: r.get(1)?,
+                created: r.get(2)?,
+                started: r.get(3)?,
+                finished: r.get(4)?,
+                failure: r.get(5)?,
+            })
+        },
+    )
+    .optional()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +379,9 @@ mod tests {
         let replayed = replay_task(&c, "b", "q").unwrap().unwrap();
         assert!(replayed.replay && replayed.attempt == 1);
         assert_eq!(replay_task(&c, "b", "q").unwrap(), None, "a queued task is not replayed again");
+        let t = timeline(&c, "b").unwrap().unwrap();
+        assert_eq!((t.state.as_str(), t.attempt, t.finished), ("queued", 1, None));
+        assert!(t.created > 0 && t.started.is_some(), "{t:?}");
+        assert_eq!(timeline(&c, "nope").unwrap(), None);
     }
 }

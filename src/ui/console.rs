@@ -43,8 +43,8 @@ pub struct Confirm {
 #[derive(Debug, Clone)]
 pub struct DeliveryDetail {
     pub row: DeliveryRow,
-    /// The state of the task it created, as the journal had it when loaded.
-    pub task_state: Option<String>,
+    /// The task it created, as the journal had it when loaded.
+    pub task: Option<crate::store::tasks::Timeline>,
 }
 
 #[derive(Debug, Clone)]

@@ -105,11 +105,11 @@ async fn run_op(op: Op, config: &Config, bus: Bus) -> Outcome {
 
 fn load_delivery(config: &Config, id: i64) -> Result<DeliveryDetail, String> {
     let row = ops::show(config, id).map_err(|e| format!("{e:#}"))?;
-    let task_state = match &row.summary.task_id {
-        Some(t) => ops::job_state(config, t).map_err(|e| format!("{e:#}"))?,
+    let task = match &row.summary.task_id {
+        Some(t) => ops::job_timeline(config, t).map_err(|e| format!("{e:#}"))?,
         None => None,
     };
-    Ok(DeliveryDetail { row, task_state })
+    Ok(DeliveryDetail { row, task })
 }
 
 /// The last lines of a log file (at most `TAIL_BYTES` of it); empty when there is none.

@@ -211,7 +211,17 @@ fn delivery_timeline() {
     };
     c.detail = Some(Detail::Delivery {
         journal_id: 1,
-        loaded: Some(Box::new(Ok(DeliveryDetail { row, task_state: Some("queued".into()) }))),
+        loaded: Some(Box::new(Ok(DeliveryDetail {
+            row,
+            task: Some(crate::store::tasks::Timeline {
+                state: "running".into(),
+                attempt: 1,
+                created: T0 / 1000,
+                started: Some(T0 / 1000 + 10),
+                finished: None,
+                failure: None,
+            }),
+        }))),
         scroll: 0,
     });
     let screen = render(&s, &c);

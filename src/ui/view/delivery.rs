@@ -3,7 +3,7 @@
 //! payload. Scrolls as one page.
 
 use super::{Scene, clock};
-use crate::ui::console::Detail;
+use crate::ui::console::{DeliveryDetail, Detail};
 use crate::ui::state::JobState;
 use ratatui::Frame;
 use ratatui::layout::Rect;
@@ -67,7 +67,13 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
             if let Some(o) = s.replay_of {
                 lines.push(Line::from(vec![Span::styled("replay of ", label), Span::raw(format!("delivery {o}"))]));
             }
-            lines.push(task_line(scene, s.task_id.as_deref(), detail.task_state.as_deref()));
+            lines.push(Line::from(vec![
+                Span::styled("task      ", label),
+                Span::raw(s.task_id.clone().unwrap_or_else(|| "none".into())),
+            ]));
+            lines.push(Line::from(""));
+            lines.push(Line::styled("timeline (UTC)", bold));
+            lines.extend(timeline(scene, detail));
             lines.push(Line::from(""));
             lines.push(Line::styled("headers", bold));
             for (k, v) in &detail.row.headers {
@@ -92,12 +98,32 @@ fn clock_of(rfc3339: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The task line: the live state when the console follows the task, else the journal's.
-fn task_line<'a>(scene: &Scene, task_id: Option<&str>, journal_state: Option<&str>) -> Line<'a> {
-    let label = Style::new().fg(Color::Gray);
-    let Some(id) = task_id else {
-        return Line::from(vec![Span::styled("task      ", label), Span::raw("none")]);
+/// What happened to the delivery and its task, in order, ending with the task's state now:
+/// live when the console follows the task, else as the journal had it.
+fn timeline<'a>(scene: &Scene, detail: &DeliveryDetail) -> Vec<Line<'a>> {
+    let s = &detail.row.summary;
+    let at = |unix: i64| clock(unix * 1000);
+    let row = |when: String, what: String| {
+        Line::from(vec![Span::styled(format!("  {when:<8}  "), Style::new().fg(Color::Gray)), Span::raw(what)])
     };
+    let mut lines = vec![row(
+        clock_of(&s.received_at),
+        format!("received ({}), decided: {} — {}", detail.row.verification, s.verdict, s.reason),
+    )];
+    let Some(id) = &s.task_id else { return lines };
+    match &detail.task {
+        Some(t) => {
+            lines.push(row(at(t.created), "task queued".into()));
+            if let Some(started) = t.started {
+                lines.push(row(at(started), format!("attempt {} started", t.attempt)));
+            }
+            if let Some(finished) = t.finished {
+                let why = t.failure.as_deref().map(|f| format!(" — {f}")).unwrap_or_default();
+                lines.push(row(at(finished), format!("attempt {} ended: {}{why}", t.attempt, t.state)));
+            }
+        }
+        None => lines.push(row(String::new(), "task not in the journal any more (retention)".into())),
+    }
     let now = match scene.state.jobs.get(id) {
         Some(j) => {
             let pct = j.percent.map(|p| format!(" {p}%")).unwrap_or_default();
@@ -108,13 +134,13 @@ fn task_line<'a>(scene: &Scene, task_id: Option<&str>, journal_state: Option<&st
             };
             format!("{} (attempt {}){pct}{msg}", j.state.as_str(), j.attempt)
         }
-        None => journal_state.unwrap_or("not in the journal any more").to_string(),
+        None => detail.task.as_ref().map(|t| t.state.clone()).unwrap_or_else(|| "unknown".into()),
     };
-    Line::from(vec![
-        Span::styled("task      ", label),
-        Span::raw(format!("{id} — now ")),
+    lines.push(Line::from(vec![
+        Span::styled("  now       ", Style::new().fg(Color::Gray)),
         Span::styled(now, Style::new().add_modifier(Modifier::BOLD)),
-    ])
+    ]));
+    lines
 }
 
 fn payload<'a>(row: &crate::store::DeliveryRow) -> Vec<Line<'a>> {
