@@ -17,7 +17,8 @@ command -v tmux >/dev/null || { echo "needs tmux" >&2; exit 1; }
 HZ=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
 SOCK=agentctl-load-$$
-trap 'tmux -L $SOCK kill-server 2>/dev/null || true; pkill -f "$WORK/" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+PIDS=()
+trap 'tmux -L $SOCK kill-server 2>/dev/null || true; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -81,6 +82,7 @@ hcfg=$(config headless)
 # HEADLESS_LOG=/dev/null for a baseline that pays nothing for its log lines.
 "$BIN" --config "$hcfg" --no-tui 2>"${HEADLESS_LOG:-$WORK/headless.log}" &
 hpid=$!
+PIDS+=("$hpid")
 ccfg=$(config console)
 tmux -L "$SOCK" new-session -d -s load -x 160 -y 45 "'$BIN' --config $ccfg"
 cpid=$(pid_of "$ccfg")
@@ -99,6 +101,7 @@ done
 # view), timed through a tmux control-mode client.
 "$BIN" --config "$ccfg" send github:issues.labeled --count "$COUNT" --concurrency "$CONC" >"$WORK/keys_send.out" &
 sender=$!
+PIDS+=("$sender")
 sleep 1
 python3 scripts/key_latency.py "$SOCK" load 40 "$sender" >"$WORK/keys.ms"
 wait "$sender" || true

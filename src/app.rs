@@ -146,16 +146,19 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     result
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
+/// Cancels `token` on SIGINT, SIGTERM or SIGHUP.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+            // A closed terminal or SSH session: stop as gracefully as for SIGTERM.
+            let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = hangup.recv() => {}
             }
         }
         #[cfg(not(unix))]

@@ -152,9 +152,25 @@ fn an_operator_watches_deliveries_replays_a_dead_job_drops_a_running_one_and_qui
     assert!(popup.contains("removed from the dead queue") && popup.contains("[ Cancel ]"), "{popup}");
     tmux.key("y");
     tmux.wait_for("the replay result", |s| s.contains(": replayed ("));
+    // The replay ran the handler again: its log holds a second first attempt.
     let jobs = Command::new(BIN).arg("--config").arg(&config).args(["jobs", "list"]).output().unwrap();
     let jobs = String::from_utf8_lossy(&jobs.stdout);
-    assert!(jobs.lines().any(|l| l.contains("Codertocat/Hello-World#1")), "{jobs}");
+    let dead_id = jobs
+        .lines()
+        .find(|l| l.contains("Codertocat/Hello-World#1"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the job is listed: {jobs}"))
+        .to_string();
+    let log = dir.path().join("data").join("logs").join(format!("{dead_id}.log"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("attempt 1 started").count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replayed job did not run again; its log:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // `d` on the running job (first row), `y`: it is cancelled and ends dropped.
     tmux.key("g");
@@ -177,6 +193,22 @@ fn an_operator_watches_deliveries_replays_a_dead_job_drops_a_running_one_and_qui
     assert!(screen.contains("AGENTCTL_EXIT=0"), "{screen}");
     assert!(!tmux.alternate_screen_on(), "the terminal is back on its normal screen");
     assert!(!screen.contains("1 Events │ 2 Jobs"), "the console is gone from the screen: {screen}");
+}
+
+#[test]
+fn sigterm_stops_the_console_gracefully_and_restores_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let tmux = Tmux::start(&format!("'{BIN}' --config '{}'; echo AGENTCTL_EXIT=$?; sleep 60", config.display()));
+    tmux.wait_for("the header", |s| s.contains(&format!("listen 127.0.0.1:{port}")));
+    assert!(tmux.alternate_screen_on());
+    let out = Command::new("pgrep").args(["-f", &format!("agentctl --config {}$", config.display())]).output().unwrap();
+    let pid: i32 = String::from_utf8_lossy(&out.stdout).lines().next().expect("agentctl's pid").trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let screen = tmux.wait_for("agentctl to exit", |s| s.contains("AGENTCTL_EXIT="));
+    assert!(screen.contains("AGENTCTL_EXIT=0"), "{screen}");
+    assert!(!tmux.alternate_screen_on(), "the terminal is back on its normal screen");
 }
 
 #[test]

@@ -45,6 +45,30 @@ pub struct DeliveryDetail {
     pub row: DeliveryRow,
     /// The task it created, as the journal had it when loaded.
     pub task: Option<crate::store::tasks::Timeline>,
+    pub payload_heading: String,
+    /// The payload, pretty-printed once (JSON) or as text, line by line.
+    pub payload: Vec<String>,
+}
+
+impl DeliveryDetail {
+    pub fn new(row: DeliveryRow, task: Option<crate::store::tasks::Timeline>) -> Self {
+        let (payload_heading, payload) = match &row.body {
+            None => (format!("payload: not kept ({} bytes; rejected bodies are capped)", row.body_size), Vec::new()),
+            Some(body) => {
+                let heading = if row.body_stored {
+                    format!("payload ({} bytes)", row.body_size)
+                } else {
+                    format!("payload (first {} of {} bytes)", body.len(), row.body_size)
+                };
+                let text = match serde_json::from_slice::<serde_json::Value>(body) {
+                    Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+                    Err(_) => String::from_utf8_lossy(body).into_owned(),
+                };
+                (heading, text.lines().map(str::to_string).collect())
+            }
+        };
+        DeliveryDetail { row, task, payload_heading, payload }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,13 +110,23 @@ pub struct Console {
     pub detail: Option<Detail>,
     pub confirm: Option<Confirm>,
     pub help: bool,
-    /// The newest delivery shown while the feed is paused.
-    pub paused_at: Option<u64>,
+    /// The Events feed as it was when paused (a copy: the history keeps moving and evicting).
+    pub paused: Option<Paused>,
     pub read_only: bool,
     /// A one-line message in the footer, and when it was set.
     pub flash: Option<(String, Millis)>,
     /// Rows a page holds, as last drawn.
     pub page: usize,
+    /// How far the open detail can scroll, as last drawn.
+    pub detail_max: u16,
+}
+
+/// A paused Events feed: the rows at the moment of the pause.
+#[derive(Debug, Clone)]
+pub struct Paused {
+    /// The newest delivery's seq then.
+    pub at: u64,
+    pub rows: std::collections::VecDeque<DeliveryEntry>,
 }
 
 /// How long a footer message stays.
@@ -108,10 +142,11 @@ impl Console {
             detail: None,
             confirm: None,
             help: false,
-            paused_at: None,
+            paused: None,
             read_only,
             flash: None,
             page: 10,
+            detail_max: 0,
         }
     }
 
@@ -133,16 +168,18 @@ impl Console {
         self.flash = Some((message.into(), now));
     }
 
+    /// The deliveries the Events feed holds: live, or as they were when paused.
+    fn feed<'s>(&'s self, state: &'s State) -> &'s std::collections::VecDeque<DeliveryEntry> {
+        match &self.paused {
+            Some(p) => &p.rows,
+            None => &state.deliveries,
+        }
+    }
+
     /// The deliveries the Events view shows, newest first.
-    pub fn visible_deliveries<'s>(&self, state: &'s State) -> Vec<&'s DeliveryEntry> {
+    pub fn visible_deliveries<'s>(&'s self, state: &'s State) -> Vec<&'s DeliveryEntry> {
         let needle = self.events.filter.to_lowercase();
-        state
-            .deliveries
-            .iter()
-            .rev()
-            .filter(|d| self.paused_at.is_none_or(|p| d.seq <= p))
-            .filter(|d| d.matches(&needle))
-            .collect()
+        self.feed(state).iter().rev().filter(|d| d.matches(&needle)).collect()
     }
 
     /// The jobs the Jobs view shows: running first, then retrying, waiting, queued, dead, and
@@ -151,20 +188,16 @@ impl Console {
         let needle = self.jobs.filter.to_lowercase();
         let mut jobs: Vec<&JobEntry> = state.jobs.values().filter(|j| j.matches(&needle)).collect();
         jobs.sort_by(|a, b| {
-            rank(a.state).cmp(&rank(b.state)).then(b.updated_at.cmp(&a.updated_at)).then(a.task_id.cmp(&b.task_id))
+            a.state.cmp(&b.state).then(b.updated_at.cmp(&a.updated_at)).then(a.task_id.cmp(&b.task_id))
         });
         jobs
     }
 
     /// The Events rows a window of `height` shows around the selection, without walking the
     /// whole history when no filter is set (the common case, and the one a flood hits).
-    pub fn deliveries_page<'s>(&self, state: &'s State, height: usize) -> Page<'s, DeliveryEntry> {
-        let all = &state.deliveries;
-        // Rows shown: a prefix of the history (sorted by seq) when paused, else all of it.
-        let limit = match self.paused_at {
-            Some(p) => all.partition_point(|d| d.seq <= p),
-            None => all.len(),
-        };
+    pub fn deliveries_page<'s>(&'s self, state: &'s State, height: usize) -> Page<'s, DeliveryEntry> {
+        let all = self.feed(state);
+        let limit = all.len();
         if !self.events.filter.is_empty() {
             let rows = self.visible_deliveries(state);
             let selected = index_of(&rows, self.events.selected.as_ref(), |d| &d.seq);
@@ -185,7 +218,7 @@ impl Console {
         Page { rows, total: limit, selected, start }
     }
 
-    pub fn selected_delivery<'s>(&self, state: &'s State) -> Option<&'s DeliveryEntry> {
+    pub fn selected_delivery<'s>(&'s self, state: &'s State) -> Option<&'s DeliveryEntry> {
         let page = self.deliveries_page(state, 1);
         page.rows.first().copied()
     }
@@ -201,6 +234,10 @@ impl Console {
         if self.read_only && mutates(action) {
             self.say("read-only console (--read-only): replay and drop are off", now);
             return None;
+        }
+        // Quit (Ctrl-c) works from popups and the filter input too.
+        if action == Action::Quit {
+            return Some(Effect::Quit);
         }
         match self.context() {
             Context::Confirm => return self.on_confirm(action),
@@ -220,9 +257,9 @@ impl Console {
             Action::NextTab => self.show(Tab::ALL[(self.tab.index() + 1) % Tab::ALL.len()]),
             Action::ShowTab(tab) => self.show(tab),
             Action::Pause => {
-                self.paused_at = match self.paused_at {
+                self.paused = match self.paused {
                     Some(_) => None,
-                    None => Some(state.last_seq()),
+                    None => Some(Paused { at: state.last_seq(), rows: state.deliveries.clone() }),
                 };
             }
             Action::Back => self.detail = None,
@@ -310,8 +347,7 @@ impl Console {
                 let i = index_of(&rows, self.events.selected.as_ref(), |d| &d.seq);
                 let j = step(i, rows.len(), action, page);
                 // The top row means "follow the newest" unless the feed is paused.
-                self.events.selected =
-                    if j == 0 && self.paused_at.is_none() { None } else { rows.get(j).map(|d| d.seq) };
+                self.events.selected = if j == 0 && self.paused.is_none() { None } else { rows.get(j).map(|d| d.seq) };
             }
             Tab::Jobs => {
                 let rows = self.visible_jobs(state);
@@ -325,23 +361,25 @@ impl Console {
 
     fn scroll_detail(&mut self, action: Action) {
         let page = self.page.max(1) as u16;
-        let apply = |s: u16| match action {
-            Action::Up => s.saturating_sub(1),
-            Action::Down => s.saturating_add(1),
-            Action::PageUp => s.saturating_sub(page),
-            Action::PageDown => s.saturating_add(page),
-            Action::Top => 0,
-            _ => u16::MAX,
+        let max = self.detail_max;
+        let apply = |s: u16| {
+            let s = s.min(max);
+            match action {
+                Action::Up => s.saturating_sub(1),
+                Action::Down => s.saturating_add(1).min(max),
+                Action::PageUp => s.saturating_sub(page),
+                Action::PageDown => s.saturating_add(page).min(max),
+                Action::Top => 0,
+                _ => max,
+            }
         };
         match &mut self.detail {
             Some(Detail::Delivery { scroll, .. }) => *scroll = apply(*scroll),
-            // `None` follows the tail; scrolling up from it starts from the bottom.
+            // `None` follows the tail: scrolling starts from the bottom, and reaching the
+            // bottom (or `G`) follows again.
             Some(Detail::JobLog { scroll, .. }) => {
-                *scroll = match (action, *scroll) {
-                    (Action::Bottom, _) => None,
-                    (_, Some(s)) => Some(apply(s)),
-                    (_, None) => Some(apply(u16::MAX)),
-                }
+                let s = apply(scroll.unwrap_or(max));
+                *scroll = if action == Action::Bottom || (s >= max && action != Action::Up) { None } else { Some(s) };
             }
             None => {}
         }
@@ -445,10 +483,6 @@ impl Console {
             focus: Button::Cancel,
         });
     }
-}
-
-fn rank(s: JobState) -> u8 {
-    s as u8
 }
 
 /// The last 8 characters of a task id: its random part (a UUIDv7 starts with the time, so

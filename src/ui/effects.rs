@@ -35,7 +35,13 @@ pub fn seed(config: &Config, state: &mut State) {
         return;
     }
     let deliveries = ops::list(config, false, config.ui.history_deliveries);
-    let jobs = ops::jobs_list(config, None, config.ui.history_jobs);
+    // The newest jobs, and every dead one however old: they are what an operator replays.
+    let jobs = ops::jobs_list(config, None, config.ui.history_jobs).and_then(|mut recent| {
+        let dead = ops::jobs_list(config, Some("dead"), config.ui.history_jobs)?;
+        let known: std::collections::HashSet<String> = recent.iter().map(|j| j.id.clone()).collect();
+        recent.extend(dead.into_iter().filter(|j| !known.contains(&j.id)));
+        Ok(recent)
+    });
     match (deliveries, jobs) {
         (Ok(d), Ok(j)) => state.seed(d, j),
         (Err(e), _) | (_, Err(e)) => tracing::warn!("could not read the history from the journal: {e:#}"),
@@ -109,7 +115,7 @@ fn load_delivery(config: &Config, id: i64) -> Result<DeliveryDetail, String> {
         Some(t) => ops::job_timeline(config, t).map_err(|e| format!("{e:#}"))?,
         None => None,
     };
-    Ok(DeliveryDetail { row, task })
+    Ok(DeliveryDetail::new(row, task))
 }
 
 /// The last lines of a log file (at most `TAIL_BYTES` of it); empty when there is none.

@@ -4,7 +4,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-/// The console's five views (the order of the tab bar and of keys `1`–`4`).
+/// The console's four views (the order of the tab bar and of keys `1`–`4`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Events,
@@ -80,6 +80,8 @@ pub enum Action {
 /// Where a binding applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
+    /// Every context, popups and the filter input included.
+    Always,
     /// Every view (not popups, not the filter input).
     Global,
     /// The Events and Jobs lists.
@@ -97,6 +99,7 @@ pub enum Scope {
 impl Scope {
     pub fn title(self) -> &'static str {
         match self {
+            Scope::Always => "Always",
             Scope::Global => "Everywhere",
             Scope::List => "Events and Jobs lists",
             Scope::Events => "Events",
@@ -192,13 +195,14 @@ use Scope::*;
 /// Every key the console knows, in the order help lists them.
 pub const KEYMAP: &[Binding] = &[
     bind(Global, &[k('?')], Action::Help, Some("help"), "show or hide this help"),
-    bind(Global, &[k('q'), ctrl('c')], Action::Quit, Some("quit"), "quit; in-flight work finishes first"),
+    bind(Always, &[ctrl('c')], Action::Quit, None, "quit, even from a popup or the filter input"),
+    bind(Global, &[k('q')], Action::Quit, Some("quit"), "quit; in-flight work finishes first"),
     bind(Global, &[code(KeyCode::Tab)], Action::NextTab, Some("next view"), "next view"),
     bind(Global, &[k('1')], Action::ShowTab(Tab::Events), None, "Events: deliveries and decisions"),
     bind(Global, &[k('2')], Action::ShowTab(Tab::Jobs), None, "Jobs: tasks and their handler runs"),
     bind(Global, &[k('3')], Action::ShowTab(Tab::Queues), None, "Queues: depths, rates, outbox"),
     bind(Global, &[k('4')], Action::ShowTab(Tab::Logs), None, "Logs: agentctl's own log"),
-    bind(Global, &[k('p')], Action::Pause, Some("pause"), "pause or resume the live feed"),
+    bind(Events, &[k('p')], Action::Pause, Some("pause"), "pause or resume the live feed"),
     bind(List, &[k('j'), code(KeyCode::Down)], Action::Down, Some("move"), "select the next row"),
     bind(List, &[k('k'), code(KeyCode::Up)], Action::Up, None, "select the previous row"),
     bind(List, &[k('g'), code(KeyCode::Home)], Action::Top, None, "first row (and follow new ones)"),
@@ -265,14 +269,14 @@ pub const KEYMAP: &[Binding] = &[
 /// The scopes active in a situation, most specific first.
 pub fn scopes(ctx: Context) -> &'static [Scope] {
     match ctx {
-        Context::Confirm => &[Confirm],
-        Context::Help => &[Help],
-        Context::FilterInput => &[FilterInput],
-        Context::Detail => &[Detail, Global],
-        Context::Tab(Tab::Events) => &[Events, List, Global],
-        Context::Tab(Tab::Jobs) => &[Jobs, List, Global],
-        Context::Tab(Tab::Queues) => &[Global],
-        Context::Tab(Tab::Logs) => &[Logs, Global],
+        Context::Confirm => &[Confirm, Always],
+        Context::Help => &[Help, Always],
+        Context::FilterInput => &[FilterInput, Always],
+        Context::Detail => &[Detail, Global, Always],
+        Context::Tab(Tab::Events) => &[Events, List, Global, Always],
+        Context::Tab(Tab::Jobs) => &[Jobs, List, Global, Always],
+        Context::Tab(Tab::Queues) => &[Global, Always],
+        Context::Tab(Tab::Logs) => &[Logs, Global, Always],
     }
 }
 
@@ -323,7 +327,7 @@ pub fn hints(ctx: Context, read_only: bool) -> Vec<(String, &'static str)> {
 
 /// The help: one section per scope, each `(keys, what it does)`.
 pub fn help_sections(read_only: bool) -> Vec<(&'static str, Vec<(String, String)>)> {
-    let order = [Global, List, Events, Jobs, Logs, Detail, Confirm, FilterInput, Help];
+    let order = [Always, Global, List, Events, Jobs, Logs, Detail, Confirm, FilterInput, Help];
     order
         .iter()
         .map(|scope| {
@@ -378,6 +382,11 @@ mod tests {
         // The filter input types what other contexts would treat as commands.
         assert_eq!(lookup(Context::FilterInput, &press(KeyCode::Char('q'))), Some(Action::Type('q')));
         assert_eq!(lookup(Context::FilterInput, &press(KeyCode::Esc)), Some(Action::Abandon));
+        // Ctrl-c quits from anywhere (raw mode turns it into a key, not a signal).
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        for ctx in [Context::Confirm, Context::Help, Context::FilterInput, Context::Detail, Context::Tab(Tab::Logs)] {
+            assert_eq!(lookup(ctx, &ctrl_c), Some(Action::Quit), "{ctx:?}");
+        }
     }
 
     #[test]

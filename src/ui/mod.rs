@@ -18,6 +18,7 @@ pub mod view;
 use crate::cli::Mode;
 use crate::config::{Config, redact_url};
 use crate::event::{Bus, Event};
+use anyhow::Context as _;
 use console::{Console, Detail, Effect};
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures_util::StreamExt;
@@ -25,6 +26,7 @@ use state::{Limits, Millis, State};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use view::{Chrome, Scene};
 
@@ -79,6 +81,8 @@ pub async fn run(
 
     // The console runs on a thread of its own, so a key press is answered promptly even when a
     // flood of deliveries keeps every runtime worker busy; its actions run on the main runtime.
+    // The service stays owned here, so it is stopped and waited for however the console ends.
+    let service_ended = CancellationToken::new();
     let parts = Parts {
         state,
         chrome,
@@ -86,44 +90,50 @@ pub async fn run(
         config,
         bus: bus.clone(),
         shutdown: shutdown.clone(),
+        service_ended: service_ended.clone(),
         events,
         runtime: tokio::runtime::Handle::current(),
     };
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new().name("agentctl-console".into()).spawn(move || {
-        let looped = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(async {
-                match terminal::Guard::enter() {
-                    Ok((guard, mut terminal)) => {
-                        let looped = event_loop(&mut terminal, &mut service, parts).await;
-                        drop(guard);
-                        looped
-                    }
-                    Err(e) => Err(anyhow::Error::new(e).context("while opening the terminal console (try --no-tui)")),
-                }
-            }),
-            Err(e) => Err(anyhow::Error::new(e).context("while starting the console's runtime")),
-        };
-        let _ = done_tx.send((looped, service));
-    });
-    let (looped, service) = match spawned {
-        Ok(_) => done_rx.await.map_err(|_| anyhow::anyhow!("the console thread panicked"))?,
-        Err(e) => return Err(anyhow::Error::new(e).context("while starting the console thread")),
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(terminal::CONSOLE_THREAD.into())
+        .spawn(move || {
+            let looped = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(async {
+                    let (guard, mut terminal) = terminal::Guard::enter().map_err(|e| {
+                        anyhow::Error::new(e).context("while opening the terminal console (try --no-tui)")
+                    })?;
+                    let looped = event_loop(&mut terminal, parts).await;
+                    drop(guard);
+                    looped
+                }),
+                Err(e) => Err(anyhow::Error::new(e).context("while starting the console's runtime")),
+            };
+            let _ = done_tx.send(looped);
+        })
+        .context("while starting the console thread")?;
+    let mut served = None;
+    let looped = loop {
+        tokio::select! {
+            looped = &mut done_rx => break looped.unwrap_or_else(|_| Err(anyhow::anyhow!("the console panicked"))),
+            result = &mut service, if served.is_none() => {
+                served = Some(result.unwrap_or_else(|e| Err(anyhow::anyhow!("agentctl panicked: {e}"))));
+                service_ended.cancel();
+            }
+        }
     };
-    // However the console ended, the service stops and is waited for; the terminal is already
-    // restored, so its last words reach the screen.
+    // However the console ended, the service stops and is waited for.
     shutdown.cancel();
-    let served = match looped {
-        Ok(Some(served)) => served,
-        Ok(None) => service.await.unwrap_or_else(|e| Err(anyhow::anyhow!("agentctl panicked: {e}"))),
-        Err(e) => {
-            let _ = service.await;
-            Err(e)
+    let served = match served {
+        Some(served) => served,
+        None => {
+            eprintln!("agentctl: console closed; waiting for in-flight deliveries and handlers to finish…");
+            service.await.unwrap_or_else(|e| Err(anyhow::anyhow!("agentctl panicked: {e}")))
         }
     };
     printer_stop.cancel();
     let _ = printer.await;
-    served
+    looped.and(served)
 }
 
 /// What the console's loop owns.
@@ -134,71 +144,98 @@ struct Parts {
     config: Arc<Config>,
     bus: Bus,
     shutdown: CancellationToken,
+    /// Cancelled when the service has stopped (on its own, or after `shutdown`).
+    service_ended: CancellationToken,
     events: broadcast::Receiver<Event>,
     /// The main runtime, where actions run.
     runtime: tokio::runtime::Handle,
 }
 
-/// Draws and reacts until the service ends (its result is returned) or the terminal's input
-/// ends (`None`).
-async fn event_loop(
-    terminal: &mut ratatui::DefaultTerminal,
-    service: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
-    parts: Parts,
-) -> anyhow::Result<Option<anyhow::Result<()>>> {
-    let Parts { mut state, chrome, read_only, config, bus, shutdown, mut events, runtime } = parts;
+/// Terminal input errors in a row after which the console gives up (the terminal is gone).
+const MAX_INPUT_ERRORS: u32 = 10;
+
+/// Draws and reacts until the service has ended or the terminal's input is gone.
+async fn event_loop(terminal: &mut ratatui::DefaultTerminal, parts: Parts) -> anyhow::Result<()> {
+    let Parts { mut state, chrome, read_only, config, bus, shutdown, service_ended, mut events, runtime } = parts;
     let chrome = &chrome;
     let mut console = Console::new(read_only);
     let logger = tui_logger::TuiWidgetState::new().set_default_display_level(tui_logger::LevelFilter::Info);
     let (results_tx, mut results) = mpsc::channel(64);
     let mut keys = EventStream::new();
     let mut second = tokio::time::interval(Duration::from_secs(1));
+    second.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut log_refresh = tokio::time::interval(LOG_REFRESH);
+    log_refresh.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // One re-read of a job's log at a time.
+    let mut log_loading = false;
+    let mut input_errors = 0;
     let mut dirty = true;
     // A key press is answered at once, not at the next frame slot.
     let mut urgent = false;
     let mut last_draw = tokio::time::Instant::now() - FRAME;
+    let spawn = |effect| effects::spawn(&runtime, effect, config.clone(), bus.clone(), results_tx.clone());
     loop {
         if dirty && (urgent || last_draw.elapsed() >= FRAME) {
             let now = now_ms();
+            let mut drawn = view::Drawn::default();
             terminal.draw(|frame| {
-                console.page = view::page_rows(frame.area()).saturating_sub(4).max(1);
-                view::draw(frame, &Scene { state: &state, console: &console, chrome, now, logger: &logger });
+                drawn = view::draw(frame, &Scene { state: &state, console: &console, chrome, now, logger: &logger });
             })?;
+            console.page = drawn.page.max(1);
+            console.detail_max = drawn.detail_max;
             last_draw = tokio::time::Instant::now();
             dirty = false;
             urgent = false;
         }
         let next_frame = last_draw + FRAME;
+        let job_log_live = match &console.detail {
+            Some(Detail::JobLog { task_id, .. }) => state.jobs.get(task_id).is_none_or(|j| j.state.is_live()),
+            _ => false,
+        };
+        // The rare inputs first: under a flood the bus always has an event ready.
         tokio::select! {
             biased;
             key = keys.next() => match key {
                 Some(Ok(TermEvent::Key(key))) => {
+                    input_errors = 0;
                     let Some(action) = keys::lookup(console.context(), &key) else { continue };
                     dirty = true;
                     urgent = true;
+                    let opened_log = !matches!(console.detail, Some(Detail::JobLog { .. }));
                     match console.handle(action, &state, now_ms()) {
                         Some(Effect::Quit) => {
                             console.say("shutting down: finishing in-flight deliveries and handlers…", now_ms());
                             shutdown.cancel();
                         }
                         Some(Effect::Log(key)) => logger.transition(effects::log_event(key)),
-                        Some(effect) => effects::spawn(&runtime, effect, config.clone(), bus.clone(), results_tx.clone()),
+                        Some(effect @ Effect::LoadJobLog(_)) => {
+                            if opened_log {
+                                log_refresh.reset();
+                            }
+                            log_loading = true;
+                            spawn(effect);
+                        }
+                        Some(effect) => spawn(effect),
                         None => {}
                     }
                 }
                 Some(Ok(TermEvent::Resize(..))) => dirty = true,
                 Some(Ok(_)) => {}
-                Some(Err(e)) => tracing::warn!("terminal input failed: {e}"),
-                None => return Ok(None),
+                Some(Err(e)) => {
+                    input_errors += 1;
+                    tracing::warn!("terminal input failed: {e}");
+                    if input_errors >= MAX_INPUT_ERRORS {
+                        shutdown.cancel();
+                        return Err(anyhow::Error::new(e).context("the terminal's input failed repeatedly"));
+                    }
+                }
+                None => return Ok(()),
             },
-            result = &mut *service => {
-                return Ok(Some(result.unwrap_or_else(|e| Err(anyhow::anyhow!("agentctl panicked: {e}")))));
-            }
-            received = events.recv() => {
-                dirty |= apply(&mut state, received, &mut events);
-            }
+            _ = service_ended.cancelled() => return Ok(()),
             Some(result) = results.recv() => {
+                if matches!(result, effects::Outcome::JobLog(..)) {
+                    log_loading = false;
+                }
                 effects::apply(result, &mut state, &mut console, now_ms());
                 dirty = true;
             }
@@ -207,11 +244,14 @@ async fn event_loop(
                 // Uptime, elapsed times and "next attempt in" move every second.
                 dirty = true;
             }
-            _ = log_refresh.tick(), if matches!(console.detail, Some(Detail::JobLog { .. })) => {
+            _ = log_refresh.tick(), if job_log_live && !log_loading => {
                 if let Some(Detail::JobLog { task_id, .. }) = &console.detail {
-                    let effect = Effect::LoadJobLog(task_id.clone());
-                    effects::spawn(&runtime, effect, config.clone(), bus.clone(), results_tx.clone());
+                    log_loading = true;
+                    spawn(Effect::LoadJobLog(task_id.clone()));
                 }
+            }
+            received = events.recv() => {
+                dirty |= apply(&mut state, received, &mut events);
             }
             _ = tokio::time::sleep_until(next_frame), if dirty => {}
         }

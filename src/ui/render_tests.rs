@@ -134,7 +134,9 @@ fn render(state: &State, console: &Console) -> String {
     let logger = tui_logger::TuiWidgetState::new();
     let chrome = chrome();
     terminal
-        .draw(|frame| view::draw(frame, &Scene { state, console, chrome: &chrome, now: NOW, logger: &logger }))
+        .draw(|frame| {
+            view::draw(frame, &Scene { state, console, chrome: &chrome, now: NOW, logger: &logger });
+        })
         .expect("draws");
     terminal.backend().to_string()
 }
@@ -211,9 +213,9 @@ fn delivery_timeline() {
     };
     c.detail = Some(Detail::Delivery {
         journal_id: 1,
-        loaded: Some(Box::new(Ok(DeliveryDetail {
+        loaded: Some(Box::new(Ok(DeliveryDetail::new(
             row,
-            task: Some(crate::store::tasks::Timeline {
+            Some(crate::store::tasks::Timeline {
                 state: "running".into(),
                 attempt: 1,
                 created: T0 / 1000,
@@ -221,7 +223,7 @@ fn delivery_timeline() {
                 finished: None,
                 failure: None,
             }),
-        }))),
+        )))),
         scroll: 0,
     });
     let screen = render(&s, &c);

@@ -9,7 +9,7 @@ use crate::broker::QueueDepth;
 use crate::event::{Event, Verdict};
 use crate::store::DeliverySummary;
 use crate::store::tasks::JobRow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// How many samples the queue sparklines keep (one a second: five minutes).
 pub const SPARK_SAMPLES: usize = 300;
@@ -191,7 +191,7 @@ pub struct Counters {
     pub ignored: u64,
     pub rejected: u64,
     pub duplicates: u64,
-    /// Handler attempts running now.
+    /// Handler attempts running now (tracked apart from the bounded job history).
     pub running: u64,
     /// Attempts that failed (retried or dead-lettered).
     pub failed: u64,
@@ -230,6 +230,8 @@ pub struct State {
     pub jobs: HashMap<String, JobEntry>,
     /// Task ids in the order first heard of, for eviction.
     job_order: VecDeque<String>,
+    /// Tasks running now, whether or not their row is still in the history.
+    running: HashSet<String>,
     pub counters: Counters,
     pub queues: Queues,
     pub broker: BrokerState,
@@ -253,6 +255,7 @@ impl State {
             deliveries: VecDeque::new(),
             jobs: HashMap::new(),
             job_order: VecDeque::new(),
+            running: HashSet::new(),
             counters: Counters::default(),
             queues: Queues::default(),
             broker: BrokerState::Connecting,
@@ -373,7 +376,8 @@ impl State {
             Event::TaskStarted { task_id, item, attempt, replay } => {
                 self.roll(now);
                 self.queues.acked_this_second += 1;
-                self.counters.running += 1;
+                self.running.insert(task_id.clone());
+                self.counters.running = self.running.len() as u64;
                 let job = self.job(&task_id, &item, now);
                 job.state = JobState::Running;
                 job.attempt = attempt;
@@ -408,10 +412,8 @@ impl State {
                 failure_class,
                 retry_at_unix,
             } => {
-                let was_running = self.jobs.get(&task_id).is_some_and(|j| j.state == JobState::Running);
-                if was_running {
-                    self.counters.running = self.counters.running.saturating_sub(1);
-                }
+                self.running.remove(&task_id);
+                self.counters.running = self.running.len() as u64;
                 if matches!(state, "retrying" | "dead") {
                     self.counters.failed += 1;
                 }
@@ -460,11 +462,12 @@ impl State {
 
     /// A job's state as an operator action left it (read back from the journal).
     pub fn set_job_state(&mut self, task_id: &str, state: &str, now: Millis) {
+        let new = JobState::parse(state);
+        if new != JobState::Running {
+            self.running.remove(task_id);
+            self.counters.running = self.running.len() as u64;
+        }
         if let Some(job) = self.jobs.get_mut(task_id) {
-            let new = JobState::parse(state);
-            if job.state == JobState::Running && new != JobState::Running {
-                self.counters.running = self.counters.running.saturating_sub(1);
-            }
             job.state = new;
             job.updated_at = now;
         }
@@ -510,13 +513,13 @@ impl State {
         self.deliveries.push_back(entry);
     }
 
-    /// The job `task_id`, created (as queued) if this console has not heard of it.
+    /// The job `task_id`, created (as queued) if this console has not heard of it. At the bound,
+    /// the oldest finished job makes room; a live one only when none has finished (so a flood
+    /// of queued tasks cannot push a running job out of sight).
     fn job(&mut self, task_id: &str, item: &str, now: Millis) -> &mut JobEntry {
         if !self.jobs.contains_key(task_id) {
-            if self.jobs.len() == self.limits.jobs
-                && let Some(oldest) = self.job_order.pop_front()
-            {
-                self.jobs.remove(&oldest);
+            if self.jobs.len() >= self.limits.jobs {
+                self.evict_one_job();
             }
             self.job_order.push_back(task_id.to_string());
             self.jobs.insert(task_id.to_string(), JobEntry::new(task_id, item, now));
@@ -524,6 +527,23 @@ impl State {
         let job = self.jobs.get_mut(task_id).expect("inserted above");
         job.updated_at = now;
         job
+    }
+
+    fn evict_one_job(&mut self) {
+        // The oldest done, dropped or skipped job; else the oldest dead one (an operator may
+        // still replay it); else the oldest that is not running; else the oldest. The scans are
+        // bounded: old jobs are near the front.
+        let find = |pred: &dyn Fn(JobState) -> bool| {
+            self.job_order.iter().take(256).position(|id| self.jobs.get(id).is_none_or(|j| pred(j.state)))
+        };
+        let at = find(&|s| matches!(s, JobState::Done | JobState::Dropped | JobState::Skipped))
+            .or_else(|| find(&|s| s == JobState::Dead))
+            .or_else(|| find(&|s| s != JobState::Running))
+            .unwrap_or(0);
+        let victim = self.job_order.remove(at);
+        if let Some(id) = victim {
+            self.jobs.remove(&id);
+        }
     }
 
     pub fn last_seq(&self) -> u64 {

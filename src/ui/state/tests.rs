@@ -101,6 +101,29 @@ fn jobs_are_bounded_oldest_first_and_come_back_when_heard_of_again() {
 }
 
 #[test]
+fn a_flood_of_queued_tasks_does_not_push_out_a_running_job_or_lose_its_count() {
+    let mut s = State::new(limits(10, 3));
+    s.apply(decided(1, "o/r#1", Verdict::Queued, Some("run")), 0);
+    s.apply(Event::TaskStarted { task_id: "run".into(), item: "o/r#1".into(), attempt: 1, replay: false }, 1);
+    s.apply(decided(2, "o/r#2", Verdict::Queued, Some("done")), 2);
+    s.apply(finished("done", "done", None, None), 3);
+    for i in 0..50 {
+        s.apply(decided(3, "o/r#3", Verdict::Queued, Some(&format!("q{i}"))), 4);
+    }
+    assert_eq!(s.jobs.len(), 3);
+    assert_eq!(s.jobs["run"].state, JobState::Running, "the running job stays in sight");
+    assert!(!s.jobs.contains_key("done"), "the finished job made room first");
+    // A running task the history no longer holds still counts, and stops counting when it ends.
+    let mut s = State::new(limits(10, 1));
+    s.apply(Event::TaskStarted { task_id: "a".into(), item: "o/r#1".into(), attempt: 1, replay: false }, 1);
+    s.apply(Event::TaskStarted { task_id: "b".into(), item: "o/r#2".into(), attempt: 1, replay: false }, 2);
+    assert_eq!((s.jobs.len(), s.counters.running), (1, 2));
+    s.apply(finished("a", "done", None, None), 3);
+    s.apply(finished("b", "done", None, None), 3);
+    assert_eq!(s.counters.running, 0);
+}
+
+#[test]
 fn a_task_runs_retries_and_dies() {
     let mut s = State::new(limits(10, 10));
     s.apply(decided(1, "o/r#1", Verdict::Queued, Some("t")), 0);

@@ -9,7 +9,7 @@ use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+use ratatui::widgets::{Block, Borders, Paragraph};
 
 /// Header names whose values are never shown, even though the journal keeps none of the
 /// secret ones: the console must not be the place a secret leaks from.
@@ -24,8 +24,11 @@ pub fn masked(name: &str, value: &str) -> String {
     }
 }
 
-pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
-    let Some(Detail::Delivery { journal_id, loaded, scroll }) = &scene.console.detail else { return };
+/// Draws the delivery and returns how far it can scroll. Only the shown lines are built: the
+/// payload (up to `listen.max_body_bytes`) was pretty-printed once, when it was loaded. Lines
+/// are not wrapped; `agentctl deliveries show ID` prints the whole of a long one.
+pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
+    let Some(Detail::Delivery { journal_id, loaded, scroll }) = &scene.console.detail else { return 0 };
     let label = Style::new().fg(Color::Gray);
     let bold = Style::new().add_modifier(Modifier::BOLD);
     let lines: Vec<Line> = match loaded.as_deref() {
@@ -80,16 +83,28 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
                 lines.push(Line::from(vec![Span::styled(format!("  {k}: "), label), Span::raw(masked(k, v))]));
             }
             lines.push(Line::from(""));
-            lines.extend(payload(&detail.row));
+            lines.push(Line::styled(detail.payload_heading.clone(), bold));
             lines
         }
     };
+    let payload: &[String] = match loaded.as_deref() {
+        Some(Ok(detail)) => &detail.payload,
+        _ => &[],
+    };
+    let height = area.height.saturating_sub(2) as usize;
+    let total = lines.len() + payload.len();
+    let max = total.saturating_sub(height).min(u16::MAX as usize);
+    let top = (*scroll as usize).min(max);
+    let head = lines.len();
+    let shown: Vec<Line> = lines
+        .into_iter()
+        .chain(payload.iter().skip(top.saturating_sub(head)).take(height).map(|l| Line::from(l.as_str())))
+        .skip(top.min(head))
+        .take(height)
+        .collect();
     let title = format!(" Delivery {journal_id} — Esc back, j/k PgUp/PgDn scroll ");
-    let widget = Paragraph::new(lines)
-        .block(Block::new().borders(Borders::ALL).title(title))
-        .wrap(Wrap { trim: false })
-        .scroll((*scroll, 0));
-    frame.render_widget(widget, area);
+    frame.render_widget(Paragraph::new(shown).block(Block::new().borders(Borders::ALL).title(title)), area);
+    max as u16
 }
 
 fn clock_of(rfc3339: &str) -> String {
@@ -141,24 +156,4 @@ fn timeline<'a>(scene: &Scene, detail: &DeliveryDetail) -> Vec<Line<'a>> {
         Span::styled(now, Style::new().add_modifier(Modifier::BOLD)),
     ]));
     lines
-}
-
-fn payload<'a>(row: &crate::store::DeliveryRow) -> Vec<Line<'a>> {
-    let bold = Style::new().add_modifier(Modifier::BOLD);
-    let Some(body) = &row.body else {
-        return vec![Line::styled(
-            format!("payload: not kept ({} bytes; rejected bodies are capped)", row.body_size),
-            bold,
-        )];
-    };
-    let heading = if row.body_stored {
-        format!("payload ({} bytes)", row.body_size)
-    } else {
-        format!("payload (first {} of {} bytes)", body.len(), row.body_size)
-    };
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
-    };
-    std::iter::once(Line::styled(heading, bold)).chain(text.lines().map(|l| Line::from(l.to_string()))).collect()
 }

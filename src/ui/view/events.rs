@@ -41,8 +41,8 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     if !console.events.filter.is_empty() {
         title.push_str(&format!(" filter: {}", console.events.filter));
     }
-    if let Some(p) = console.paused_at {
-        title.push_str(&format!(" · paused, {} new", scene.state.last_seq() - p));
+    if let Some(p) = &console.paused {
+        title.push_str(&format!(" · paused, {} new", scene.state.last_seq() - p.at));
     }
     title.push(' ');
     let columns = [

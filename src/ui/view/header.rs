@@ -19,8 +19,24 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         BrokerState::Down(e) => (format!("down: {e}"), Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)),
     };
     let listen = state.listen_addr.as_deref().unwrap_or(&chrome.listen);
-    let mut first = vec![
-        Span::styled("agentctl ", bold.fg(Color::Cyan)),
+    let mut first = vec![Span::styled("agentctl ", bold.fg(Color::Cyan))];
+    // Flags first, so a narrow terminal never cuts them off.
+    if scene.console.paused.is_some() {
+        first.push(Span::styled("PAUSED", Style::new().fg(Color::Black).bg(Color::Yellow)));
+        first.push(Span::raw(" "));
+    }
+    if state.shutting_down {
+        first.push(Span::styled("SHUTTING DOWN", Style::new().fg(Color::White).bg(Color::Red)));
+        first.push(Span::raw(" "));
+    }
+    if state.dropped_events > 0 {
+        first.push(Span::styled(
+            format!("missed {} events", state.dropped_events),
+            Style::new().fg(Color::Black).bg(Color::Yellow),
+        ));
+        first.push(Span::raw(" "));
+    }
+    first.extend([
         Span::styled("listen ", dim),
         Span::raw(format!("{listen}  ")),
         Span::styled("broker ", dim),
@@ -30,19 +46,13 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         Span::raw(chrome.mode.clone()),
         Span::styled("  up ", dim),
         Span::raw(duration(scene.now - chrome.started_at)),
-    ];
-    if scene.console.paused_at.is_some() {
-        first.push(Span::styled("  PAUSED", Style::new().fg(Color::Black).bg(Color::Yellow)));
-    }
-    if state.shutting_down {
-        first.push(Span::styled("  SHUTTING DOWN", Style::new().fg(Color::White).bg(Color::Red)));
-    }
+    ]);
     let c = &state.counters;
     let count = |name: &'static str, n: u64, color: Color| {
         let style = if n > 0 { Style::new().fg(color).add_modifier(Modifier::BOLD) } else { dim };
         [Span::styled(format!("{name} "), dim), Span::styled(format!("{n}  "), style)]
     };
-    let mut second: Vec<Span> = [
+    let second: Vec<Span> = [
         count("received", c.received, Color::White),
         count("queued", c.queued, Color::Green),
         count("ignored", c.ignored, Color::Gray),
@@ -55,12 +65,6 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     .into_iter()
     .flatten()
     .collect();
-    if state.dropped_events > 0 {
-        second.push(Span::styled(
-            format!("console missed {} events", state.dropped_events),
-            Style::new().fg(Color::Yellow),
-        ));
-    }
     let block = Block::new().borders(Borders::BOTTOM).border_style(dim);
     frame.render_widget(Paragraph::new(vec![Line::from(first), Line::from(second)]).block(block), area);
 }

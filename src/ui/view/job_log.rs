@@ -10,8 +10,9 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Gauge, Paragraph};
 
-pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
-    let Some(Detail::JobLog { task_id, lines, scroll }) = &scene.console.detail else { return };
+/// Draws the job's log and returns how far it can scroll.
+pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
+    let Some(Detail::JobLog { task_id, lines, scroll }) = &scene.console.detail else { return 0 };
     let job = scene.state.jobs.get(task_id);
     let [info, gauge, log] = Layout::vertical([
         Constraint::Length(3),
@@ -62,4 +63,5 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     let follow = if scroll.is_none() { "following" } else { "G to follow" };
     let title = format!(" log: {} lines, {follow} ", text.len());
     frame.render_widget(Paragraph::new(shown).block(Block::new().borders(Borders::ALL).title(title)), log);
+    bottom.min(u16::MAX as usize) as u16
 }

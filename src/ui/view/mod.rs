@@ -41,15 +41,24 @@ pub struct Scene<'a> {
     pub logger: &'a tui_logger::TuiWidgetState,
 }
 
-pub fn draw(frame: &mut Frame, scene: &Scene) {
+/// What drawing learned about the screen that the keys need: how many rows a list page holds,
+/// and how far the open detail can scroll.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Drawn {
+    pub page: usize,
+    pub detail_max: u16,
+}
+
+pub fn draw(frame: &mut Frame, scene: &Scene) -> Drawn {
     let [header, tabs, body, footer] =
         Layout::vertical([Constraint::Length(3), Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)])
             .areas(frame.area());
     header::draw(frame, header, scene);
     draw_tabs(frame, tabs, scene.console.tab);
+    let mut detail_max = 0;
     match (&scene.console.detail, scene.console.tab) {
-        (Some(Detail::Delivery { .. }), _) => delivery::draw(frame, body, scene),
-        (Some(Detail::JobLog { .. }), _) => job_log::draw(frame, body, scene),
+        (Some(Detail::Delivery { .. }), _) => detail_max = delivery::draw(frame, body, scene),
+        (Some(Detail::JobLog { .. }), _) => detail_max = job_log::draw(frame, body, scene),
         (None, Tab::Events) => events::draw(frame, body, scene),
         (None, Tab::Jobs) => jobs::draw(frame, body, scene),
         (None, Tab::Queues) => queues::draw(frame, body, scene),
@@ -62,6 +71,7 @@ pub fn draw(frame: &mut Frame, scene: &Scene) {
     if let Some(confirm) = &scene.console.confirm {
         popup::confirm::draw(frame, confirm);
     }
+    Drawn { page: page_rows(body), detail_max }
 }
 
 /// Rows of a table that fit in `area` with a border and a header line.
@@ -112,6 +122,8 @@ pub fn draw_list<'a>(
                 .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)),
         )
         .row_highlight_style(Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD))
+        .highlight_symbol("▶ ")
+        .highlight_spacing(ratatui::widgets::HighlightSpacing::Always)
         .block(Block::new().borders(Borders::ALL).title(title));
     frame.render_stateful_widget(table, area, &mut TableState::new().with_selected(selected));
 }
