@@ -30,6 +30,20 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PollLabels {
+    source: String,
+    /// found | queued | requests | not_modified | failed_repos | cycles
+    what: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LabelOpLabels {
+    op: String,
+    /// ok | retry | gave_up
+    result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -43,6 +57,8 @@ pub struct Metrics {
     /// -1 unknown, 0 down, 1 up: what `/ready` reports.
     broker_state: AtomicI64,
     journal_failures: Counter,
+    poll: Family<PollLabels, Counter>,
+    label_ops: Family<LabelOpLabels, Counter>,
     /// The last journal failure (unix seconds, message), for `/ready`.
     last_journal_failure: std::sync::Mutex<Option<(i64, String)>>,
 }
@@ -84,7 +100,17 @@ impl Metrics {
             "Deliveries answered 503 because the journal failed",
             journal_failures.clone(),
         );
+        let poll = Family::<PollLabels, Counter>::default();
+        registry.register(
+            "poll",
+            "Poller counts by source: cycles, items found, tasks queued, API requests, 304 answers, failed repos",
+            poll.clone(),
+        );
+        let label_ops = Family::<LabelOpLabels, Counter>::default();
+        registry.register("label_ops", "Label life-cycle operations by op and result", label_ops.clone());
         Metrics {
+            poll,
+            label_ops,
             journal_failures,
             last_journal_failure: std::sync::Mutex::new(None),
             registry,
@@ -158,6 +184,28 @@ impl Metrics {
                             .set(n as i64);
                     }
                 }
+            }
+            Event::PollCycle { source, found, queued, requests, not_modified, .. } => {
+                for (what, n) in [
+                    ("cycles", 1),
+                    ("found", *found as u64),
+                    ("queued", *queued as u64),
+                    ("requests", *requests),
+                    ("not_modified", *not_modified),
+                ] {
+                    self.poll.get_or_create(&PollLabels { source: source.as_str().into(), what: what.into() }).inc_by(n);
+                }
+            }
+            Event::PollFailed { source, .. } => {
+                self.poll.get_or_create(&PollLabels { source: source.as_str().into(), what: "failed_repos".into() }).inc();
+            }
+            Event::LabelsSynced { op, error, gave_up, .. } => {
+                let result = match (error, gave_up) {
+                    (None, _) => "ok",
+                    (Some(_), false) => "retry",
+                    (Some(_), true) => "gave_up",
+                };
+                self.label_ops.get_or_create(&LabelOpLabels { op: op.to_string(), result: result.into() }).inc();
             }
             Event::TaskFinished { state, duration_ms, .. } => {
                 self.task_seconds

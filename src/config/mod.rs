@@ -227,11 +227,19 @@ pub struct Poll {
     pub source: String,
     pub interval_secs: u64,
     pub repos: Vec<String>,
+    /// Reconciliation sweep in webhook/all mode; 0 = off.
+    pub reconcile_secs: u64,
 }
 
 impl Default for Poll {
     fn default() -> Self {
-        Poll { source: "github".into(), interval_secs: 300, repos: vec![] }
+        Poll { source: "github".into(), interval_secs: 300, repos: vec![], reconcile_secs: 0 }
+    }
+}
+
+impl Poll {
+    pub fn source(&self) -> crate::task::Source {
+        if self.source == "gitlab" { crate::task::Source::Gitlab } else { crate::task::Source::Github }
     }
 }
 

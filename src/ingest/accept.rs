@@ -9,12 +9,13 @@ use super::{ParseError, Parsed, Route, github, gitlab};
 use crate::config::{Config, Filter, Secret};
 use crate::event::{Bus, Event, Verdict};
 use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps, StoredBody};
-use crate::task::{Task, new_task_id, now_rfc3339};
+use crate::forge::Found;
+use crate::task::{Source, Task, new_task_id, now_rfc3339};
 use bytes::Bytes;
 use hyper::HeaderMap;
 use rusqlite::OptionalExtension;
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// What the listener answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,9 +107,40 @@ struct Secrets {
     signing: Secret,
 }
 
+/// The forge users whose tokens agentctl uses, once looked up (`GET /user`): their events are
+/// ignored as `self-event`. Set from outside (the app looks them up in the background).
+#[derive(Debug, Default)]
+pub struct SelfUsers {
+    pub github: OnceLock<String>,
+    pub gitlab: OnceLock<String>,
+}
+
+impl SelfUsers {
+    pub fn get(&self, source: Source) -> Option<&str> {
+        match source {
+            Source::Github => self.github.get(),
+            Source::Gitlab => self.gitlab.get(),
+        }
+        .map(String::as_str)
+    }
+
+    pub fn set(&self, source: Source, user: String) {
+        let _ = match source {
+            Source::Github => self.github.set(user),
+            Source::Gitlab => self.gitlab.set(user),
+        };
+    }
+}
+
+/// The route name of deliveries the poller makes up for the items it finds.
+pub const POLL_ROUTE: &str = "poll";
+
 /// The ingest pipeline with its configuration.
 #[derive(Clone)]
 pub struct Ingest {
+    self_users: Arc<SelfUsers>,
+    /// Sources whose label life-cycle is on (a token is set): github, gitlab.
+    lifecycle: [bool; 2],
     secrets: Arc<Secrets>,
     filter: Arc<Filter>,
     queue: Arc<str>,
@@ -136,6 +168,8 @@ impl Ingest {
             })
             .await?;
         Ok(Ingest {
+            self_users: Arc::default(),
+            lifecycle: [!config.github.token.is_empty(), !config.gitlab.token.is_empty()],
             secrets: Arc::new(Secrets {
                 github: config.github.webhook_secret.clone(),
                 gitlab: config.gitlab.webhook_token.clone(),
@@ -160,6 +194,59 @@ impl Ingest {
         &self.journal
     }
 
+    pub fn self_users(&self) -> &Arc<SelfUsers> {
+        &self.self_users
+    }
+
+    fn lifecycle(&self, source: Source) -> bool {
+        self.lifecycle[usize::from(source == Source::Gitlab)]
+    }
+
+    /// An item the poller found: the same filter → journal → outbox path as a webhook, under a
+    /// made-up delivery (route `poll`) whose id is stable for one labelling of one item, so
+    /// later cycles do not queue it again; nothing is recorded when the item already has a
+    /// live task ([`Answer::Duplicate`] then names it).
+    pub async fn accept_found(&self, found: &Found) -> Answer {
+        let item = &found.item;
+        let item_ref = crate::task::item_ref(&item.repo_full_name, item.kind, item.number);
+        let body = json!({
+            "source": item.source.as_str(), "kind": item.kind.as_str(), "repo": item.repo_full_name,
+            "number": item.number, "project_id": item.project_id, "url": item.url, "title": item.title,
+            "author": item.author, "labels": item.labels, "updated_at": found.updated_at,
+        });
+        let body = serde_json::to_vec(&body).expect("JSON serializes");
+        let parsed = Parsed {
+            source: item.source,
+            event: POLL_ROUTE.into(),
+            action: None,
+            item: Some(item.clone()),
+            change: super::Change::Opened,
+            sender: None,
+        };
+        let decision = filter::decide(&parsed, &self.filter);
+        let record = NewDelivery {
+            route: POLL_ROUTE,
+            delivery_id: Some(format!("{}:{item_ref}@{}", item.source.as_str(), found.updated_at)),
+            dedupe: true,
+            event: None,
+            action: None,
+            item: None,
+            received_at: now_rfc3339(),
+            headers_json: "{}".into(),
+            body: StoredBody::pack(&body, None),
+            body_size: body.len(),
+            token_fp: None,
+            verification: "poll".into(),
+            verdict: "rejected",
+            reason: String::new(),
+            http_status: 200,
+            replay_of: None,
+            task: None,
+            only_new: true,
+        };
+        self.commit(record, parsed, decision, None).await
+    }
+
     /// Runs one delivery through the pipeline.
     pub async fn handle(&self, incoming: Incoming) -> Answer {
         let token_fp = self.token_fingerprint(&incoming);
@@ -178,8 +265,9 @@ impl Ingest {
             event: parsed.event.clone(),
             action: parsed.action.clone(),
         });
-        let decision = filter::decide(&parsed, &self.filter);
-        self.record(incoming, token_fp, parsed, decision).await
+        let decision = filter::decide_as(&parsed, &self.filter, self.self_users.get(parsed.source));
+        let record = self.delivery(&incoming, token_fp, "ok", 200, String::new());
+        self.commit(record, parsed, decision, incoming.replay_of).await
     }
 
     fn token_fingerprint(&self, incoming: &Incoming) -> Option<String> {
@@ -253,6 +341,7 @@ impl Ingest {
             http_status: status,
             replay_of: incoming.replay_of,
             task: None,
+            only_new: false,
         }
     }
 
@@ -274,7 +363,8 @@ impl Ingest {
         answer
     }
 
-    async fn record(&self, incoming: Incoming, token_fp: Option<String>, parsed: Parsed, decision: Decision) -> Answer {
+    /// Completes `record` with the decision and journals it (with its task and outbox row).
+    async fn commit(&self, mut record: NewDelivery, parsed: Parsed, decision: Decision, replay_of: Option<i64>) -> Answer {
         let (verdict, reason, label) = match &decision {
             Decision::Task { label } => (Verdict::Queued, format!("label '{label}' matched"), Some(label.clone())),
             Decision::Ignore { reason } => (Verdict::Ignored, reason.clone(), None),
@@ -285,8 +375,9 @@ impl Ingest {
             Decision::Ignore { reason } => Answer::Ignored { reason: reason.clone() },
             Decision::Pong => Answer::Pong,
         };
-        let mut record = self.delivery(&incoming, token_fp, "ok", provisional.status(), reason.clone());
-        record.dedupe = incoming.replay_of.is_none();
+        record.http_status = provisional.status();
+        record.reason = reason.clone();
+        record.dedupe = replay_of.is_none();
         record.event = Some(parsed.event.clone());
         record.action = parsed.action.clone();
         record.item = parsed.item.as_ref().map(|i| crate::task::item_ref(&i.repo_full_name, i.kind, i.number));
@@ -301,6 +392,7 @@ impl Ingest {
                 number: item.number,
                 queue: self.queue.to_string(),
                 payload: task.to_json(),
+                label_op: self.lifecycle(item.source),
             });
         }
         let caps = self.caps;
@@ -327,6 +419,8 @@ impl Ingest {
             Recorded::Duplicate { journal_id, task_id, .. } => {
                 (journal_id, Verdict::Duplicate, task_id.clone(), Answer::Duplicate { task_id })
             }
+            // A poll's finding that is already handled: nothing was recorded, nothing to tell.
+            Recorded::Known { task_id } => return Answer::Duplicate { task_id },
         };
         self.bus.emit(Event::DeliveryDecided {
             journal_id,
@@ -338,7 +432,7 @@ impl Ingest {
             reason: reason.into(),
             label,
             task_id,
-            replay_of: incoming.replay_of,
+            replay_of,
         });
         answer
     }

@@ -31,6 +31,8 @@ pub struct NewTask {
     pub number: u64,
     pub queue: String,
     pub payload: Vec<u8>,
+    /// The label life-cycle is on: record its `accepted` operation with the task.
+    pub label_op: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,9 @@ pub struct NewDelivery {
     pub http_status: u16,
     pub replay_of: Option<i64>,
     pub task: Option<NewTask>,
+    /// A poll's finding: record nothing when its delivery id was seen before or its item
+    /// already has a live task (see [`Recorded::Known`]).
+    pub only_new: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +73,11 @@ pub enum Recorded {
         original: i64,
         task_id: Option<String>,
     },
+    /// `only_new`, and the item already has this task (live, or from the same finding):
+    /// nothing was recorded.
+    Known {
+        task_id: Option<String>,
+    },
 }
 
 impl NewDelivery {
@@ -77,6 +87,22 @@ impl NewDelivery {
             (Some(id), true) => Some(format!("{}:{id}", self.route)),
             _ => None,
         };
+        if self.only_new {
+            if let Some(key) = &dedupe_key {
+                let seen: Option<Option<String>> = c
+                    .prepare_cached("SELECT task_id FROM deliveries WHERE dedupe_key = ?1")?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?;
+                if let Some(task_id) = seen {
+                    return Ok(Recorded::Known { task_id });
+                }
+            }
+            if let Some(t) = &self.task
+                && let Some(live) = super::tasks::live_task_for(c, t.source, t.kind, &t.repo, t.number)?
+            {
+                return Ok(Recorded::Known { task_id: Some(live) });
+            }
+        }
         if let Some(key) = &dedupe_key {
             let original: Option<(i64, Option<String>)> = c
                 .prepare_cached("SELECT id, task_id FROM deliveries WHERE dedupe_key = ?1")?
@@ -112,6 +138,9 @@ impl NewDelivery {
                 std::str::from_utf8(&task.payload).unwrap_or_default(), now])?;
             c.prepare_cached("INSERT INTO outbox (task_id, queue, created_unix) VALUES (?1, ?2, ?3)")?
                 .execute(params![task.id, task.queue, now])?;
+            if task.label_op {
+                super::label_ops::push(c, &task.id, super::label_ops::LabelOp::Accepted, None)?;
+            }
         }
         if self.verdict == "rejected" {
             prune_rejected(c, caps)?;

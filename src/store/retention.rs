@@ -34,10 +34,10 @@ pub async fn sweep(journal: &Journal, cutoff: i64) -> Result<usize, super::Store
     loop {
         let n = journal
             .write(move |c| {
-                // Only finished tasks go: done, or handed to the broker and never claimed here
+                // Only finished tasks go: done, skipped, or handed to the broker and never claimed here
                 // (a separate worker runs it). Running, waiting, retrying, dead (replayable) and
                 // dropped (a tombstone its message may still meet) stay, with their deliveries.
-                const FINISHED: &str = "(state = 'done' OR (state = 'queued' AND started_unix IS NULL))";
+                const FINISHED: &str = "(state IN ('done', 'skipped') OR (state = 'queued' AND started_unix IS NULL))";
                 c.execute(
                     &format!(
                         "DELETE FROM outbox WHERE published_unix IS NOT NULL AND task_id IN
