@@ -50,7 +50,9 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
             );
         }
         if config.poll.repos.is_empty() {
-            bail!("--mode producer has nothing to poll: list repositories in [poll] repos (owner/name or group/project)");
+            bail!(
+                "--mode producer has nothing to poll: list repositories in [poll] repos (owner/name or group/project)"
+            );
         }
     }
     let has_listener = matches!(mode, Mode::All | Mode::Webhook);
@@ -111,17 +113,21 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
             shutdown.clone(),
         ));
     }
-    let ingest = if mode == Mode::Consumer { None } else { Some(Ingest::new(&config, journal.clone(), bus.clone()).await?) };
+    let ingest =
+        if mode == Mode::Consumer { None } else { Some(Ingest::new(&config, journal.clone(), bus.clone()).await?) };
     if let Some(ingest) = &ingest {
         let poll_every = match mode {
             Mode::Producer => Some(config.poll.interval_secs),
             _ if config.poll.reconcile_secs > 0 => Some(config.poll.reconcile_secs),
             _ => None,
         };
-        match (poll_every, forges.get(poll_source)) {
+        // The poller has its own client: its request counts per cycle are its own, not the
+        // label life-cycle's.
+        let poll_forge = crate::forge::from_config(&config, poll_source)?;
+        match (poll_every, poll_forge) {
             (Some(every), Some(forge)) => {
                 let poller = crate::poll::Poller {
-                    forge: forge.clone(),
+                    forge,
                     ingest: ingest.clone(),
                     repos: config.poll.repos.clone(),
                     labels: config.filter.labels.clone(),
@@ -218,7 +224,10 @@ async fn learn_self_users(ingest: &Ingest, forges: &crate::forge::Forges, shutdo
             loop {
                 match forge.whoami().await {
                     Ok(user) => {
-                        tracing::info!("{} token belongs to '{user}': its events are ignored as self-event", forge.source().display_name());
+                        tracing::info!(
+                            "{} token belongs to '{user}': its events are ignored as self-event",
+                            forge.source().display_name()
+                        );
                         users.set(forge.source(), user);
                         return;
                     }

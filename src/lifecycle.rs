@@ -44,8 +44,9 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let r = reader.clone();
-        let due = tokio::task::spawn_blocking(move || label_ops::due(&r.lock().expect("reader lock"), unix_now(), BATCH))
-            .await?;
+        let due =
+            tokio::task::spawn_blocking(move || label_ops::due(&r.lock().expect("reader lock"), unix_now(), BATCH))
+                .await?;
         let due = match due {
             Ok(d) => d,
             Err(e) => {

@@ -193,11 +193,15 @@ impl Metrics {
                     ("requests", *requests),
                     ("not_modified", *not_modified),
                 ] {
-                    self.poll.get_or_create(&PollLabels { source: source.as_str().into(), what: what.into() }).inc_by(n);
+                    self.poll
+                        .get_or_create(&PollLabels { source: source.as_str().into(), what: what.into() })
+                        .inc_by(n);
                 }
             }
             Event::PollFailed { source, .. } => {
-                self.poll.get_or_create(&PollLabels { source: source.as_str().into(), what: "failed_repos".into() }).inc();
+                self.poll
+                    .get_or_create(&PollLabels { source: source.as_str().into(), what: "failed_repos".into() })
+                    .inc();
             }
             Event::LabelsSynced { op, error, gave_up, .. } => {
                 let result = match (error, gave_up) {

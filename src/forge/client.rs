@@ -145,12 +145,8 @@ impl Http {
         extra: HeaderMap,
         policy: RetryPolicy,
     ) -> Result<Http, ForgeError> {
-        let bad = |message: String| ForgeError::Transport {
-            forge,
-            method: Method::GET,
-            path: api_url.to_string(),
-            message,
-        };
+        let bad =
+            |message: String| ForgeError::Transport { forge, method: Method::GET, path: api_url.to_string(), message };
         let mut value =
             HeaderValue::from_str(auth_value).map_err(|_| bad("the token holds characters a header cannot".into()))?;
         value.set_sensitive(true);
@@ -257,7 +253,12 @@ impl Http {
                         && let Some(c) = &cached
                     {
                         self.not_modified.fetch_add(1, Ordering::Relaxed);
-                        return Ok(Response { status: 200, headers: c.headers.clone(), body: c.body.clone(), cached: true });
+                        return Ok(Response {
+                            status: 200,
+                            headers: c.headers.clone(),
+                            body: c.body.clone(),
+                            cached: true,
+                        });
                     }
                     match res.bytes().await {
                         Ok(bytes) if status.is_success() => {
@@ -454,16 +455,18 @@ mod tests {
 
     #[test]
     fn the_token_is_not_in_debug_output() {
-        let h = Http::new("GitHub", "http://x", "authorization", "Bearer sekret", HeaderMap::new(), RetryPolicy::default())
-            .unwrap();
+        let h =
+            Http::new("GitHub", "http://x", "authorization", "Bearer sekret", HeaderMap::new(), RetryPolicy::default())
+                .unwrap();
         assert!(!format!("{h:?}").contains("sekret"));
         assert!(!format!("{:?}", h.auth.1).contains("sekret"), "the header value is marked sensitive");
     }
 
     #[test]
     fn links_outside_api_url_are_refused() {
-        let h = Http::new("GitHub", "http://api.local/", "authorization", "t", HeaderMap::new(), RetryPolicy::default())
-            .unwrap();
+        let h =
+            Http::new("GitHub", "http://api.local/", "authorization", "t", HeaderMap::new(), RetryPolicy::default())
+                .unwrap();
         assert_eq!(h.url("/user").unwrap(), "http://api.local/user");
         assert_eq!(h.url("http://api.local/repos?page=2").unwrap(), "http://api.local/repos?page=2");
         assert!(matches!(h.url("http://evil.example/x"), Err(ForgeError::ForeignLink { .. })));

@@ -65,7 +65,10 @@ pub fn item_from_json(repo: &str, v: &Value) -> Option<Item> {
 }
 
 fn labels(v: &Value) -> Vec<String> {
-    v["labels"].as_array().map(|a| a.iter().filter_map(|l| l["name"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+    v["labels"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["name"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
 }
 
 fn issue_path(task: &Task) -> String {

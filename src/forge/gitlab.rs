@@ -79,7 +79,10 @@ pub fn item_from_json(repo: &str, merge_request: bool, v: &Value) -> Option<Item
 }
 
 fn labels(v: &Value) -> Vec<String> {
-    v["labels"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    v["labels"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
 }
 
 #[async_trait]

@@ -8,8 +8,8 @@ use super::verify::{self, StandardHeaders, VerifyError};
 use super::{ParseError, Parsed, Route, github, gitlab};
 use crate::config::{Config, Filter, Secret};
 use crate::event::{Bus, Event, Verdict};
-use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps, StoredBody};
 use crate::forge::Found;
+use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps, StoredBody};
 use crate::task::{Source, Task, new_task_id, now_rfc3339};
 use bytes::Bytes;
 use hyper::HeaderMap;
@@ -364,7 +364,13 @@ impl Ingest {
     }
 
     /// Completes `record` with the decision and journals it (with its task and outbox row).
-    async fn commit(&self, mut record: NewDelivery, parsed: Parsed, decision: Decision, replay_of: Option<i64>) -> Answer {
+    async fn commit(
+        &self,
+        mut record: NewDelivery,
+        parsed: Parsed,
+        decision: Decision,
+        replay_of: Option<i64>,
+    ) -> Answer {
         let (verdict, reason, label) = match &decision {
             Decision::Task { label } => (Verdict::Queued, format!("label '{label}' matched"), Some(label.clone())),
             Decision::Ignore { reason } => (Verdict::Ignored, reason.clone(), None),

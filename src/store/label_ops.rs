@@ -56,10 +56,7 @@ pub struct Pending {
 /// Operations due at `now`, oldest first, at most one per task (the earliest pending one).
 /// Rows whose task is gone (retention) are removed.
 pub fn due(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Pending>> {
-    c.execute(
-        "DELETE FROM label_ops WHERE gave_up = 0 AND task_id NOT IN (SELECT id FROM tasks)",
-        [],
-    )?;
+    c.execute("DELETE FROM label_ops WHERE gave_up = 0 AND task_id NOT IN (SELECT id FROM tasks)", [])?;
     let rows = c
         .prepare_cached(
             "SELECT o.id, o.op, o.detail, o.tries, t.payload FROM label_ops o JOIN tasks t ON t.id = o.task_id
@@ -74,7 +71,13 @@ pub fn due(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Pendi
     Ok(rows
         .into_iter()
         .filter_map(|(id, op, detail, tries, payload)| {
-            Some(Pending { id, op: LabelOp::parse(&op)?, detail, tries, task: Task::from_message(payload.as_bytes()).ok()? })
+            Some(Pending {
+                id,
+                op: LabelOp::parse(&op)?,
+                detail,
+                tries,
+                task: Task::from_message(payload.as_bytes()).ok()?,
+            })
         })
         .collect())
 }
@@ -119,10 +122,10 @@ mod tests {
         push(&c, "b", LabelOp::Accepted, None).unwrap();
         push(&c, "gone", LabelOp::Done, None).unwrap();
         let due1 = due(&c, 0, 10).unwrap();
-        assert_eq!(due1.iter().map(|p| (p.task.id.as_str(), p.op)).collect::<Vec<_>>(), [
-            ("a", LabelOp::Accepted),
-            ("b", LabelOp::Accepted)
-        ]);
+        assert_eq!(
+            due1.iter().map(|p| (p.task.id.as_str(), p.op)).collect::<Vec<_>>(),
+            [("a", LabelOp::Accepted), ("b", LabelOp::Accepted)]
+        );
         failed(&c, due1[0].id, "503", 100, false).unwrap();
         completed(&c, due1[1].id).unwrap();
         assert!(due(&c, 50, 10).unwrap().is_empty(), "a's first op waits for its retry; its second waits behind it");

@@ -17,7 +17,13 @@ pub const STATES: &[&str] = &["queued", "running", "waiting", "retrying", "dead"
 pub const LIVE: &str = "('queued', 'running', 'waiting', 'retrying')";
 
 /// The live task for an item, if any.
-pub fn live_task_for(c: &Connection, source: &str, kind: &str, repo: &str, number: u64) -> rusqlite::Result<Option<String>> {
+pub fn live_task_for(
+    c: &Connection,
+    source: &str,
+    kind: &str,
+    repo: &str,
+    number: u64,
+) -> rusqlite::Result<Option<String>> {
     c.prepare_cached(&format!(
         "SELECT id FROM tasks WHERE repo = ?1 AND number = ?2 AND source = ?3 AND kind = ?4 AND state IN {LIVE}
          ORDER BY created_unix LIMIT 1"
