@@ -217,9 +217,10 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
 /// seconds at start; a forge that does not answer by then is asked again in the background.
 async fn learn_self_users(ingest: &Ingest, forges: &crate::forge::Forges, shutdown: &CancellationToken) {
     use std::time::Duration;
+    let mut lookups = tokio::task::JoinSet::new();
     for forge in [&forges.github, &forges.gitlab].into_iter().flatten() {
         let (forge, users, stop) = (forge.clone(), ingest.self_users().clone(), shutdown.clone());
-        let lookup = async move {
+        lookups.spawn(async move {
             let mut wait = Duration::from_secs(5);
             loop {
                 match forge.whoami().await {
@@ -242,10 +243,13 @@ async fn learn_self_users(ingest: &Ingest, forges: &crate::forge::Forges, shutdo
                 }
                 wait = (wait * 2).min(Duration::from_secs(300));
             }
-        };
-        let mut handle = tokio::spawn(lookup);
-        // Most starts learn the user before the first delivery; a slow forge does not hold up start.
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut handle).await;
+        });
+    }
+    // Most starts learn the users before the first delivery; a slow forge holds up the start
+    // by 10 s at most, and is asked again in the background.
+    let all = async { while lookups.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), all).await.is_err() {
+        lookups.detach_all();
     }
 }
 
