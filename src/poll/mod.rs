@@ -101,3 +101,94 @@ pub async fn run(poller: Poller, every: Duration, shutdown: CancellationToken) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forge::{ForgeError, Found, ItemState, Stats};
+    use crate::task::{Source, Task};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Counts list calls; finds nothing.
+    #[derive(Default)]
+    struct Stub {
+        lists: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Forge for Stub {
+        fn source(&self) -> Source {
+            Source::Github
+        }
+        async fn list_labelled(&self, repo: &str, _label: &str) -> Result<Vec<Found>, ForgeError> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            if repo == "bad/repo" {
+                return Err(ForgeError::Transport {
+                    forge: "GitHub",
+                    method: reqwest::Method::GET,
+                    path: "/x".into(),
+                    message: "refused".into(),
+                });
+            }
+            Ok(vec![])
+        }
+        async fn item_state(&self, _: &Task) -> Result<ItemState, ForgeError> {
+            unreachable!()
+        }
+        async fn swap_labels(&self, _: &Task, _: &[String], _: &str) -> Result<(), ForgeError> {
+            unreachable!()
+        }
+        async fn comment(&self, _: &Task, _: &str) -> Result<(), ForgeError> {
+            unreachable!()
+        }
+        async fn whoami(&self) -> Result<String, ForgeError> {
+            unreachable!()
+        }
+        fn stats(&self) -> Stats {
+            Stats { requests: self.lists.load(Ordering::SeqCst), ..Stats::default() }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cycles_every_interval_until_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crate::store::Journal::open(&dir.path().join("j.db"), crate::config::SyncMode::Normal).unwrap();
+        let bus = Bus::default();
+        let mut events = bus.subscribe();
+        let ingest = Ingest::new(&crate::config::Config::default(), journal, bus.clone()).await.unwrap();
+        let stub = Arc::new(Stub::default());
+        let poller = Poller {
+            forge: stub.clone(),
+            ingest,
+            repos: vec!["a/b".into(), "bad/repo".into()],
+            labels: vec!["coding agent".into(), "ai".into()],
+            bus,
+            reconcile: false,
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run(poller, Duration::from_secs(300), stop.clone()));
+        // The first cycle runs at once: 2 repos × 2 labels.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(stub.lists.load(Ordering::SeqCst), 4);
+        tokio::time::sleep(Duration::from_secs(298)).await;
+        assert_eq!(stub.lists.load(Ordering::SeqCst), 4, "nothing before the interval");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(stub.lists.load(Ordering::SeqCst), 8, "the second cycle at 300 s");
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        let mut failed = 0;
+        let mut cycles = vec![];
+        while let Ok(e) = events.try_recv() {
+            match e {
+                Event::PollFailed { repo, .. } => {
+                    assert_eq!(repo, "bad/repo");
+                    failed += 1;
+                }
+                Event::PollCycle { requests, found, .. } => cycles.push((requests, found)),
+                _ => {}
+            }
+        }
+        assert_eq!(failed, 4, "each failing listing is reported; the other repositories go on");
+        assert_eq!(cycles, [(4, 0), (4, 0)]);
+    }
+}
