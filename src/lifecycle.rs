@@ -8,7 +8,8 @@
 //! `MAX_TRIES` times, and not at all after a permanent answer (404, 422 …). Operations of one
 //! task run in order (`processing` before `done`).
 //!
-//! - accepted: the trigger label → `labels.processing`
+//! - accepted: the trigger label → `labels.processing` (after an operator's replay, the done
+//!   or failed label too)
 //! - done: `processing` (and the trigger) → `labels.done`
 //! - failed: `processing` (and the trigger) → `labels.failed`, then a comment with the reason
 //!   and the attempt count.
@@ -94,6 +95,10 @@ async fn apply(forges: &Forges, labels: &Labels, op: &Pending) -> Result<(), For
     let processing_and_trigger = [labels.processing.clone(), task.label.clone()];
     let strip = |l: &[String]| l.iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>();
     match op.op {
+        LabelOp::Accepted if op.detail.as_deref() == Some(label_ops::REPLAY) => {
+            let old = [task.label.clone(), labels.done.clone(), labels.failed.clone()];
+            forge.swap_labels(task, &strip(&old), &labels.processing).await
+        }
         LabelOp::Accepted => forge.swap_labels(task, &strip(&trigger), &labels.processing).await,
         LabelOp::Done => forge.swap_labels(task, &strip(&processing_and_trigger), &labels.done).await,
         LabelOp::Failed => {

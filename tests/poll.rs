@@ -256,6 +256,31 @@ async fn lifecycle_in_order_and_closed_items_skipped() {
     assert_eq!(c, (0, 0));
     assert_eq!(h.count("SELECT COUNT(*) FROM tasks"), 4);
     assert_eq!(h.count("SELECT COUNT(*) FROM label_ops"), 0, "every operation reached the forge");
+
+    // An operator's replay of the dead task runs (its `agent failed` label counts for a replay):
+    // failed → processing, then failed again with a second comment.
+    let dead = agentctl::ops::jobs_list(&h.config, Some("dead"), 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    let before = fake.calls("/repos/octo/hello/issues/2/").len();
+    agentctl::ops::jobs_replay(&h.config, agentctl::ops::Jobs::One(dead[0].id.clone())).await.unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    while fake.item("github", "octo/hello", 2).comments.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the replay's failure comment arrives");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replay_calls = fake.calls("/repos/octo/hello/issues/2/")[before..].to_vec();
+    let replay_calls: Vec<&str> = replay_calls.iter().map(String::as_str).filter(|c| !c.starts_with("GET")).collect();
+    assert_eq!(
+        replay_calls[..4],
+        [
+            "DELETE /github/repos/octo/hello/issues/2/labels/coding agent",
+            "DELETE /github/repos/octo/hello/issues/2/labels/agent done",
+            "DELETE /github/repos/octo/hello/issues/2/labels/agent failed",
+            "POST /github/repos/octo/hello/issues/2/labels",
+        ]
+    );
+    assert!(replay_calls.last().unwrap().ends_with("/comments"));
+    assert_eq!(fake.item("github", "octo/hello", 2).labels, ["bug", "agent failed"]);
     h.stop().await;
 }
 

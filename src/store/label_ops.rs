@@ -37,6 +37,9 @@ impl LabelOp {
     }
 }
 
+/// The `detail` of an `accepted` operation made by a replay: the done and failed labels go too.
+pub const REPLAY: &str = "replay";
+
 pub fn push(c: &Connection, task_id: &str, op: LabelOp, detail: Option<&str>) -> rusqlite::Result<()> {
     c.prepare_cached("INSERT INTO label_ops (task_id, op, detail, created_unix) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![task_id, op.as_str(), detail, unix_now()])?;
