@@ -275,4 +275,54 @@ mod tests {
         assert!(text.contains("agentctl_broker_up 1"), "{text}");
         assert_eq!(m.broker_up(), Some(true));
     }
+
+    #[test]
+    fn poller_and_label_counters() {
+        let m = Metrics::new();
+        let cycle = |queued, not_modified| Event::PollCycle {
+            source: Source::Gitlab,
+            reconcile: false,
+            repos: 2,
+            found: 5,
+            queued,
+            requests: 4,
+            not_modified,
+            seconds: 0.1,
+        };
+        m.observe(&cycle(5, 0));
+        m.observe(&cycle(0, 4));
+        m.observe(&Event::PollFailed { source: Source::Gitlab, repo: "g/p".into(), error: "503".into() });
+        let synced = |error: Option<&str>, gave_up| Event::LabelsSynced {
+            task_id: "t".into(),
+            op: "done",
+            error: error.map(str::to_string),
+            gave_up,
+        };
+        m.observe(&synced(None, false));
+        m.observe(&synced(Some("503"), false));
+        m.observe(&synced(Some("404"), true));
+        m.observe(&Event::TaskFinished {
+            task_id: "t".into(),
+            item: "o/r#1".into(),
+            state: "skipped",
+            exit_code: None,
+            duration_ms: 0,
+            reason: Some("o/r#1 is closed".into()),
+        });
+        let text = m.render();
+        for line in [
+            r#"agentctl_poll_total{source="gitlab",what="cycles"} 2"#,
+            r#"agentctl_poll_total{source="gitlab",what="found"} 10"#,
+            r#"agentctl_poll_total{source="gitlab",what="queued"} 5"#,
+            r#"agentctl_poll_total{source="gitlab",what="requests"} 8"#,
+            r#"agentctl_poll_total{source="gitlab",what="not_modified"} 4"#,
+            r#"agentctl_poll_total{source="gitlab",what="failed_repos"} 1"#,
+            r#"agentctl_label_ops_total{op="done",result="ok"} 1"#,
+            r#"agentctl_label_ops_total{op="done",result="retry"} 1"#,
+            r#"agentctl_label_ops_total{op="done",result="gave_up"} 1"#,
+            r#"agentctl_task_seconds_count{outcome="skipped"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
 }
