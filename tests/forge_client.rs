@@ -11,6 +11,11 @@ use agentctl::forge::{Forge, ForgeError, RetryPolicy, Stats};
 use common::fake_forge::{FakeForge, FakeKind, GITHUB_PAT, GITLAB_PAT};
 use std::time::{Duration, Instant};
 
+/// Requests, 304s, retries.
+fn counts(s: Stats) -> (u64, u64, u64) {
+    (s.requests, s.not_modified, s.retries)
+}
+
 fn quick() -> RetryPolicy {
     RetryPolicy {
         attempts: 4,
@@ -39,7 +44,7 @@ async fn server_errors_are_retried_with_backoff() {
     assert_eq!(found.len(), 120);
     // 100 ms, then 200 ms.
     assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
-    assert_eq!(gh.stats(), Stats { requests: 4, not_modified: 0, retries: 2 });
+    assert_eq!(counts(gh.stats()), (4, 0, 2));
     let statuses: Vec<u16> = fake.seen().iter().map(|s| s.status).collect();
     assert_eq!(statuses, [502, 503, 200, 200]);
 
@@ -75,20 +80,23 @@ async fn etags_make_unchanged_pages_304() {
     let fake = fake_with_items().await;
     let gh = GitHub::new(&fake.github_url(), &Secret::new(GITHUB_PAT), quick()).unwrap();
     assert_eq!(gh.list_labelled("o/r", "coding agent").await.unwrap().len(), 120);
-    assert_eq!(gh.stats(), Stats { requests: 2, not_modified: 0, retries: 0 });
+    assert_eq!(counts(gh.stats()), (2, 0, 0));
+    let full = gh.stats().bytes;
+    assert!(full > 10_000);
     // Unchanged: both pages answered 304, the items still come back (from the cache).
     assert_eq!(gh.list_labelled("o/r", "coding agent").await.unwrap().len(), 120);
-    assert_eq!(gh.stats(), Stats { requests: 4, not_modified: 2, retries: 0 });
+    assert_eq!(counts(gh.stats()), (4, 2, 0));
+    assert_eq!(gh.stats().bytes, full, "a 304 carries no body");
     // A label removed on page 2: that page changes, page 1 stays 304.
     fake.with(|s| s.items.get_mut(&("github".into(), "o/r".into(), 120)).unwrap().labels.clear());
     assert_eq!(gh.list_labelled("o/r", "coding agent").await.unwrap().len(), 119);
-    assert_eq!(gh.stats(), Stats { requests: 6, not_modified: 3, retries: 0 });
+    assert_eq!(counts(gh.stats()), (6, 3, 0));
 
     // Without the cache, every page is sent in full.
     let plain = GitHub::new(&fake.github_url(), &Secret::new(GITHUB_PAT), quick()).unwrap().without_etags();
     plain.list_labelled("o/r", "coding agent").await.unwrap();
     plain.list_labelled("o/r", "coding agent").await.unwrap();
-    assert_eq!(plain.stats(), Stats { requests: 4, not_modified: 0, retries: 0 });
+    assert_eq!(counts(plain.stats()), (4, 0, 0));
 }
 
 #[tokio::test]

@@ -88,6 +88,8 @@ pub struct Stats {
     pub not_modified: u64,
     /// Retries after a 5xx, 429, rate limit or transport error.
     pub retries: u64,
+    /// Response body bytes received (a 304 has none).
+    pub bytes: u64,
 }
 
 /// An answer with a 2xx status (a 304 is served from the cache as the cached 200).
@@ -127,6 +129,7 @@ pub struct Http {
     requests: AtomicU64,
     not_modified: AtomicU64,
     retries: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for Http {
@@ -169,6 +172,7 @@ impl Http {
             requests: AtomicU64::new(0),
             not_modified: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         })
     }
 
@@ -187,6 +191,7 @@ impl Http {
             requests: self.requests.load(Ordering::Relaxed),
             not_modified: self.not_modified.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -260,7 +265,11 @@ impl Http {
                             cached: true,
                         });
                     }
-                    match res.bytes().await {
+                    let body = res.bytes().await;
+                    if let Ok(b) = &body {
+                        self.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    }
+                    match body {
                         Ok(bytes) if status.is_success() => {
                             if cache && let Some(etag) = headers.get(reqwest::header::ETAG) {
                                 self.remember(&url, etag.clone(), headers.clone(), bytes.clone());

@@ -344,7 +344,9 @@ async fn handle(state: &Arc<Mutex<State>>, addr: SocketAddr, req: Request<Incomi
             if s.etags {
                 use std::hash::{Hash, Hasher};
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                // Over the page and where it leads: a new last page changes the one before.
                 v.to_string().hash(&mut hasher);
+                format!("{h:?}").hash(&mut hasher);
                 let etag = format!("W/\"{:x}\"", hasher.finish());
                 if if_none_match.as_deref() == Some(etag.as_str()) {
                     log(&mut s, 304);
