@@ -154,6 +154,15 @@ async fn gitlab_producer_pages_issues_and_merge_requests() {
         }
     };
     assert_eq!(cycle(&second), (180, 0, 3, 3));
+    // A finding is a delivery on the route `poll`, with the item as its body; it is not
+    // replayed as a webhook.
+    let row = agentctl::ops::show(&h.config, 1).unwrap();
+    assert_eq!((row.summary.route.as_str(), row.headers.len()), ("poll", 0));
+    let body: serde_json::Value = serde_json::from_slice(row.body.as_deref().unwrap()).unwrap();
+    assert_eq!((body["repo"].as_str(), body["project_id"].as_u64()), (Some("group/proj"), Some(1000)));
+    let Err(err) = agentctl::ops::replay(h.config.clone(), 1).await else { panic!("a poll finding was replayed") };
+    let err = err.to_string();
+    assert!(err.contains("replay its job instead"), "{err}");
     h.stop().await;
 }
 

@@ -232,7 +232,7 @@ impl Ingest {
             action: None,
             item: None,
             received_at: now_rfc3339(),
-            headers_json: "{}".into(),
+            headers_json: "[]".into(),
             body: StoredBody::pack(&body, None),
             body_size: body.len(),
             token_fp: None,

@@ -52,6 +52,8 @@ pub async fn sweep(journal: &Journal, cutoff: i64) -> Result<usize, super::Store
                     ),
                     [cutoff],
                 )?;
+                // Label operations whose task went (done, or given up long ago).
+                c.execute("DELETE FROM label_ops WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
                 let n = c.execute(
                     "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE received_unix < ?1
                        AND (task_id IS NULL OR task_id NOT IN (SELECT id FROM tasks)) LIMIT ?2)",
