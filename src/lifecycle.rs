@@ -13,6 +13,8 @@
 //! - done: `processing` (and the trigger) → `labels.done`
 //! - failed: `processing` (and the trigger) → `labels.failed`, then a comment with the reason
 //!   and the attempt count.
+//! - skipped (the worker's re-check found the item closed, merged or unlabelled): `processing`
+//!   goes.
 
 use crate::config::Labels;
 use crate::event::{Bus, Event};
@@ -101,6 +103,7 @@ async fn apply(forges: &Forges, labels: &Labels, op: &Pending) -> Result<(), For
         }
         LabelOp::Accepted => forge.swap_labels(task, &strip(&trigger), &labels.processing).await,
         LabelOp::Done => forge.swap_labels(task, &strip(&processing_and_trigger), &labels.done).await,
+        LabelOp::Skipped => forge.swap_labels(task, &strip(std::slice::from_ref(&labels.processing)), "").await,
         LabelOp::Failed => {
             // Swapping is idempotent, so a retry after a failed comment may swap again.
             forge.swap_labels(task, &strip(&processing_and_trigger), &labels.failed).await?;

@@ -214,8 +214,8 @@ async fn lifecycle_in_order_and_closed_items_skipped() {
                 }
                 _ => {}
             }
-            // 4 accepted (3 polled, 1 webhook) + done + failed.
-            if finished.len() == 4 && synced.len() == 6 {
+            // 4 accepted (3 polled, 1 webhook) + done + failed + 2 skipped.
+            if finished.len() == 4 && synced.len() == 8 {
                 return;
             }
         }
@@ -249,6 +249,16 @@ async fn lifecycle_in_order_and_closed_items_skipped() {
         ]
     );
     assert_eq!(fake.item("github", "octo/hello", 1).labels, ["agent done"]);
+    // Skipped: accepted (trigger → processing), then processing removed.
+    assert!(fake.item("github", "octo/hello", 3).labels.is_empty());
+    assert_eq!(
+        fake.calls("/repos/octo/hello/issues/3/labels"),
+        [
+            "DELETE /github/repos/octo/hello/issues/3/labels/coding agent",
+            "POST /github/repos/octo/hello/issues/3/labels",
+            "DELETE /github/repos/octo/hello/issues/3/labels/agent processing",
+        ]
+    );
     let two = fake.item("github", "octo/hello", 2);
     assert_eq!(two.labels, ["bug", "agent failed"]);
     assert_eq!(two.comments.len(), 1);

@@ -107,7 +107,10 @@ impl Forge for GitLab {
 
     async fn swap_labels(&self, task: &Task, remove: &[String], add: &str) -> Result<(), ForgeError> {
         // One call: GitLab ignores labels to remove that the item does not carry.
-        let body = json!({ "add_labels": add, "remove_labels": remove.join(",") });
+        let mut body = json!({ "remove_labels": remove.join(",") });
+        if !add.is_empty() {
+            body["add_labels"] = json!(add);
+        }
         self.http.send_json(Method::PUT, &item_path(task), &body).await?;
         Ok(())
     }

@@ -83,7 +83,14 @@ pub struct Forges {
 
 impl Forges {
     pub fn from_config(config: &Config) -> Result<Forges, ForgeError> {
-        Ok(Forges { github: from_config(config, Source::Github)?, gitlab: from_config(config, Source::Gitlab)? })
+        Forges::with_policy(config, RetryPolicy::default())
+    }
+
+    pub fn with_policy(config: &Config, policy: RetryPolicy) -> Result<Forges, ForgeError> {
+        Ok(Forges {
+            github: from_config_with(config, Source::Github, policy)?,
+            gitlab: from_config_with(config, Source::Gitlab, policy)?,
+        })
     }
 
     pub fn get(&self, source: Source) -> Option<&Arc<dyn Forge>> {

@@ -16,6 +16,8 @@ pub enum LabelOp {
     Done,
     /// → `labels.failed`, plus a comment with the reason and attempt count.
     Failed,
+    /// The worker's re-check skipped the task: `labels.processing` goes.
+    Skipped,
 }
 
 impl LabelOp {
@@ -24,6 +26,7 @@ impl LabelOp {
             LabelOp::Accepted => "accepted",
             LabelOp::Done => "done",
             LabelOp::Failed => "failed",
+            LabelOp::Skipped => "skipped",
         }
     }
 
@@ -32,6 +35,7 @@ impl LabelOp {
             "accepted" => Some(LabelOp::Accepted),
             "done" => Some(LabelOp::Done),
             "failed" => Some(LabelOp::Failed),
+            "skipped" => Some(LabelOp::Skipped),
             _ => None,
         }
     }

@@ -99,7 +99,7 @@ ALTER TABLE outbox ADD COLUMN delay_ms INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE label_ops (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id      TEXT NOT NULL,
-    op           TEXT NOT NULL,  -- accepted | done | failed
+    op           TEXT NOT NULL,  -- accepted | done | failed | skipped
     detail       TEXT,           -- failed: the comment's reason
     created_unix INTEGER NOT NULL,
     tries        INTEGER NOT NULL DEFAULT 0,

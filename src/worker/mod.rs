@@ -15,7 +15,8 @@
 //! **Re-check.** With a forge token, the worker fetches the item before each run (first
 //! attempts, retries and replays alike): closed, merged, or no longer carrying the trigger or
 //! processing label (for a replay, any agentctl label) → the task is `skipped` with that
-//! reason and not run. A forge that cannot be reached does not hold work up: the task runs.
+//! reason and not run (and its `processing` label goes). A forge that cannot be reached does
+//! not hold work up: after a few short tries the task runs.
 //!
 //! **Label life-cycle.** With a forge token, a done or dead attempt records its label
 //! operation (`done`, or `failed` with the reason) in the same journal transaction as the
@@ -93,7 +94,14 @@ pub async fn run(
         journal.notify_outbox();
         bus.emit(Event::TasksRequeued { count: requeued.len() });
     }
-    let forges = Forges::from_config(&config)?;
+    // The re-check must not hold a run up for long: fewer, shorter tries than the poller's.
+    let recheck_policy = crate::forge::RetryPolicy {
+        attempts: 3,
+        base: Duration::from_millis(500),
+        max_wait: Duration::from_secs(10),
+        timeout: Duration::from_secs(10),
+    };
+    let forges = Forges::with_policy(&config, recheck_policy)?;
     let shared = Arc::new(Shared {
         forges,
         data_dir: config.storage.data_dir(),
@@ -265,7 +273,16 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     if let Some(reason) = recheck(shared, &task).await {
         let id = task.id.clone();
         let finish = Finish::Skipped { reason: reason.clone() };
-        if let Err(e) = shared.journal.write(move |c| tasks::finish(c, &id, &finish)).await {
+        // The item's `processing` label goes (it was put there when the task was accepted).
+        let relabel = shared.forges.get(task.source).is_some();
+        let written = shared
+            .journal
+            .write(move |c| {
+                tasks::finish(c, &id, &finish)?;
+                if relabel { label_ops::push(c, &id, LabelOp::Skipped, None) } else { Ok(()) }
+            })
+            .await;
+        if let Err(e) = written {
             tracing::error!("cannot record that task {} was skipped: {e}", task.id);
             return;
         }
@@ -383,5 +400,42 @@ async fn drain(shared: &Arc<Shared>) {
     if tokio::time::timeout(runner::GRACE, all_free).await.is_err() {
         shared.stop_handlers.cancel();
         let _ = tokio::time::timeout(runner::GRACE * 2, shared.slots.clone().acquire_many_owned(total)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(replay: bool) -> Task {
+        let mut t = Task::from_message(
+            br#"{"type":"github_issue","owner":"o","repo":"r","number":7,"uuid":"u","label":"coding agent"}"#,
+        )
+        .unwrap();
+        t.replay = replay;
+        t
+    }
+
+    fn item(open: bool, merged: bool, labels: &[&str]) -> ItemState {
+        ItemState { open, merged, labels: labels.iter().map(|l| l.to_string()).collect() }
+    }
+
+    #[test]
+    fn the_recheck_skips_closed_merged_and_unlabelled_items() {
+        let c = Config::default();
+        let run = |i: &ItemState, t: &Task| skip_reason(i, t, &c);
+        assert_eq!(run(&item(true, false, &["coding agent"]), &task(false)), None);
+        assert_eq!(run(&item(true, false, &["bug", "agent processing"]), &task(false)), None);
+        assert_eq!(run(&item(false, false, &["coding agent"]), &task(false)).unwrap(), "o/r#7 is closed");
+        assert_eq!(run(&item(false, true, &["coding agent"]), &task(false)).unwrap(), "o/r#7 was merged");
+        assert_eq!(
+            run(&item(true, false, &["bug"]), &task(false)).unwrap(),
+            "o/r#7 no longer carries the trigger or processing label"
+        );
+        // A finished task's label is not a reason to run again, except for an operator's replay.
+        assert!(run(&item(true, false, &["agent failed"]), &task(false)).is_some());
+        assert_eq!(run(&item(true, false, &["agent failed"]), &task(true)), None);
+        assert_eq!(run(&item(true, false, &["agent done"]), &task(true)), None);
+        assert!(run(&item(false, false, &["agent done"]), &task(true)).is_some(), "closed wins");
     }
 }
