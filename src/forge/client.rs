@@ -221,6 +221,33 @@ impl Http {
         self.send(method, path, Some(serde_json::to_vec(body).expect("JSON serializes")), false).await
     }
 
+    /// A body as JSON.
+    pub fn decode(&self, method: Method, path: &str, body: &[u8]) -> Result<serde_json::Value, ForgeError> {
+        serde_json::from_slice(body).map_err(|e| ForgeError::Decode {
+            forge: self.forge,
+            method,
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `GET path`, as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ForgeError> {
+        let res = self.get(path, false).await?;
+        self.decode(Method::GET, path, &res.body)
+    }
+
+    /// `GET /user`'s `field` (GitHub `login`, GitLab `username`): the token's own user.
+    pub async fn whoami(&self, field: &str) -> Result<String, ForgeError> {
+        let v = self.get_json("/user").await?;
+        v[field].as_str().map(str::to_string).ok_or_else(|| ForgeError::Decode {
+            forge: self.forge,
+            method: Method::GET,
+            path: "/user".into(),
+            message: format!("no {field} in the answer"),
+        })
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Response, ForgeError> {
         self.send(Method::DELETE, path, None, false).await
     }

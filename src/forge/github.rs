@@ -27,15 +27,6 @@ impl GitHub {
     pub fn without_etags(self) -> Self {
         GitHub { http: self.http.without_etags() }
     }
-
-    fn decode(&self, method: Method, path: &str, body: &[u8]) -> Result<Value, ForgeError> {
-        serde_json::from_slice(body).map_err(|e| ForgeError::Decode {
-            forge: "GitHub",
-            method,
-            path: path.to_string(),
-            message: e.to_string(),
-        })
-    }
 }
 
 /// The `rel="next"` target of a `Link` header.
@@ -86,7 +77,7 @@ impl Forge for GitHub {
         let mut found = Vec::new();
         while let Some(url) = next.take() {
             let res = self.http.get(&url, true).await?;
-            let page = self.decode(Method::GET, &url, &res.body)?;
+            let page = self.http.decode(Method::GET, &url, &res.body)?;
             for v in page.as_array().map(Vec::as_slice).unwrap_or_default() {
                 if let Some(item) = item_from_json(repo, v) {
                     found.push(Found { item, updated_at: str_field(v, "updated_at") });
@@ -99,8 +90,7 @@ impl Forge for GitHub {
 
     async fn item_state(&self, task: &Task) -> Result<ItemState, ForgeError> {
         let path = issue_path(task);
-        let res = self.http.get(&path, false).await?;
-        let v = self.decode(Method::GET, &path, &res.body)?;
+        let v = self.http.get_json(&path).await?;
         Ok(ItemState {
             open: v["state"].as_str() == Some("open"),
             merged: v["pull_request"]["merged_at"].as_str().is_some(),
@@ -131,14 +121,7 @@ impl Forge for GitHub {
     }
 
     async fn whoami(&self) -> Result<String, ForgeError> {
-        let res = self.http.get("/user", false).await?;
-        let v = self.decode(Method::GET, "/user", &res.body)?;
-        v["login"].as_str().map(str::to_string).ok_or_else(|| ForgeError::Decode {
-            forge: "GitHub",
-            method: Method::GET,
-            path: "/user".into(),
-            message: "no login in the answer".into(),
-        })
+        self.http.whoami("login").await
     }
 
     fn stats(&self) -> Stats {

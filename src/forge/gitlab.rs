@@ -24,22 +24,13 @@ impl GitLab {
         GitLab { http: self.http.without_etags() }
     }
 
-    fn decode(&self, method: Method, path: &str, body: &[u8]) -> Result<Value, ForgeError> {
-        serde_json::from_slice(body).map_err(|e| ForgeError::Decode {
-            forge: "GitLab",
-            method,
-            path: path.to_string(),
-            message: e.to_string(),
-        })
-    }
-
     async fn list(&self, repo: &str, what: &str, label: &str) -> Result<Vec<Found>, ForgeError> {
         let first = format!("/projects/{}/{what}?labels={}&state=opened&per_page=100", encode(repo), encode(label));
         let mut url = first.clone();
         let mut found = Vec::new();
         loop {
             let res = self.http.get(&url, true).await?;
-            let page = self.decode(Method::GET, &url, &res.body)?;
+            let page = self.http.decode(Method::GET, &url, &res.body)?;
             for v in page.as_array().map(Vec::as_slice).unwrap_or_default() {
                 if let Some(item) = item_from_json(repo, what == "merge_requests", v) {
                     found.push(Found { item, updated_at: str_field(v, "updated_at") });
@@ -99,8 +90,7 @@ impl Forge for GitLab {
 
     async fn item_state(&self, task: &Task) -> Result<ItemState, ForgeError> {
         let path = item_path(task);
-        let res = self.http.get(&path, false).await?;
-        let v = self.decode(Method::GET, &path, &res.body)?;
+        let v = self.http.get_json(&path).await?;
         let state = v["state"].as_str().unwrap_or_default();
         Ok(ItemState { open: state == "opened", merged: state == "merged", labels: labels(&v) })
     }
@@ -121,14 +111,7 @@ impl Forge for GitLab {
     }
 
     async fn whoami(&self) -> Result<String, ForgeError> {
-        let res = self.http.get("/user", false).await?;
-        let v = self.decode(Method::GET, "/user", &res.body)?;
-        v["username"].as_str().map(str::to_string).ok_or_else(|| ForgeError::Decode {
-            forge: "GitLab",
-            method: Method::GET,
-            path: "/user".into(),
-            message: "no username in the answer".into(),
-        })
+        self.http.whoami("username").await
     }
 
     fn stats(&self) -> Stats {

@@ -187,18 +187,12 @@ pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<()
             )?;
             enqueue(c, id, queue, 0)?;
         }
-        Finish::Dropped { reason } => {
+        Finish::Dropped { reason } | Finish::Skipped { reason } => {
+            let state = if matches!(outcome, Finish::Dropped { .. }) { "dropped" } else { "skipped" };
             c.execute(
-                "UPDATE tasks SET state = 'dropped', failure = ?2, owner = NULL, finished_unix = ?3, updated_unix = ?3
+                "UPDATE tasks SET state = ?4, failure = ?2, owner = NULL, finished_unix = ?3, updated_unix = ?3
                  WHERE id = ?1",
-                params![id, reason, now],
-            )?;
-        }
-        Finish::Skipped { reason } => {
-            c.execute(
-                "UPDATE tasks SET state = 'skipped', failure = ?2, owner = NULL, finished_unix = ?3, updated_unix = ?3
-                 WHERE id = ?1",
-                params![id, reason, now],
+                params![id, reason, now, state],
             )?;
         }
     }

@@ -239,6 +239,18 @@ fn project_ids(s: &State) -> BTreeMap<String, u64> {
     ids
 }
 
+type Answer = (u16, Value, Vec<(&'static str, String)>);
+
+fn comment(s: &mut State, key: (String, String, u64), body: &Value) -> Answer {
+    match s.items.get_mut(&key) {
+        Some(it) => {
+            it.comments.push(body["body"].as_str().unwrap_or_default().to_string());
+            (201, json!({"id": 1}), vec![])
+        }
+        None => (404, json!({"message": "Not Found"}), vec![]),
+    }
+}
+
 async fn handle(state: &Arc<Mutex<State>>, addr: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().to_string();
     let raw_path = req.uri().path().to_string();
@@ -414,14 +426,7 @@ async fn handle(state: &Arc<Mutex<State>>, addr: SocketAddr, req: Request<Incomi
             }
         }
         ("POST", ["repos", o, r, "issues", n, "comments"]) => {
-            let key = ("github".to_string(), format!("{o}/{r}"), n.parse().unwrap_or(0));
-            match s.items.get_mut(&key) {
-                Some(it) => {
-                    it.comments.push(body["body"].as_str().unwrap_or_default().to_string());
-                    (201, json!({"id": 1}), vec![])
-                }
-                None => (404, json!({"message": "Not Found"}), vec![]),
-            }
+            comment(&mut s, ("github".to_string(), format!("{o}/{r}"), n.parse().unwrap_or(0)), &body)
         }
         // GitLab label changes and notes.
         ("PUT", ["projects", p, "issues" | "merge_requests", n]) => {
@@ -460,14 +465,7 @@ async fn handle(state: &Arc<Mutex<State>>, addr: SocketAddr, req: Request<Incomi
         ("POST", ["projects", p, "issues" | "merge_requests", n, "notes"]) => {
             let repo =
                 ids.iter().find(|(path, id)| path.as_str() == *p || id.to_string() == *p).map(|(p, _)| p.clone());
-            let key = ("gitlab".to_string(), repo.unwrap_or_default(), n.parse().unwrap_or(0));
-            match s.items.get_mut(&key) {
-                Some(it) => {
-                    it.comments.push(body["body"].as_str().unwrap_or_default().to_string());
-                    (201, json!({"id": 1}), vec![])
-                }
-                None => (404, json!({"message": "404 Not found"}), vec![]),
-            }
+            comment(&mut s, ("gitlab".to_string(), repo.unwrap_or_default(), n.parse().unwrap_or(0)), &body)
         }
         _ => (404, json!({"message": format!("the fake has no route {method} {raw_path}")}), vec![]),
     };
