@@ -335,3 +335,92 @@ async fn self_events_are_ignored() {
     assert_eq!(status, 202);
     h.stop().await;
 }
+
+/// A signed `issues.labeled` delivery for Codertocat/Hello-World#`number`.
+async fn send_labeled(h: &Harness, number: u64) -> (u16, serde_json::Value) {
+    let mut sample = agentctl::send::samples::sample("github:issues.labeled", "coding agent").unwrap();
+    let mut body: serde_json::Value = serde_json::from_slice(&sample.body).unwrap();
+    body["issue"]["number"] = number.into();
+    sample.body = serde_json::to_vec(&body).unwrap();
+    let sender = agentctl::send::Sender::new(&h.config, sample, Some(&h.url())).unwrap();
+    let (status, text) = sender.send_one().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// `--mode webhook` with `reconcile_secs`: an item whose webhook arrived is not queued again;
+/// one whose webhook was missed is; a webhook that arrives just after a sweep queued its item
+/// joins that task while it has not started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_queues_only_what_was_missed() {
+    let fake = FakeForge::start().await;
+    fake.with(|s| s.frozen = true);
+    let h = Harness::start(Backend::Embedded, |c| {
+        github(c, &fake);
+        c.poll.repos = vec!["Codertocat/Hello-World".into()];
+        c.poll.reconcile_secs = 1;
+    })
+    .await;
+    let mut ev = h.bus.subscribe();
+    let sweep = |want_found: usize| {
+        move |e: &Event| match e {
+            Event::PollCycle { reconcile: true, found, queued, .. } if *found == want_found => Some(*queued),
+            _ => None,
+        }
+    };
+    // #1's webhook arrives (before the label shows in a sweep); #5's was lost.
+    let (status, answer) = send_labeled(&h, 1).await;
+    assert_eq!(status, 202, "{answer}");
+    fake.add("github", "Codertocat/Hello-World", 1, FakeKind::Issue, "open", &["coding agent"]);
+    fake.add("github", "Codertocat/Hello-World", 5, FakeKind::PullRequest, "open", &["coding agent"]);
+    assert_eq!(Harness::wait_for(&mut ev, LONG, sweep(2)).await, 1, "only #5 is queued");
+    assert_eq!(Harness::wait_for(&mut ev, LONG, sweep(2)).await, 0, "and only once");
+    let items: BTreeSet<String> =
+        agentctl::ops::jobs_list(&h.config, None, 10).unwrap().into_iter().map(|j| j.item).collect();
+    assert_eq!(items, BTreeSet::from(["Codertocat/Hello-World#1".into(), "Codertocat/Hello-World#5".into()]));
+
+    // #7: a sweep finds it first; its webhook, a moment later, joins the sweep's task.
+    fake.add("github", "Codertocat/Hello-World", 7, FakeKind::Issue, "open", &["coding agent"]);
+    assert_eq!(Harness::wait_for(&mut ev, LONG, sweep(3)).await, 1);
+    let polled = agentctl::ops::jobs_list(&h.config, None, 10).unwrap();
+    let polled = polled.iter().find(|j| j.item == "Codertocat/Hello-World#7").unwrap();
+    let (status, answer) = send_labeled(&h, 7).await;
+    assert_eq!(
+        (status, answer["status"].as_str(), answer["task_id"].as_str()),
+        (200, Some("duplicate"), Some(polled.id.as_str()))
+    );
+    assert_eq!(h.count("SELECT COUNT(*) FROM tasks"), 3);
+    h.stop().await;
+}
+
+/// GitLab's life-cycle: one PUT per swap (remove_labels + add_labels), after the re-check's GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_lifecycle_swaps_labels_in_one_call() {
+    let fake = FakeForge::start().await;
+    // The item of the `gitlab:issue` sample: project 1, issue 23.
+    fake.add("gitlab", "gitlabhq/gitlab-test", 23, FakeKind::Issue, "open", &["coding agent", "bug"]);
+    fake.with(|s| s.project_ids.insert("gitlabhq/gitlab-test".into(), 1));
+    let h = Harness::start_all(Backend::Embedded, |c| {
+        gitlab(c, &fake);
+        c.worker.command = Command::Shell("true".into());
+    })
+    .await;
+    let mut ev = h.bus.subscribe();
+    let (status, answer) = h.send("gitlab:issue").await;
+    assert_eq!(status, 202, "{answer}");
+    let mut synced = vec![];
+    Harness::wait_for(&mut ev, LONG, |e| {
+        if let Event::LabelsSynced { op, error, .. } = e {
+            assert_eq!(*error, None);
+            synced.push(*op);
+        }
+        (synced.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(synced, ["accepted", "done"]);
+    let calls: Vec<String> =
+        fake.calls("/projects/1/issues/23").into_iter().filter(|c| !c.starts_with("GET")).collect();
+    assert_eq!(calls, ["PUT /gitlab/projects/1/issues/23", "PUT /gitlab/projects/1/issues/23"]);
+    assert!(fake.calls("/projects/1/issues/23").iter().any(|c| c.starts_with("GET")), "the re-check");
+    assert_eq!(fake.item("gitlab", "gitlabhq/gitlab-test", 23).labels, ["bug", "agent done"]);
+    h.stop().await;
+}

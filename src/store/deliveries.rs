@@ -120,6 +120,17 @@ impl NewDelivery {
                 return Ok(Recorded::Duplicate { journal_id, original, task_id });
             }
         }
+        // The poller (a reconciliation sweep) may have found the item just before its webhook
+        // arrived: while that task has not started, it is this labelling's task.
+        if !self.only_new
+            && self.replay_of.is_none()
+            && let Some(t) = &self.task
+            && let Some((original, task_id)) = polled_task_not_started(c, t)?
+        {
+            let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
+            let journal_id = self.insert_row(c, dedupe_key.as_deref(), None, "duplicate", &why, Some(&task_id))?;
+            return Ok(Recorded::Duplicate { journal_id, original, task_id: Some(task_id) });
+        }
         let body = if self.verdict == "rejected" {
             rejected_body(c, &self.body.packed, caps)?
         } else {
@@ -186,6 +197,17 @@ impl NewDelivery {
         ])?;
         Ok(c.last_insert_rowid())
     }
+}
+
+/// A task for `t`'s item that the poller queued and that has not started: (its delivery, its id).
+fn polled_task_not_started(c: &Connection, t: &NewTask) -> rusqlite::Result<Option<(i64, String)>> {
+    c.prepare_cached(
+        "SELECT d.id, t.id FROM tasks t JOIN deliveries d ON d.id = t.delivery
+         WHERE t.repo = ?1 AND t.number = ?2 AND t.source = ?3 AND t.kind = ?4
+           AND t.state IN ('queued', 'waiting', 'retrying') AND d.route = 'poll' LIMIT 1",
+    )?
+    .query_row(params![t.repo, t.number as i64, t.source, t.kind], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
 }
 
 /// Whether a rejected body (already cut to `per_body` and packed) fits under the total cap;

@@ -65,6 +65,8 @@ pub struct State {
     pub etags: bool,
     pub github_user: String,
     pub gitlab_user: String,
+    /// GitLab project ids set by a test (others are numbered from 1000).
+    pub project_ids: BTreeMap<String, u64>,
     clock: u64,
 }
 
@@ -227,13 +229,14 @@ fn gitlab_json(repo: &str, project_id: u64, number: u64, it: &FakeItem, single: 
     })
 }
 
-/// GitLab project ids: the position of the project's first item + 1000, stable for a test.
+/// GitLab project ids: set by the test, else the project's position + 1000, stable for a test.
 fn project_ids(s: &State) -> BTreeMap<String, u64> {
-    let mut ids = BTreeMap::new();
+    let mut ids = s.project_ids.clone();
+    let mut next = 1000;
     for (forge, repo, _) in s.items.keys() {
-        if forge == "gitlab" {
-            let n = ids.len() as u64;
-            ids.entry(repo.clone()).or_insert(1000 + n);
+        if forge == "gitlab" && !ids.contains_key(repo) {
+            ids.insert(repo.clone(), next);
+            next += 1;
         }
     }
     ids
