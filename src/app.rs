@@ -126,14 +126,14 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
         let poll_forge = crate::forge::from_config(&config, poll_source)?;
         match (poll_every, poll_forge) {
             (Some(every), Some(forge)) => {
-                let poller = crate::poll::Poller {
+                let poller = crate::poll::Poller::new(
                     forge,
-                    ingest: ingest.clone(),
-                    repos: config.poll.repos.clone(),
-                    labels: config.filter.labels.clone(),
-                    bus: bus.clone(),
-                    reconcile: mode != Mode::Producer,
-                };
+                    ingest.clone(),
+                    config.poll.repos.clone(),
+                    config.filter.labels.clone(),
+                    bus.clone(),
+                    mode != Mode::Producer,
+                );
                 tracing::info!(
                     "{} {} repositories every {every} s",
                     if mode == Mode::Producer { "Polling" } else { "Reconciling" },

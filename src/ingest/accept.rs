@@ -135,6 +135,29 @@ impl SelfUsers {
 /// The route name of deliveries the poller makes up for the items it finds.
 pub const POLL_ROUTE: &str = "poll";
 
+/// A poller's finding's delivery id: the same for one labelling of one item
+/// (`github:octo/hello#7@<updated_at>`).
+pub fn poll_delivery_id(found: &Found) -> String {
+    let item = &found.item;
+    let item_ref = crate::task::item_ref(&item.repo_full_name, item.kind, item.number);
+    format!("{}:{item_ref}@{}", item.source.as_str(), found.updated_at)
+}
+
+/// Whether a finding is already handled (its delivery id seen, or its item with a live task),
+/// read without the writer. [`Ingest::accept_found`] checks again inside its write, so this is
+/// only the fast path that keeps unchanged items off the writer.
+pub fn already_known(c: &rusqlite::Connection, found: &Found) -> rusqlite::Result<bool> {
+    let key = format!("{POLL_ROUTE}:{}", poll_delivery_id(found));
+    let seen =
+        c.prepare_cached("SELECT 1 FROM deliveries WHERE dedupe_key = ?1")?.query_row([&key], |_| Ok(())).optional()?;
+    if seen.is_some() {
+        return Ok(true);
+    }
+    let i = &found.item;
+    Ok(crate::store::tasks::live_task_for(c, i.source.as_str(), i.kind.as_str(), &i.repo_full_name, i.number)?
+        .is_some())
+}
+
 /// The ingest pipeline with its configuration.
 #[derive(Clone)]
 pub struct Ingest {
@@ -208,7 +231,6 @@ impl Ingest {
     /// live task ([`Answer::Duplicate`] then names it).
     pub async fn accept_found(&self, found: &Found) -> Answer {
         let item = &found.item;
-        let item_ref = crate::task::item_ref(&item.repo_full_name, item.kind, item.number);
         let body = json!({
             "source": item.source.as_str(), "kind": item.kind.as_str(), "repo": item.repo_full_name,
             "number": item.number, "project_id": item.project_id, "url": item.url, "title": item.title,
@@ -226,7 +248,7 @@ impl Ingest {
         let decision = filter::decide(&parsed, &self.filter);
         let record = NewDelivery {
             route: POLL_ROUTE,
-            delivery_id: Some(format!("{}:{item_ref}@{}", item.source.as_str(), found.updated_at)),
+            delivery_id: Some(poll_delivery_id(found)),
             dedupe: true,
             event: None,
             action: None,

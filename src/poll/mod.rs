@@ -11,7 +11,8 @@
 
 use crate::event::{Bus, Event};
 use crate::forge::Forge;
-use crate::ingest::accept::{Answer, Ingest};
+use crate::forge::Found;
+use crate::ingest::accept::{Answer, Ingest, already_known};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,11 @@ pub struct Poller {
     pub bus: Bus,
     /// A reconciliation sweep (reported as such), not producer mode.
     pub reconcile: bool,
+    reader: Reader,
 }
+
+/// A read connection to the journal, opened at first use.
+type Reader = Arc<std::sync::Mutex<Option<rusqlite::Connection>>>;
 
 /// What one cycle did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +42,51 @@ pub struct Cycle {
 }
 
 impl Poller {
+    pub fn new(
+        forge: Arc<dyn Forge>,
+        ingest: Ingest,
+        repos: Vec<String>,
+        labels: Vec<String>,
+        bus: Bus,
+        reconcile: bool,
+    ) -> Poller {
+        Poller { forge, ingest, repos, labels, bus, reconcile, reader: Reader::default() }
+    }
+
+    /// Drops the findings the journal already knows, with one read (off the runtime) instead
+    /// of a writer round trip each: an unchanged item costs no commit. On a read error, every
+    /// finding goes on to `accept_found`, which decides inside its write anyway.
+    async fn not_yet_known(&self, found: Vec<Found>) -> Vec<Found> {
+        let all = found.clone();
+        let (reader, path) = (self.reader.clone(), self.ingest.journal().clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut guard = reader.lock().expect("reader lock");
+            if guard.is_none() {
+                *guard = Some(path.reader().map_err(|e| e.to_string())?);
+            }
+            let c = guard.as_ref().expect("just opened");
+            let mut fresh = Vec::with_capacity(found.len());
+            for f in found {
+                if !already_known(c, &f).map_err(|e| e.to_string())? {
+                    fresh.push(f);
+                }
+            }
+            Ok::<_, String>(fresh)
+        })
+        .await;
+        match checked {
+            Ok(Ok(fresh)) => fresh,
+            Ok(Err(e)) => {
+                tracing::warn!("poll: cannot read the journal ({e}); checking each finding in its write");
+                all
+            }
+            Err(e) => {
+                tracing::warn!("poll: the journal check failed ({e}); checking each finding in its write");
+                all
+            }
+        }
+    }
+
     /// One pass over every repository and trigger label.
     pub async fn cycle(&self) -> Cycle {
         let started = Instant::now();
@@ -57,6 +107,7 @@ impl Poller {
                     }
                 };
                 cycle.found += found.len();
+                let found = self.not_yet_known(found).await;
                 for f in &found {
                     match self.ingest.accept_found(f).await {
                         Answer::Queued { .. } => cycle.queued += 1,
@@ -157,14 +208,8 @@ mod tests {
         let mut events = bus.subscribe();
         let ingest = Ingest::new(&crate::config::Config::default(), journal, bus.clone()).await.unwrap();
         let stub = Arc::new(Stub::default());
-        let poller = Poller {
-            forge: stub.clone(),
-            ingest,
-            repos: vec!["a/b".into(), "bad/repo".into()],
-            labels: vec!["coding agent".into(), "ai".into()],
-            bus,
-            reconcile: false,
-        };
+        let repos = vec!["a/b".into(), "bad/repo".into()];
+        let poller = Poller::new(stub.clone(), ingest, repos, vec!["coding agent".into(), "ai".into()], bus, false);
         let stop = CancellationToken::new();
         let running = tokio::spawn(run(poller, Duration::from_secs(300), stop.clone()));
         // The first cycle runs at once: 2 repos × 2 labels.
