@@ -1,6 +1,6 @@
-//! Runs the long-lived parts for a `--mode`: the listener and the outbox publisher (the worker
-//! and the poller join them in later versions), the headless log printer, and retention. One
-//! cancellation token stops them all; SIGINT and SIGTERM trigger it.
+//! Runs the long-lived parts for a `--mode`: the listener, the outbox publisher, the worker, the
+//! poller (producer mode, or the reconciliation sweep), the label life-cycle, metrics and
+//! retention. One cancellation token stops them all; SIGINT and SIGTERM trigger it.
 
 use crate::broker::{self, publisher};
 use crate::cli::Mode;
@@ -35,11 +35,27 @@ pub fn publisher_lock(data_dir: &Path) -> anyhow::Result<Option<File>> {
 }
 
 pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let forges = crate::forge::Forges::from_config(&config).context("while setting up the forge API clients")?;
+    let poll_source = config.poll.source();
     if mode == Mode::Producer {
-        bail!(
-            "--mode producer (the REST poller) is not available in this version; use --mode all, webhook or consumer"
-        );
+        if forges.get(poll_source).is_none() {
+            let var = match poll_source {
+                crate::task::Source::Github => "GITHUB_PERSONAL_ACCESS_TOKEN",
+                crate::task::Source::Gitlab => "GITLAB_PERSONAL_ACCESS_TOKEN",
+            };
+            bail!(
+                "--mode producer polls {} (poll.source) and needs its token: set [{}] token or {var}",
+                poll_source.display_name(),
+                poll_source.as_str()
+            );
+        }
+        if config.poll.repos.is_empty() {
+            bail!(
+                "--mode producer has nothing to poll: list repositories in [poll] repos (owner/name or group/project)"
+            );
+        }
     }
+    let has_listener = matches!(mode, Mode::All | Mode::Webhook);
     let has_handler = !config.worker.command.is_empty();
     if mode == Mode::Consumer && !has_handler {
         bail!("--mode consumer needs a handler: set [worker] command (or AGENTCTL_WORKER_COMMAND)");
@@ -54,8 +70,8 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
             data_dir.display()
         )
     })?;
-    // Only a listener needs route secrets; a consumer never sees a webhook.
-    if mode != Mode::Consumer {
+    // Only a listener needs route secrets; a consumer or producer never sees a webhook.
+    if has_listener {
         let secrets = ensure_route_secrets(&mut config, &data_dir)?;
         for key in &secrets.created {
             tracing::info!("No {key} configured: generated one and stored it in {}", secrets.path.display());
@@ -67,7 +83,7 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
 
     let journal = Journal::open(&data_dir.join(JOURNAL_FILE), config.storage.sync)
         .with_context(|| format!("while opening the journal in {}", data_dir.display()))?;
-    let listener = if mode == Mode::Consumer {
+    let listener = if !has_listener {
         None
     } else {
         let addr = config.listen.socket_addr()?;
@@ -89,8 +105,59 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     tasks.spawn(crate::metrics::run(metrics.clone(), bus.clone(), shutdown.clone()));
     tasks.spawn(crate::broker::report_depths(broker.clone(), bus.clone(), shutdown.clone()));
+    if forges.any() {
+        tasks.spawn(crate::lifecycle::run(
+            journal.clone(),
+            forges.clone(),
+            config.labels.clone(),
+            bus.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let ingest =
+        if mode == Mode::Consumer { None } else { Some(Ingest::new(&config, journal.clone(), bus.clone()).await?) };
+    if let Some(ingest) = &ingest {
+        let poll_every = match mode {
+            Mode::Producer => Some(config.poll.interval_secs),
+            _ if config.poll.reconcile_secs > 0 => Some(config.poll.reconcile_secs),
+            _ => None,
+        };
+        // The poller has its own client: its request counts per cycle are its own, not the
+        // label life-cycle's.
+        let poll_forge = crate::forge::from_config(&config, poll_source)?;
+        match (poll_every, poll_forge) {
+            (Some(every), Some(forge)) => {
+                let poller = crate::poll::Poller::new(
+                    forge,
+                    ingest.clone(),
+                    config.poll.repos.clone(),
+                    config.filter.labels.clone(),
+                    bus.clone(),
+                    mode != Mode::Producer,
+                );
+                tracing::info!(
+                    "{} {} repositories every {every} s",
+                    if mode == Mode::Producer { "Polling" } else { "Reconciling" },
+                    poll_source.display_name()
+                );
+                tasks.spawn(crate::poll::run(poller, std::time::Duration::from_secs(every), shutdown.clone()));
+            }
+            (Some(_), None) => tracing::warn!(
+                "poll.reconcile_secs is set but no {} token is configured: no reconciliation sweep",
+                poll_source.display_name()
+            ),
+            _ => {}
+        }
+        if mode == Mode::Producer && config.broker.is_embedded() {
+            tracing::warn!(
+                "--mode producer with the embedded queue: tasks wait in this data dir's queue, where no worker runs; \
+                 set broker.url (AMQP_URL) so a consumer elsewhere can take them"
+            );
+        }
+    }
     if let Some(listener) = listener {
-        let ingest = Ingest::new(&config, journal.clone(), bus.clone()).await?;
+        let ingest = ingest.clone().expect("a listener has an ingest pipeline");
+        learn_self_users(&ingest, &forges, &shutdown).await;
         let limits = Limits::from_config(&config.listen);
         let (server_bus, server_stop) = (bus.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -144,6 +211,47 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
         }
     }
     result
+}
+
+/// Loop protection: looks up the token's own user on each forge (`GET /user`), so the
+/// listener ignores the events agentctl's label changes and comments cause. Waits a few
+/// seconds at start; a forge that does not answer by then is asked again in the background.
+async fn learn_self_users(ingest: &Ingest, forges: &crate::forge::Forges, shutdown: &CancellationToken) {
+    use std::time::Duration;
+    let mut lookups = tokio::task::JoinSet::new();
+    for forge in [&forges.github, &forges.gitlab].into_iter().flatten() {
+        let (forge, users, stop) = (forge.clone(), ingest.self_users().clone(), shutdown.clone());
+        lookups.spawn(async move {
+            let mut wait = Duration::from_secs(5);
+            loop {
+                match forge.whoami().await {
+                    Ok(user) => {
+                        tracing::info!(
+                            "{} token belongs to '{user}': its events are ignored as self-event",
+                            forge.source().display_name()
+                        );
+                        users.set(forge.source(), user);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(
+                        "cannot look up the {} token's user ({e}); loop protection waits for it, retrying in {wait:?}",
+                        forge.source().display_name()
+                    ),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(300));
+            }
+        });
+    }
+    // Most starts learn the users before the first delivery; a slow forge holds up the start
+    // by 10 s at most, and is asked again in the background.
+    let all = async { while lookups.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), all).await.is_err() {
+        lookups.detach_all();
+    }
 }
 
 /// Cancels `token` on SIGINT, SIGTERM or SIGHUP.

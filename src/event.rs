@@ -101,7 +101,9 @@ pub enum Event {
         task_id: String,
         line: String,
     },
-    /// An attempt ended; `state` is what the task is now: done, retrying, dead or dropped.
+    /// An attempt ended; `state` is what the task is now: done, retrying, dead or dropped; or
+    /// `skipped` (never started: the worker's re-check found the item closed, merged or no
+    /// longer labelled; `reason` says which; `duration_ms` 0).
     TaskFinished {
         task_id: String,
         item: String,
@@ -127,6 +129,34 @@ pub enum Event {
     /// Main, retry and dead queue counts, every second.
     QueueDepths {
         depths: Vec<crate::broker::QueueDepth>,
+    },
+    /// A poll cycle (producer mode, or a reconciliation sweep) went through `poll.repos`.
+    /// `found` = open labelled items listed; `queued` = new tasks among them (the rest already
+    /// had a live task or were seen before); `requests` / `not_modified` = API requests sent in
+    /// this cycle / answered 304 from the ETag cache.
+    PollCycle {
+        source: Source,
+        reconcile: bool,
+        repos: usize,
+        found: usize,
+        queued: usize,
+        requests: u64,
+        not_modified: u64,
+        seconds: f64,
+    },
+    /// Listing one repository failed; the next cycle tries again.
+    PollFailed {
+        source: Source,
+        repo: String,
+        error: String,
+    },
+    /// A label life-cycle operation (`accepted`, `done`, `failed`) reached the forge, or failed
+    /// (`error`; `gave_up` = it will not be tried again).
+    LabelsSynced {
+        task_id: String,
+        op: &'static str,
+        error: Option<String>,
+        gave_up: bool,
     },
     /// Tasks a previous run left unfinished, put back on the queue at start.
     TasksRequeued {

@@ -84,11 +84,28 @@ pub fn log(event: &Event) {
                 "done" => info!("Task done: task={task_id} item={item}{code} in {secs:.1} s"),
                 "retrying" => warn!("Task failed, will retry: task={task_id} item={item}{code} after {secs:.1} s{why}"),
                 "dead" => error!("Task dead: task={task_id} item={item}{code}{why}"),
+                "skipped" => info!("Task skipped, not run: task={task_id} item={item}{why}"),
                 _ => info!("Task {state}: task={task_id} item={item}{why}"),
             }
         }
         Event::TaskWaiting { task_id, item } => info!("Task waiting: task={task_id} item={item} is already running"),
         Event::TaskSkipped { task_id, reason } => info!("Task skipped: task={task_id}: {reason}"),
+        Event::PollCycle { source, reconcile, repos, found, queued, requests, not_modified, seconds } => {
+            let what = if *reconcile { "Reconciliation" } else { "Poll" };
+            info!(
+                "{what} of {} done: {repos} repo(s), {found} labelled item(s), {queued} new task(s), \
+                 {requests} request(s) ({not_modified} not modified) in {seconds:.1} s",
+                source.display_name()
+            )
+        }
+        Event::PollFailed { source, repo, error } => {
+            warn!("Poll of {} repository {repo} failed: {error}; trying again next cycle", source.display_name())
+        }
+        Event::LabelsSynced { task_id, op, error: None, .. } => info!("Labels updated: task={task_id} {op}"),
+        Event::LabelsSynced { task_id, op, error: Some(e), gave_up } => {
+            let next = if *gave_up { "giving up" } else { "will retry" };
+            warn!("Label update failed: task={task_id} {op}: {e}; {next}")
+        }
         Event::TasksRequeued { count } => info!("Re-queued {count} task(s) a previous run left unfinished"),
         Event::ShuttingDown => info!("Shutting down: finishing in-flight requests"),
     }

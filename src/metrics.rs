@@ -30,6 +30,20 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PollLabels {
+    source: String,
+    /// found | queued | requests | not_modified | failed_repos | cycles
+    what: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LabelOpLabels {
+    op: String,
+    /// ok | retry | gave_up
+    result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -43,6 +57,8 @@ pub struct Metrics {
     /// -1 unknown, 0 down, 1 up: what `/ready` reports.
     broker_state: AtomicI64,
     journal_failures: Counter,
+    poll: Family<PollLabels, Counter>,
+    label_ops: Family<LabelOpLabels, Counter>,
     /// The last journal failure (unix seconds, message), for `/ready`.
     last_journal_failure: std::sync::Mutex<Option<(i64, String)>>,
 }
@@ -84,7 +100,17 @@ impl Metrics {
             "Deliveries answered 503 because the journal failed",
             journal_failures.clone(),
         );
+        let poll = Family::<PollLabels, Counter>::default();
+        registry.register(
+            "poll",
+            "Poller counts by source: cycles, items found, tasks queued, API requests, 304 answers, failed repos",
+            poll.clone(),
+        );
+        let label_ops = Family::<LabelOpLabels, Counter>::default();
+        registry.register("label_ops", "Label life-cycle operations by op and result", label_ops.clone());
         Metrics {
+            poll,
+            label_ops,
             journal_failures,
             last_journal_failure: std::sync::Mutex::new(None),
             registry,
@@ -159,6 +185,32 @@ impl Metrics {
                     }
                 }
             }
+            Event::PollCycle { source, found, queued, requests, not_modified, .. } => {
+                for (what, n) in [
+                    ("cycles", 1),
+                    ("found", *found as u64),
+                    ("queued", *queued as u64),
+                    ("requests", *requests),
+                    ("not_modified", *not_modified),
+                ] {
+                    self.poll
+                        .get_or_create(&PollLabels { source: source.as_str().into(), what: what.into() })
+                        .inc_by(n);
+                }
+            }
+            Event::PollFailed { source, .. } => {
+                self.poll
+                    .get_or_create(&PollLabels { source: source.as_str().into(), what: "failed_repos".into() })
+                    .inc();
+            }
+            Event::LabelsSynced { op, error, gave_up, .. } => {
+                let result = match (error, gave_up) {
+                    (None, _) => "ok",
+                    (Some(_), false) => "retry",
+                    (Some(_), true) => "gave_up",
+                };
+                self.label_ops.get_or_create(&LabelOpLabels { op: op.to_string(), result: result.into() }).inc();
+            }
             Event::TaskFinished { state, duration_ms, .. } => {
                 self.task_seconds
                     .get_or_create(&OutcomeLabels { outcome: state.to_string() })
@@ -227,5 +279,57 @@ mod tests {
         assert!(text.contains("agentctl_publish_seconds_count 1"), "{text}");
         assert!(text.contains("agentctl_broker_up 1"), "{text}");
         assert_eq!(m.broker_up(), Some(true));
+    }
+
+    #[test]
+    fn poller_and_label_counters() {
+        let m = Metrics::new();
+        let cycle = |queued, not_modified| Event::PollCycle {
+            source: Source::Gitlab,
+            reconcile: false,
+            repos: 2,
+            found: 5,
+            queued,
+            requests: 4,
+            not_modified,
+            seconds: 0.1,
+        };
+        m.observe(&cycle(5, 0));
+        m.observe(&cycle(0, 4));
+        m.observe(&Event::PollFailed { source: Source::Gitlab, repo: "g/p".into(), error: "503".into() });
+        let synced = |error: Option<&str>, gave_up| Event::LabelsSynced {
+            task_id: "t".into(),
+            op: "done",
+            error: error.map(str::to_string),
+            gave_up,
+        };
+        m.observe(&synced(None, false));
+        m.observe(&synced(Some("503"), false));
+        m.observe(&synced(Some("404"), true));
+        m.observe(&Event::TaskFinished {
+            task_id: "t".into(),
+            item: "o/r#1".into(),
+            state: "skipped",
+            exit_code: None,
+            duration_ms: 0,
+            reason: Some("o/r#1 is closed".into()),
+            failure_class: None,
+            retry_at_unix: None,
+        });
+        let text = m.render();
+        for line in [
+            r#"agentctl_poll_total{source="gitlab",what="cycles"} 2"#,
+            r#"agentctl_poll_total{source="gitlab",what="found"} 10"#,
+            r#"agentctl_poll_total{source="gitlab",what="queued"} 5"#,
+            r#"agentctl_poll_total{source="gitlab",what="requests"} 8"#,
+            r#"agentctl_poll_total{source="gitlab",what="not_modified"} 4"#,
+            r#"agentctl_poll_total{source="gitlab",what="failed_repos"} 1"#,
+            r#"agentctl_label_ops_total{op="done",result="ok"} 1"#,
+            r#"agentctl_label_ops_total{op="done",result="retry"} 1"#,
+            r#"agentctl_label_ops_total{op="done",result="gave_up"} 1"#,
+            r#"agentctl_task_seconds_count{outcome="skipped"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use crate::config::{Config, ensure_route_secrets};
 use crate::event::Bus;
 use crate::ingest::accept::{Answer, Incoming, Ingest};
 use crate::ingest::{Route, headers};
+use crate::store::label_ops;
 use crate::store::tasks::{self, Dropped};
 use crate::store::{
     DeliveryRow, DeliverySummary, JOURNAL_FILE, Journal, list_deliveries, load_delivery, pending_for_task,
@@ -48,6 +49,12 @@ pub struct Replayed {
 pub async fn replay(mut config: Config, id: i64, bus: Bus) -> anyhow::Result<Replayed> {
     let row = show(&config, id)?;
     let Some(route) = Route::parse(&row.summary.route) else {
+        if row.summary.route == crate::ingest::accept::POLL_ROUTE {
+            bail!(
+                "delivery {id} is a poller's finding, not a webhook: replay its job instead (agentctl jobs replay ID); \
+                 the next poll cycle finds the item again if it still carries the trigger label"
+            );
+        }
         bail!("delivery {id} came to an unknown route '{}'", row.summary.route);
     };
     let body = match (&row.body, row.body_stored) {
@@ -141,11 +148,28 @@ pub fn job_timeline(config: &Config, id: &str) -> anyhow::Result<Option<tasks::T
 pub async fn jobs_replay(config: &Config, which: Jobs) -> anyhow::Result<Vec<String>> {
     let (journal, broker, queues) = job_tools(config)?;
     let mut out = Vec::new();
+    let forges = crate::forge::Forges::from_config(config)?;
     for id in job_ids(&journal, &which)? {
         let state = tasks::task_state(&journal.reader()?, &id)?.map(|(s, _)| s);
         let main = queues.main.clone();
         let task_id = id.clone();
-        match journal.write(move |c| tasks::replay_task(c, &task_id, &main)).await? {
+        // With a forge token, the replay puts the item back to `processing` (from done or
+        // failed), in the same commit.
+        let lifecycle = forges.clone();
+        let relabel = state.is_some() && lifecycle.any();
+        let replayed = journal
+            .write(move |c| {
+                let task = tasks::replay_task(c, &task_id, &main)?;
+                if let Some(t) = &task
+                    && relabel
+                    && lifecycle.get(t.source).is_some()
+                {
+                    label_ops::push(c, &task_id, label_ops::LabelOp::Accepted, Some(label_ops::REPLAY))?;
+                }
+                Ok(task)
+            })
+            .await?;
+        match replayed {
             None => out.push(match state {
                 None => format!("{id}: no such job"),
                 Some(s) => format!("{id}: not replayed: it is {s} (only dead, dropped or done jobs are replayed)"),

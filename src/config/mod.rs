@@ -227,11 +227,19 @@ pub struct Poll {
     pub source: String,
     pub interval_secs: u64,
     pub repos: Vec<String>,
+    /// Reconciliation sweep in webhook/all mode; 0 = off.
+    pub reconcile_secs: u64,
 }
 
 impl Default for Poll {
     fn default() -> Self {
-        Poll { source: "github".into(), interval_secs: 300, repos: vec![] }
+        Poll { source: "github".into(), interval_secs: 300, repos: vec![], reconcile_secs: 0 }
+    }
+}
+
+impl Poll {
+    pub fn source(&self) -> crate::task::Source {
+        if self.source == "gitlab" { crate::task::Source::Gitlab } else { crate::task::Source::Github }
     }
 }
 
@@ -320,6 +328,15 @@ impl Config {
         if self.poll.interval_secs == 0 {
             return bad("poll.interval_secs", "must be greater than 0");
         }
+        if let Some(r) = self.poll.repos.iter().find(|r| {
+            let parts: Vec<&str> = r.split('/').collect();
+            parts.len() < 2 || parts.iter().any(|p| p.trim().is_empty())
+        }) {
+            return Err(ConfigError::Value {
+                key: "poll.repos".into(),
+                message: format!("'{r}' is not owner/name (GitHub) or group/project (GitLab)"),
+            });
+        }
         Ok(())
     }
 
@@ -347,5 +364,17 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn poll_repos_name_owner_and_repository() {
+        let mut c = Config::default();
+        c.poll.repos = vec!["octo/hello".into(), "group/sub/project".into()];
+        c.validate().unwrap();
+        c.poll.repos = vec!["hello".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("poll.repos") && err.contains("'hello'"), "{err}");
+        c.poll.repos = vec!["octo/".into()];
+        assert!(c.validate().is_err());
     }
 }

@@ -8,13 +8,14 @@ use super::verify::{self, StandardHeaders, VerifyError};
 use super::{ParseError, Parsed, Route, github, gitlab};
 use crate::config::{Config, Filter, Secret};
 use crate::event::{Bus, Event, Verdict};
+use crate::forge::Found;
 use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps, StoredBody};
-use crate::task::{Task, new_task_id, now_rfc3339};
+use crate::task::{Source, Task, new_task_id, now_rfc3339};
 use bytes::Bytes;
 use hyper::HeaderMap;
 use rusqlite::OptionalExtension;
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// What the listener answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,9 +107,63 @@ struct Secrets {
     signing: Secret,
 }
 
+/// The forge users whose tokens agentctl uses, once looked up (`GET /user`): their events are
+/// ignored as `self-event`. Set from outside (the app looks them up in the background).
+#[derive(Debug, Default)]
+pub struct SelfUsers {
+    pub github: OnceLock<String>,
+    pub gitlab: OnceLock<String>,
+}
+
+impl SelfUsers {
+    pub fn get(&self, source: Source) -> Option<&str> {
+        match source {
+            Source::Github => self.github.get(),
+            Source::Gitlab => self.gitlab.get(),
+        }
+        .map(String::as_str)
+    }
+
+    pub fn set(&self, source: Source, user: String) {
+        let _ = match source {
+            Source::Github => self.github.set(user),
+            Source::Gitlab => self.gitlab.set(user),
+        };
+    }
+}
+
+/// The route name of deliveries the poller makes up for the items it finds.
+pub const POLL_ROUTE: &str = "poll";
+
+/// A poller's finding's delivery id: the same for one labelling of one item
+/// (`github:octo/hello#7@<updated_at>`).
+pub fn poll_delivery_id(found: &Found) -> String {
+    let item = &found.item;
+    let item_ref = crate::task::item_ref(&item.repo_full_name, item.kind, item.number);
+    format!("{}:{item_ref}@{}", item.source.as_str(), found.updated_at)
+}
+
+/// Whether a finding is already handled (its delivery id seen, or its item with a live task),
+/// read without the writer. [`Ingest::accept_found`] checks again inside its write, so this is
+/// only the fast path that keeps unchanged items off the writer.
+pub fn already_known(c: &rusqlite::Connection, found: &Found) -> rusqlite::Result<bool> {
+    let key = format!("{POLL_ROUTE}:{}", poll_delivery_id(found));
+    let seen =
+        c.prepare_cached("SELECT 1 FROM deliveries WHERE dedupe_key = ?1")?.query_row([&key], |_| Ok(())).optional()?;
+    if seen.is_some() {
+        return Ok(true);
+    }
+    let i = &found.item;
+    Ok(crate::store::tasks::live_task_for(c, i.source.as_str(), i.kind.as_str(), &i.repo_full_name, i.number)?
+        .is_some())
+}
+
 /// The ingest pipeline with its configuration.
 #[derive(Clone)]
 pub struct Ingest {
+    self_users: Arc<SelfUsers>,
+    /// Sources whose label life-cycle is on (a token is set): github, gitlab.
+    lifecycle: [bool; 2],
     secrets: Arc<Secrets>,
     filter: Arc<Filter>,
     queue: Arc<str>,
@@ -136,6 +191,8 @@ impl Ingest {
             })
             .await?;
         Ok(Ingest {
+            self_users: Arc::default(),
+            lifecycle: [!config.github.token.is_empty(), !config.gitlab.token.is_empty()],
             secrets: Arc::new(Secrets {
                 github: config.github.webhook_secret.clone(),
                 gitlab: config.gitlab.webhook_token.clone(),
@@ -160,6 +217,58 @@ impl Ingest {
         &self.journal
     }
 
+    pub fn self_users(&self) -> &Arc<SelfUsers> {
+        &self.self_users
+    }
+
+    fn lifecycle(&self, source: Source) -> bool {
+        self.lifecycle[usize::from(source == Source::Gitlab)]
+    }
+
+    /// An item the poller found: the same filter → journal → outbox path as a webhook, under a
+    /// made-up delivery (route `poll`) whose id is stable for one labelling of one item, so
+    /// later cycles do not queue it again; nothing is recorded when the item already has a
+    /// live task ([`Answer::Duplicate`] then names it).
+    pub async fn accept_found(&self, found: &Found) -> Answer {
+        let item = &found.item;
+        let body = json!({
+            "source": item.source.as_str(), "kind": item.kind.as_str(), "repo": item.repo_full_name,
+            "number": item.number, "project_id": item.project_id, "url": item.url, "title": item.title,
+            "author": item.author, "labels": item.labels, "updated_at": found.updated_at,
+        });
+        let body = serde_json::to_vec(&body).expect("JSON serializes");
+        let parsed = Parsed {
+            source: item.source,
+            event: POLL_ROUTE.into(),
+            action: None,
+            item: Some(item.clone()),
+            change: super::Change::Opened,
+            sender: None,
+        };
+        let decision = filter::decide(&parsed, &self.filter);
+        let record = NewDelivery {
+            route: POLL_ROUTE,
+            delivery_id: Some(poll_delivery_id(found)),
+            dedupe: true,
+            event: None,
+            action: None,
+            item: None,
+            received_at: now_rfc3339(),
+            headers_json: "[]".into(),
+            body: StoredBody::pack(&body, None),
+            body_size: body.len(),
+            token_fp: None,
+            verification: "poll".into(),
+            verdict: "rejected",
+            reason: String::new(),
+            http_status: 200,
+            replay_of: None,
+            task: None,
+            only_new: true,
+        };
+        self.commit(record, parsed, decision, None).await
+    }
+
     /// Runs one delivery through the pipeline.
     pub async fn handle(&self, incoming: Incoming) -> Answer {
         let token_fp = self.token_fingerprint(&incoming);
@@ -178,8 +287,9 @@ impl Ingest {
             event: parsed.event.clone(),
             action: parsed.action.clone(),
         });
-        let decision = filter::decide(&parsed, &self.filter);
-        self.record(incoming, token_fp, parsed, decision).await
+        let decision = filter::decide_as(&parsed, &self.filter, self.self_users.get(parsed.source));
+        let record = self.delivery(&incoming, token_fp, "ok", 200, String::new());
+        self.commit(record, parsed, decision, incoming.replay_of).await
     }
 
     fn token_fingerprint(&self, incoming: &Incoming) -> Option<String> {
@@ -253,6 +363,7 @@ impl Ingest {
             http_status: status,
             replay_of: incoming.replay_of,
             task: None,
+            only_new: false,
         }
     }
 
@@ -269,6 +380,8 @@ impl Ingest {
         let caps = self.caps;
         let journal_id = match self.journal.write(move |c| record.insert(c, caps)).await {
             Ok(Recorded::Stored { journal_id, .. } | Recorded::Duplicate { journal_id, .. }) => Some(journal_id),
+            // A rejected delivery is never a poll's finding.
+            Ok(Recorded::Known { .. }) => None,
             Err(e) => {
                 tracing::warn!("could not journal a rejected delivery: {e}");
                 None
@@ -283,7 +396,14 @@ impl Ingest {
         answer
     }
 
-    async fn record(&self, incoming: Incoming, token_fp: Option<String>, parsed: Parsed, decision: Decision) -> Answer {
+    /// Completes `record` with the decision and journals it (with its task and outbox row).
+    async fn commit(
+        &self,
+        mut record: NewDelivery,
+        parsed: Parsed,
+        decision: Decision,
+        replay_of: Option<i64>,
+    ) -> Answer {
         let (verdict, reason, label) = match &decision {
             Decision::Task { label } => (Verdict::Queued, format!("label '{label}' matched"), Some(label.clone())),
             Decision::Ignore { reason } => (Verdict::Ignored, reason.clone(), None),
@@ -294,8 +414,9 @@ impl Ingest {
             Decision::Ignore { reason } => Answer::Ignored { reason: reason.clone() },
             Decision::Pong => Answer::Pong,
         };
-        let mut record = self.delivery(&incoming, token_fp, "ok", provisional.status(), reason.clone());
-        record.dedupe = incoming.replay_of.is_none();
+        record.http_status = provisional.status();
+        record.reason = reason.clone();
+        record.dedupe = replay_of.is_none();
         record.event = Some(parsed.event.clone());
         record.action = parsed.action.clone();
         record.item = parsed.item.as_ref().map(|i| crate::task::item_ref(&i.repo_full_name, i.kind, i.number));
@@ -310,6 +431,7 @@ impl Ingest {
                 number: item.number,
                 queue: self.queue.to_string(),
                 payload: task.to_json(),
+                label_op: self.lifecycle(item.source),
             });
         }
         let caps = self.caps;
@@ -336,6 +458,8 @@ impl Ingest {
             Recorded::Duplicate { journal_id, task_id, .. } => {
                 (journal_id, Verdict::Duplicate, task_id.clone(), Answer::Duplicate { task_id })
             }
+            // A poll's finding that is already handled: nothing was recorded, nothing to tell.
+            Recorded::Known { task_id } => return Answer::Duplicate { task_id },
         };
         self.bus.emit(Event::DeliveryDecided {
             journal_id,
@@ -347,7 +471,7 @@ impl Ingest {
             reason: reason.into(),
             label,
             task_id,
-            replay_of: incoming.replay_of,
+            replay_of,
         });
         answer
     }

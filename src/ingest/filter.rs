@@ -16,13 +16,28 @@ pub enum Decision {
     Pong,
 }
 
+/// The reason given for an event agentctl caused itself (loop protection).
+pub const SELF_EVENT: &str = "self-event";
+
 pub fn decide(p: &Parsed, filter: &Filter) -> Decision {
+    decide_as(p, filter, None)
+}
+
+/// [`decide`], knowing the forge user whose token agentctl uses: events that user caused (the
+/// label life-cycle's own label changes and comments) are ignored as `self-event`, so agentctl
+/// never triggers itself.
+pub fn decide_as(p: &Parsed, filter: &Filter, self_user: Option<&str>) -> Decision {
     let ignore = |reason: String| Decision::Ignore { reason };
     let is_trigger = |l: &str| filter.labels.iter().any(|t| t == l);
     match &p.change {
         Change::Ping => return Decision::Pong,
         Change::Unhandled(reason) => return ignore(reason.clone()),
         _ => {}
+    }
+    if let (Some(me), Some(sender)) = (self_user, p.sender.as_deref())
+        && me.eq_ignore_ascii_case(sender)
+    {
+        return ignore(SELF_EVENT.into());
     }
     let Some(item) = &p.item else {
         return ignore(format!("event '{}' carries no issue or merge request", p.event));
@@ -132,6 +147,35 @@ mod tests {
         );
         let f = Filter { repos: vec!["Octo/Hello".into()], ..Filter::default() };
         assert!(matches!(decide(&parsed(Change::Labeled("coding agent".into()), &[]), &f), Decision::Task { .. }));
+    }
+
+    #[test]
+    fn self_events_on_the_real_payloads() {
+        use crate::ingest::testdata::payload;
+        use crate::ingest::{github, gitlab};
+        let f = Filter::default();
+        let cases = [
+            (github::parse("issues", None, &payload("github/issues.labeled.json")).unwrap(), "Codertocat"),
+            (github::parse("pull_request", None, &payload("github/pull_request.opened.json")).unwrap(), "Codertocat"),
+            (gitlab::parse(&payload("gitlab/issue.json"), false).unwrap(), "root"),
+            (gitlab::parse(&payload("gitlab/merge_request.json"), false).unwrap(), "user1"),
+            (gitlab::parse(&payload("gitlab/system.merge_request.json"), true).unwrap(), "root"),
+        ];
+        for (mut p, sender) in cases {
+            // Make each one a task first, so only the sender decides.
+            if let Some(item) = &mut p.item {
+                item.labels = vec!["coding agent".into()];
+            }
+            p.change = Change::Opened;
+            assert_eq!(p.sender.as_deref(), Some(sender), "{}", p.event);
+            assert!(matches!(decide_as(&p, &f, Some("someone-else")), Decision::Task { .. }), "{}", p.event);
+            assert!(matches!(decide_as(&p, &f, None), Decision::Task { .. }));
+            assert_eq!(reason(decide_as(&p, &f, Some(sender))), SELF_EVENT, "{}", p.event);
+            assert_eq!(reason(decide_as(&p, &f, Some(&sender.to_uppercase()))), SELF_EVENT, "logins ignore case");
+        }
+        // A ping is answered whoever sent it.
+        let ping = github::parse("ping", None, &payload("github/ping.json")).unwrap();
+        assert_eq!(decide_as(&ping, &f, Some("Codertocat")), Decision::Pong);
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct NewTask {
     pub number: u64,
     pub queue: String,
     pub payload: Vec<u8>,
+    /// The label life-cycle is on: record its `accepted` operation with the task.
+    pub label_op: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,9 @@ pub struct NewDelivery {
     pub http_status: u16,
     pub replay_of: Option<i64>,
     pub task: Option<NewTask>,
+    /// A poll's finding: record nothing when its delivery id was seen before or its item
+    /// already has a live task (see [`Recorded::Known`]).
+    pub only_new: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +73,11 @@ pub enum Recorded {
         original: i64,
         task_id: Option<String>,
     },
+    /// `only_new`, and the item already has this task (live, or from the same finding):
+    /// nothing was recorded.
+    Known {
+        task_id: Option<String>,
+    },
 }
 
 impl NewDelivery {
@@ -77,6 +87,22 @@ impl NewDelivery {
             (Some(id), true) => Some(format!("{}:{id}", self.route)),
             _ => None,
         };
+        if self.only_new {
+            if let Some(key) = &dedupe_key {
+                let seen: Option<Option<String>> = c
+                    .prepare_cached("SELECT task_id FROM deliveries WHERE dedupe_key = ?1")?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?;
+                if let Some(task_id) = seen {
+                    return Ok(Recorded::Known { task_id });
+                }
+            }
+            if let Some(t) = &self.task
+                && let Some(live) = super::tasks::live_task_for(c, t.source, t.kind, &t.repo, t.number)?
+            {
+                return Ok(Recorded::Known { task_id: Some(live) });
+            }
+        }
         if let Some(key) = &dedupe_key {
             let original: Option<(i64, Option<String>)> = c
                 .prepare_cached("SELECT id, task_id FROM deliveries WHERE dedupe_key = ?1")?
@@ -93,6 +119,17 @@ impl NewDelivery {
                 )?;
                 return Ok(Recorded::Duplicate { journal_id, original, task_id });
             }
+        }
+        // The poller (a reconciliation sweep) may have found the item just before its webhook
+        // arrived: while that task has not started, it is this labelling's task.
+        if !self.only_new
+            && self.replay_of.is_none()
+            && let Some(t) = &self.task
+            && let Some((original, task_id)) = polled_task_not_started(c, t)?
+        {
+            let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
+            let journal_id = self.insert_row(c, dedupe_key.as_deref(), None, "duplicate", &why, Some(&task_id))?;
+            return Ok(Recorded::Duplicate { journal_id, original, task_id: Some(task_id) });
         }
         let body = if self.verdict == "rejected" {
             rejected_body(c, &self.body.packed, caps)?
@@ -112,6 +149,9 @@ impl NewDelivery {
                 std::str::from_utf8(&task.payload).unwrap_or_default(), now])?;
             c.prepare_cached("INSERT INTO outbox (task_id, queue, created_unix) VALUES (?1, ?2, ?3)")?
                 .execute(params![task.id, task.queue, now])?;
+            if task.label_op {
+                super::label_ops::push(c, &task.id, super::label_ops::LabelOp::Accepted, None)?;
+            }
         }
         if self.verdict == "rejected" {
             prune_rejected(c, caps)?;
@@ -157,6 +197,17 @@ impl NewDelivery {
         ])?;
         Ok(c.last_insert_rowid())
     }
+}
+
+/// A task for `t`'s item that the poller queued and that has not started: (its delivery, its id).
+fn polled_task_not_started(c: &Connection, t: &NewTask) -> rusqlite::Result<Option<(i64, String)>> {
+    c.prepare_cached(
+        "SELECT d.id, t.id FROM tasks t JOIN deliveries d ON d.id = t.delivery
+         WHERE t.repo = ?1 AND t.number = ?2 AND t.source = ?3 AND t.kind = ?4
+           AND t.state IN ('queued', 'waiting', 'retrying') AND d.route = 'poll' LIMIT 1",
+    )?
+    .query_row(params![t.repo, t.number as i64, t.source, t.kind], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
 }
 
 /// Whether a rejected body (already cut to `per_body` and packed) fits under the total cap;

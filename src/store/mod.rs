@@ -8,6 +8,7 @@
 
 mod body;
 mod deliveries;
+pub mod label_ops;
 mod outbox;
 pub mod retention;
 mod schema;

@@ -34,10 +34,10 @@ pub async fn sweep(journal: &Journal, cutoff: i64) -> Result<usize, super::Store
     loop {
         let n = journal
             .write(move |c| {
-                // Only finished tasks go: done, or handed to the broker and never claimed here
+                // Only finished tasks go: done, skipped, or handed to the broker and never claimed here
                 // (a separate worker runs it). Running, waiting, retrying, dead (replayable) and
                 // dropped (a tombstone its message may still meet) stay, with their deliveries.
-                const FINISHED: &str = "(state = 'done' OR (state = 'queued' AND started_unix IS NULL))";
+                const FINISHED: &str = "(state IN ('done', 'skipped') OR (state = 'queued' AND started_unix IS NULL))";
                 c.execute(
                     &format!(
                         "DELETE FROM outbox WHERE published_unix IS NOT NULL AND task_id IN
@@ -52,6 +52,8 @@ pub async fn sweep(journal: &Journal, cutoff: i64) -> Result<usize, super::Store
                     ),
                     [cutoff],
                 )?;
+                // Label operations whose task went (done, or given up long ago).
+                c.execute("DELETE FROM label_ops WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
                 let n = c.execute(
                     "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE received_unix < ?1
                        AND (task_id IS NULL OR task_id NOT IN (SELECT id FROM tasks)) LIMIT ?2)",

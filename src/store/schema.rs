@@ -92,6 +92,25 @@ ALTER TABLE tasks ADD COLUMN pgid INTEGER;
 -- A message published with a delay (retries): AMQP per-message TTL, embedded visible-at.
 ALTER TABLE outbox ADD COLUMN delay_ms INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- The label life-cycle: forge label changes (and the failure comment) still to make, written in
+-- the same transaction as the task state they follow, so a stop loses none. A row goes once the
+-- forge has taken it; one that cannot be made keeps its last error.
+CREATE TABLE label_ops (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id      TEXT NOT NULL,
+    op           TEXT NOT NULL,  -- accepted | done | failed | skipped
+    detail       TEXT,           -- failed: the comment's reason
+    created_unix INTEGER NOT NULL,
+    tries        INTEGER NOT NULL DEFAULT 0,
+    next_unix    INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    gave_up      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX label_ops_due ON label_ops(next_unix) WHERE gave_up = 0;
+-- The poller asks whether an item already has a live task.
+CREATE INDEX tasks_item ON tasks(repo, number);
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

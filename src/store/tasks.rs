@@ -4,13 +4,33 @@
 //! transaction, so a state and its message never disagree.
 //!
 //! States: `queued` → `running` → `done`; `running` → `retrying` → `running` …; `running` →
-//! `dead`; `waiting` (another task for the same item is running); `dropped` (by an operator).
+//! `dead`; `waiting` (another task for the same item is running); `dropped` (by an operator);
+//! `skipped` (the worker's re-check found the item closed, merged or unlabelled: not run).
 
 use super::unix_now;
 use crate::task::Task;
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub const STATES: &[&str] = &["queued", "running", "waiting", "retrying", "dead", "done", "dropped"];
+pub const STATES: &[&str] = &["queued", "running", "waiting", "retrying", "dead", "done", "dropped", "skipped"];
+
+/// States of a task that will still run (or is running): an item with one needs no new task.
+pub const LIVE: &str = "('queued', 'running', 'waiting', 'retrying')";
+
+/// The live task for an item, if any.
+pub fn live_task_for(
+    c: &Connection,
+    source: &str,
+    kind: &str,
+    repo: &str,
+    number: u64,
+) -> rusqlite::Result<Option<String>> {
+    c.prepare_cached(&format!(
+        "SELECT id FROM tasks WHERE repo = ?1 AND number = ?2 AND source = ?3 AND kind = ?4 AND state IN {LIVE}
+         ORDER BY created_unix LIMIT 1"
+    ))?
+    .query_row(params![repo, number as i64, source, kind], |r| r.get(0))
+    .optional()
+}
 
 /// What the worker should do with a message it took from the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +50,7 @@ pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim
     match state.as_deref() {
         Some("dropped") => return skip("dropped by an operator"),
         Some("done") => return skip("already done (a message published twice)"),
+        Some("skipped") => return skip("already skipped (a message published twice)"),
         Some(state @ ("running" | "waiting")) => {
             let mine: bool =
                 c.query_row("SELECT owner IS ?2 FROM tasks WHERE id = ?1", (&task.id, owner), |r| r.get(0))?;
@@ -118,6 +139,10 @@ pub enum Finish {
     Dropped {
         reason: String,
     },
+    /// Not run: the item is closed, merged, or no longer labelled.
+    Skipped {
+        reason: String,
+    },
 }
 
 pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<()> {
@@ -162,11 +187,12 @@ pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<()
             )?;
             enqueue(c, id, queue, 0)?;
         }
-        Finish::Dropped { reason } => {
+        Finish::Dropped { reason } | Finish::Skipped { reason } => {
+            let state = if matches!(outcome, Finish::Dropped { .. }) { "dropped" } else { "skipped" };
             c.execute(
-                "UPDATE tasks SET state = 'dropped', failure = ?2, owner = NULL, finished_unix = ?3, updated_unix = ?3
+                "UPDATE tasks SET state = ?4, failure = ?2, owner = NULL, finished_unix = ?3, updated_unix = ?3
                  WHERE id = ?1",
-                params![id, reason, now],
+                params![id, reason, now, state],
             )?;
         }
     }
@@ -292,11 +318,11 @@ pub fn drop_task(c: &Connection, id: &str) -> rusqlite::Result<Option<Dropped>> 
     }))
 }
 
-/// Puts a dead (or dropped, or done) task back on the main queue with its attempts reset, marked
+/// Puts a dead (or dropped, done, or skipped) task back on the main queue with its attempts reset, marked
 /// as a replay. Returns the new message, or None when the task is unknown or still active.
 pub fn replay_task(c: &Connection, id: &str, main_queue: &str) -> rusqlite::Result<Option<Task>> {
     let Some((state, mut task)) = task_state(c, id)? else { return Ok(None) };
-    if !matches!(state.as_str(), "dead" | "dropped" | "done") {
+    if !matches!(state.as_str(), "dead" | "dropped" | "done" | "skipped") {
         return Ok(None);
     }
     task.attempt = 1;

@@ -197,6 +197,22 @@ pub struct Counters {
     pub failed: u64,
     /// Messages in the dead queue now.
     pub dead: u64,
+    /// Label life-cycle calls the forge refused for good.
+    pub label_failures: u64,
+}
+
+/// The last poll cycle (producer mode or a reconciliation sweep).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PollStatus {
+    pub at: Millis,
+    pub reconcile: bool,
+    pub repos: usize,
+    pub found: usize,
+    pub queued: usize,
+    pub requests: u64,
+    pub not_modified: u64,
+    /// A repository whose listing failed since the last cycle, and why.
+    pub failing: Option<String>,
 }
 
 /// Per-queue latest depth and history, plus rate histories, for the Queues view.
@@ -236,6 +252,9 @@ pub struct State {
     pub queues: Queues,
     pub broker: BrokerState,
     pub listen_addr: Option<String>,
+    pub poll: Option<PollStatus>,
+    /// A listing that failed in the poll cycle under way.
+    poll_failure: Option<String>,
     /// Events the bus dropped before this console read them.
     pub dropped_events: u64,
     pub shutting_down: bool,
@@ -260,6 +279,8 @@ impl State {
             queues: Queues::default(),
             broker: BrokerState::Connecting,
             listen_addr: None,
+            poll: None,
+            poll_failure: None,
             dropped_events: 0,
             shutting_down: false,
             next_seq: 0,
@@ -454,6 +475,22 @@ impl State {
                 }
                 self.queues.latest = depths;
             }
+            Event::PollCycle { reconcile, repos, found, queued, requests, not_modified, .. } => {
+                self.poll = Some(PollStatus {
+                    at: now,
+                    reconcile,
+                    repos,
+                    found,
+                    queued,
+                    requests,
+                    not_modified,
+                    // Failures are reported during the cycle, before its summary.
+                    failing: self.poll_failure.take(),
+                });
+            }
+            Event::PollFailed { repo, error, .. } => self.poll_failure = Some(format!("{repo}: {error}")),
+            Event::LabelsSynced { error: Some(_), gave_up: true, .. } => self.counters.label_failures += 1,
+            Event::LabelsSynced { .. } => return false,
             Event::TasksRequeued { .. } => {}
             Event::ShuttingDown => self.shutting_down = true,
         }

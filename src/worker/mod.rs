@@ -12,6 +12,16 @@
 //! that arrives while the first runs *waits* (state `waiting`, a `TaskWaiting` event) and runs
 //! after it, since a new label may mean new instructions.
 //!
+//! **Re-check.** With a forge token, the worker fetches the item before each run (first
+//! attempts, retries and replays alike): closed, merged, or no longer carrying the trigger or
+//! processing label (for a replay, any agentctl label) → the task is `skipped` with that
+//! reason and not run (and its `processing` label goes). A forge that cannot be reached does
+//! not hold work up: after a few short tries the task runs.
+//!
+//! **Label life-cycle.** With a forge token, a done or dead attempt records its label
+//! operation (`done`, or `failed` with the reason) in the same journal transaction as the
+//! state; `crate::lifecycle` makes the calls.
+//!
 //! **Retries** go through the outbox to `<queue>.retry` with a per-message TTL (the embedded
 //! queue uses a visible-at time); **dead** tasks go to `<queue>.dead` with their failure.
 
@@ -22,6 +32,8 @@ pub mod runner;
 use crate::broker::{Broker, Queues, Received};
 use crate::config::Config;
 use crate::event::{Bus, Event};
+use crate::forge::{Forges, ItemState};
+use crate::store::label_ops::{self, LabelOp};
 use crate::store::tasks::{self, Claim, Finish};
 use crate::store::{Journal, unix_now};
 use crate::task::Task;
@@ -50,6 +62,8 @@ struct Shared {
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Cancels every handler (shutdown after the grace period).
     stop_handlers: CancellationToken,
+    /// Forge clients where a token is set: the re-check and the label life-cycle.
+    forges: Forges,
 }
 
 pub async fn run(
@@ -80,7 +94,16 @@ pub async fn run(
         journal.notify_outbox();
         bus.emit(Event::TasksRequeued { count: requeued.len() });
     }
+    // The re-check must not hold a run up for long: fewer, shorter tries than the poller's.
+    let recheck_policy = crate::forge::RetryPolicy {
+        attempts: 3,
+        base: Duration::from_millis(500),
+        max_wait: Duration::from_secs(10),
+        timeout: Duration::from_secs(10),
+    };
+    let forges = Forges::with_policy(&config, recheck_policy)?;
     let shared = Arc::new(Shared {
+        forges,
         data_dir: config.storage.data_dir(),
         slots: Arc::new(Semaphore::new(usize::from(config.worker.concurrency))),
         config,
@@ -214,7 +237,67 @@ async fn run_item(shared: Arc<Shared>, first: Task, permit: OwnedSemaphorePermit
     }
 }
 
+/// Why a task must not run, given its item as the forge has it now.
+pub fn skip_reason(item: &ItemState, task: &Task, config: &Config) -> Option<String> {
+    if item.merged {
+        return Some(format!("{} was merged", task.item_ref()));
+    }
+    if !item.open {
+        return Some(format!("{} is closed", task.item_ref()));
+    }
+    let l = &config.labels;
+    let mut wanted: Vec<&str> = config.filter.labels.iter().map(String::as_str).collect();
+    wanted.push(&task.label);
+    wanted.push(&l.processing);
+    if task.replay {
+        // An operator's replay of a done or failed task: its life-cycle label is enough.
+        wanted.extend([l.done.as_str(), l.failed.as_str()]);
+    }
+    let labelled = item.labels.iter().any(|have| wanted.iter().any(|w| !w.is_empty() && w == have));
+    (!labelled).then(|| format!("{} no longer carries the trigger or processing label", task.item_ref()))
+}
+
+/// The re-check before a run: Some(reason) when the task is to be skipped.
+async fn recheck(shared: &Shared, task: &Task) -> Option<String> {
+    let forge = shared.forges.get(task.source)?;
+    match forge.item_state(task).await {
+        Ok(item) => skip_reason(&item, task, &shared.config),
+        Err(e) => {
+            tracing::warn!("cannot re-check {} before task {} ({e}); running it", task.item_ref(), task.id);
+            None
+        }
+    }
+}
+
 async fn run_attempt(shared: &Arc<Shared>, task: Task) {
+    if let Some(reason) = recheck(shared, &task).await {
+        let id = task.id.clone();
+        let finish = Finish::Skipped { reason: reason.clone() };
+        // The item's `processing` label goes (it was put there when the task was accepted).
+        let relabel = shared.forges.get(task.source).is_some();
+        let written = shared
+            .journal
+            .write(move |c| {
+                tasks::finish(c, &id, &finish)?;
+                if relabel { label_ops::push(c, &id, LabelOp::Skipped, None) } else { Ok(()) }
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::error!("cannot record that task {} was skipped: {e}", task.id);
+            return;
+        }
+        shared.bus.emit(Event::TaskFinished {
+            task_id: task.id.clone(),
+            item: task.item_ref(),
+            state: "skipped",
+            exit_code: None,
+            duration_ms: 0,
+            reason: Some(reason),
+            failure_class: None,
+            retry_at_unix: None,
+        });
+        return;
+    }
     let cancel = shared.stop_handlers.child_token();
     shared.running.lock().expect("running lock").insert(task.id.clone(), cancel.clone());
     shared.bus.emit(Event::TaskStarted {
@@ -242,18 +325,38 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         Finish::Retry { task, next_unix, .. } => ("retrying", task.failure.as_ref(), Some(*next_unix)),
         Finish::Dead { task, .. } => ("dead", task.failure.as_ref(), None),
         Finish::Dropped { .. } => ("dropped", None, None),
+        Finish::Skipped { .. } => ("skipped", None, None),
     };
     let (reason, failure_class) = match (&finish, failure) {
-        (Finish::Dropped { reason }, _) => (Some(reason.clone()), None),
+        (Finish::Dropped { reason } | Finish::Skipped { reason }, _) => (Some(reason.clone()), None),
         (_, Some(f)) => (Some(f.reason.clone()), Some(f.class.clone())),
         _ => (None, None),
+    };
+    // The forge hears how it ended, from the same commit as the state.
+    let label_op = match &finish {
+        _ if shared.forges.get(task.source).is_none() => None,
+        Finish::Done { .. } => Some((LabelOp::Done, None)),
+        Finish::Dead { task, .. } => {
+            let why = task.failure.as_ref().map_or("unknown".to_string(), |f| f.reason.clone());
+            Some((LabelOp::Failed, Some(why)))
+        }
+        _ => None,
     };
     let exit_code = match attempt.outcome {
         runner::Outcome::Exited(c) => Some(c),
         _ => None,
     };
     let id = task.id.clone();
-    let written = shared.journal.write(move |c| tasks::finish(c, &id, &finish)).await;
+    let written = shared
+        .journal
+        .write(move |c| {
+            tasks::finish(c, &id, &finish)?;
+            match label_op {
+                Some((op, detail)) => label_ops::push(c, &id, op, detail.as_deref()),
+                None => Ok(()),
+            }
+        })
+        .await;
     if let Err(e) = written {
         // Still claimed in the journal: re-queued at the next start.
         tracing::error!("cannot record the end of task {}: {e}", task.id);
@@ -306,5 +409,42 @@ async fn drain(shared: &Arc<Shared>) {
     if tokio::time::timeout(runner::GRACE, all_free).await.is_err() {
         shared.stop_handlers.cancel();
         let _ = tokio::time::timeout(runner::GRACE * 2, shared.slots.clone().acquire_many_owned(total)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(replay: bool) -> Task {
+        let mut t = Task::from_message(
+            br#"{"type":"github_issue","owner":"o","repo":"r","number":7,"uuid":"u","label":"coding agent"}"#,
+        )
+        .unwrap();
+        t.replay = replay;
+        t
+    }
+
+    fn item(open: bool, merged: bool, labels: &[&str]) -> ItemState {
+        ItemState { open, merged, labels: labels.iter().map(|l| l.to_string()).collect() }
+    }
+
+    #[test]
+    fn the_recheck_skips_closed_merged_and_unlabelled_items() {
+        let c = Config::default();
+        let run = |i: &ItemState, t: &Task| skip_reason(i, t, &c);
+        assert_eq!(run(&item(true, false, &["coding agent"]), &task(false)), None);
+        assert_eq!(run(&item(true, false, &["bug", "agent processing"]), &task(false)), None);
+        assert_eq!(run(&item(false, false, &["coding agent"]), &task(false)).unwrap(), "o/r#7 is closed");
+        assert_eq!(run(&item(false, true, &["coding agent"]), &task(false)).unwrap(), "o/r#7 was merged");
+        assert_eq!(
+            run(&item(true, false, &["bug"]), &task(false)).unwrap(),
+            "o/r#7 no longer carries the trigger or processing label"
+        );
+        // A finished task's label is not a reason to run again, except for an operator's replay.
+        assert!(run(&item(true, false, &["agent failed"]), &task(false)).is_some());
+        assert_eq!(run(&item(true, false, &["agent failed"]), &task(true)), None);
+        assert_eq!(run(&item(true, false, &["agent done"]), &task(true)), None);
+        assert!(run(&item(false, false, &["agent done"]), &task(true)).is_some(), "closed wins");
     }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_forge;
 pub mod proxy;
 
 use agentctl::broker::{self, Broker};
@@ -96,6 +97,24 @@ impl Harness {
         .await
         .expect("the listener starts");
         Harness { addr, config, bus, dir, shutdown, handle }
+    }
+
+    /// `--mode producer` (no listener): returns once the first poll cycle has run, with that
+    /// cycle's event and a receiver subscribed before it.
+    pub async fn start_producer(
+        config: Config,
+        dir: Arc<tempfile::TempDir>,
+    ) -> (Harness, Event, tokio::sync::broadcast::Receiver<Event>) {
+        let bus = Bus::default();
+        let mut events = bus.subscribe();
+        let later = bus.subscribe();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(agentctl::app::run(config.clone(), Mode::Producer, bus.clone(), shutdown.clone()));
+        let first = Harness::wait_for(&mut events, Duration::from_secs(60), |e| {
+            matches!(e, Event::PollCycle { .. }).then(|| e.clone())
+        })
+        .await;
+        (Harness { addr: "0.0.0.0:0".parse().unwrap(), config, bus, dir, shutdown, handle }, first, later)
     }
 
     pub async fn stop(self) -> (Config, Arc<tempfile::TempDir>) {

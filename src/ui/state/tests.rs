@@ -257,3 +257,41 @@ fn seeding_keeps_the_journal_order_and_bounds() {
     assert_eq!((d.source.as_str(), d.event.as_str(), d.at), ("gitlab", "issue.open", 1_795_946_400_000));
     assert_eq!(s.counters, Counters::default(), "history is not counted as seen");
 }
+
+#[test]
+fn poll_cycles_and_their_failures_show_until_a_clean_cycle() {
+    let mut s = State::new(limits(10, 10));
+    let cycle = |found| Event::PollCycle {
+        source: Source::Github,
+        reconcile: false,
+        repos: 2,
+        found,
+        queued: 1,
+        requests: 4,
+        not_modified: 3,
+        seconds: 0.01,
+    };
+    s.apply(Event::PollFailed { source: Source::Github, repo: "o/down".into(), error: "503".into() }, 5);
+    s.apply(cycle(7), 10);
+    let p = s.poll.clone().unwrap();
+    assert_eq!((p.found, p.requests, p.not_modified, p.at), (7, 4, 3, 10));
+    assert_eq!(p.failing.as_deref(), Some("o/down: 503"));
+    s.apply(cycle(8), 20);
+    assert_eq!(s.poll.as_ref().unwrap().failing, None, "the next clean cycle clears it");
+    // A skipped task (the re-check found the item closed) never ran.
+    s.apply(decided(1, "o/r#1", Verdict::Queued, Some("t")), 30);
+    s.apply(
+        Event::TaskFinished {
+            task_id: "t".into(),
+            item: "o/r#1".into(),
+            state: "skipped",
+            exit_code: None,
+            duration_ms: 0,
+            reason: Some("o/r#1 is closed".into()),
+            failure_class: None,
+            retry_at_unix: None,
+        },
+        31,
+    );
+    assert_eq!((s.jobs["t"].state, s.counters.running, s.counters.failed), (JobState::Skipped, 0, 0));
+}

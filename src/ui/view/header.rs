@@ -52,7 +52,7 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         let style = if n > 0 { Style::new().fg(color).add_modifier(Modifier::BOLD) } else { dim };
         [Span::styled(format!("{name} "), dim), Span::styled(format!("{n}  "), style)]
     };
-    let second: Vec<Span> = [
+    let mut second: Vec<Span> = [
         count("received", c.received, Color::White),
         count("queued", c.queued, Color::Green),
         count("ignored", c.ignored, Color::Gray),
@@ -65,6 +65,25 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     .into_iter()
     .flatten()
     .collect();
+    if c.label_failures > 0 {
+        second.extend(count("label failures", c.label_failures, Color::Red));
+    }
+    if let Some(p) = &state.poll {
+        let what = if p.reconcile { "sweep" } else { "poll" };
+        second.push(Span::styled(format!("{what} "), dim));
+        second.push(Span::raw(format!(
+            "{} repos, {} found, {} queued, {} requests ({} not modified), {} ago",
+            p.repos,
+            p.found,
+            p.queued,
+            p.requests,
+            p.not_modified,
+            duration(scene.now - p.at)
+        )));
+        if let Some(failing) = &p.failing {
+            second.push(Span::styled(format!("  failing: {failing}"), Style::new().fg(Color::Red)));
+        }
+    }
     let block = Block::new().borders(Borders::BOTTOM).border_style(dim);
     frame.render_widget(Paragraph::new(vec![Line::from(first), Line::from(second)]).block(block), area);
 }

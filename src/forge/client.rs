@@ -1,0 +1,511 @@
+//! The HTTP side of the forge clients, shared by GitHub and GitLab: one reqwest client (rustls)
+//! with timeouts, retries with backoff on transport errors, 5xx and 429 (honouring
+//! `Retry-After` and the rate-limit headers of both forges), a pause while a rate limit is
+//! exhausted, and an ETag cache for list requests, so an unchanged page costs a 304 (which
+//! GitHub does not count against the rate limit).
+//!
+//! The token travels only in a header marked sensitive; it is not in any URL, error or `Debug`
+//! output, and requests only go to the configured `api_url` (a `Link` header pointing elsewhere
+//! is refused rather than followed with the token).
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Entries kept in the ETag cache; past it, the cache starts over.
+const ETAG_CACHE_MAX: usize = 10_000;
+/// The most of an error body quoted in an error.
+const QUOTE_MAX: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    #[error("{forge} API: {method} {path} failed: {message}")]
+    Transport { forge: &'static str, method: Method, path: String, message: String },
+    #[error("{forge} API answered {status} to {method} {path}: {message}")]
+    Status { forge: &'static str, method: Method, path: String, status: u16, message: String },
+    #[error("{forge} API: the answer to {method} {path} is not what was expected: {message}")]
+    Decode { forge: &'static str, method: Method, path: String, message: String },
+    #[error("{forge} API: refusing to follow a link outside api_url ({url})")]
+    ForeignLink { forge: &'static str, url: String },
+}
+
+impl ForgeError {
+    /// An answer that will not change by asking again (404, 401, 422 …).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ForgeError::Status { status, .. } => {
+                (400..500).contains(status) && *status != 429 && *status != 408 && *status != 403
+            }
+            ForgeError::Decode { .. } | ForgeError::ForeignLink { .. } => true,
+            ForgeError::Transport { .. } => false,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ForgeError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// How hard to try one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    /// The first backoff; it doubles with each retry.
+    pub base: Duration,
+    /// The longest wait between tries: a `Retry-After` or rate-limit reset further out than
+    /// this fails the request instead (the poller tries again next cycle, label operations
+    /// later).
+    pub max_wait: Duration,
+    /// Per request, connection included.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(500),
+            max_wait: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Request counts, for the poller's events and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests sent over the wire, retries included.
+    pub requests: u64,
+    /// Of those, answered 304 Not Modified from the ETag cache.
+    pub not_modified: u64,
+    /// Retries after a 5xx, 429, rate limit or transport error.
+    pub retries: u64,
+    /// Response body bytes received (a 304 has none).
+    pub bytes: u64,
+}
+
+/// An answer with a 2xx status (a 304 is served from the cache as the cached 200).
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Served from the ETag cache after a 304.
+    pub cached: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Clone)]
+struct Cached {
+    etag: HeaderValue,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+pub struct Http {
+    forge: &'static str,
+    client: reqwest::Client,
+    base: String,
+    auth: (HeaderName, HeaderValue),
+    extra: HeaderMap,
+    policy: RetryPolicy,
+    etags: Mutex<HashMap<String, Cached>>,
+    use_etags: bool,
+    /// Unix time before which no request is sent (a rate limit said so).
+    paused_until: AtomicU64,
+    requests: AtomicU64,
+    not_modified: AtomicU64,
+    retries: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http").field("forge", &self.forge).field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Http {
+    /// `auth` is the header carrying the token; it is marked sensitive.
+    pub fn new(
+        forge: &'static str,
+        api_url: &str,
+        auth_name: &'static str,
+        auth_value: &str,
+        extra: HeaderMap,
+        policy: RetryPolicy,
+    ) -> Result<Http, ForgeError> {
+        let bad =
+            |message: String| ForgeError::Transport { forge, method: Method::GET, path: api_url.to_string(), message };
+        let mut value =
+            HeaderValue::from_str(auth_value).map_err(|_| bad("the token holds characters a header cannot".into()))?;
+        value.set_sensitive(true);
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("agentctl/", env!("CARGO_PKG_VERSION")))
+            .timeout(policy.timeout)
+            .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| bad(e.without_url().to_string()))?;
+        Ok(Http {
+            forge,
+            client,
+            base: api_url.trim_end_matches('/').to_string(),
+            auth: (HeaderName::from_static(auth_name), value),
+            extra,
+            policy,
+            etags: Mutex::default(),
+            use_etags: true,
+            paused_until: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            not_modified: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// Turns the ETag cache off (the benchmark's baseline).
+    pub fn without_etags(mut self) -> Self {
+        self.use_etags = false;
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            requests: self.requests.load(Ordering::Relaxed),
+            not_modified: self.not_modified.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A path below `api_url`, or an absolute URL that must lie below it (pagination links).
+    fn url(&self, path_or_url: &str) -> Result<String, ForgeError> {
+        if path_or_url.starts_with('/') {
+            return Ok(format!("{}{path_or_url}", self.base));
+        }
+        if path_or_url.starts_with(&format!("{}/", self.base)) {
+            return Ok(path_or_url.to_string());
+        }
+        Err(ForgeError::ForeignLink { forge: self.forge, url: path_or_url.to_string() })
+    }
+
+    /// A GET; with `cache`, conditional on the ETag of the last answer for the same URL.
+    pub async fn get(&self, path_or_url: &str, cache: bool) -> Result<Response, ForgeError> {
+        self.send(Method::GET, path_or_url, None, cache && self.use_etags).await
+    }
+
+    /// A request with a JSON body.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Response, ForgeError> {
+        self.send(method, path, Some(serde_json::to_vec(body).expect("JSON serializes")), false).await
+    }
+
+    /// A body as JSON.
+    pub fn decode(&self, method: Method, path: &str, body: &[u8]) -> Result<serde_json::Value, ForgeError> {
+        serde_json::from_slice(body).map_err(|e| ForgeError::Decode {
+            forge: self.forge,
+            method,
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `GET path`, as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ForgeError> {
+        let res = self.get(path, false).await?;
+        self.decode(Method::GET, path, &res.body)
+    }
+
+    /// `GET /user`'s `field` (GitHub `login`, GitLab `username`): the token's own user.
+    pub async fn whoami(&self, field: &str) -> Result<String, ForgeError> {
+        let v = self.get_json("/user").await?;
+        v[field].as_str().map(str::to_string).ok_or_else(|| ForgeError::Decode {
+            forge: self.forge,
+            method: Method::GET,
+            path: "/user".into(),
+            message: format!("no {field} in the answer"),
+        })
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Response, ForgeError> {
+        self.send(Method::DELETE, path, None, false).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path_or_url: &str,
+        body: Option<Vec<u8>>,
+        cache: bool,
+    ) -> Result<Response, ForgeError> {
+        let url = self.url(path_or_url)?;
+        let path = url[self.base.len()..].to_string();
+        let cached = if cache { self.etags.lock().expect("etag lock").get(&url).cloned() } else { None };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.wait_for_rate_limit(&method, &path).await?;
+            let mut req = self.client.request(method.clone(), &url).headers(self.extra.clone());
+            req = req.header(self.auth.0.clone(), self.auth.1.clone());
+            if let Some(c) = &cached {
+                req = req.header(reqwest::header::IF_NONE_MATCH, c.etag.clone());
+            }
+            if let Some(b) = &body {
+                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.clone());
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let sent = req.send().await;
+            let (status, headers, error) = match sent {
+                Ok(res) => {
+                    let status = res.status();
+                    let headers = res.headers().clone();
+                    self.note_rate_limit(&headers);
+                    if status == StatusCode::NOT_MODIFIED
+                        && let Some(c) = &cached
+                    {
+                        self.not_modified.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Response {
+                            status: 200,
+                            headers: c.headers.clone(),
+                            body: c.body.clone(),
+                            cached: true,
+                        });
+                    }
+                    let body = res.bytes().await;
+                    if let Ok(b) = &body {
+                        self.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    }
+                    match body {
+                        Ok(bytes) if status.is_success() => {
+                            if cache && let Some(etag) = headers.get(reqwest::header::ETAG) {
+                                self.remember(&url, etag.clone(), headers.clone(), bytes.clone());
+                            }
+                            return Ok(Response { status: status.as_u16(), headers, body: bytes, cached: false });
+                        }
+                        Ok(bytes) => (Some(status.as_u16()), Some(headers), error_message(&bytes)),
+                        Err(e) => (None, None, e.without_url().to_string()),
+                    }
+                }
+                Err(e) => (None, None, e.without_url().to_string()),
+            };
+            let delay = retry_delay(status, headers.as_ref(), attempt, &self.policy, unix_now());
+            match delay {
+                Some(d) if attempt < self.policy.attempts => {
+                    tracing::debug!(
+                        "{} API: {method} {path} answered {} ({error}); retry {attempt} in {d:?}",
+                        self.forge,
+                        status.map_or("no answer".to_string(), |s| s.to_string())
+                    );
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(d).await;
+                }
+                _ => {
+                    let forge = self.forge;
+                    return Err(match status {
+                        Some(status) => ForgeError::Status { forge, method, path, status, message: error },
+                        None => ForgeError::Transport { forge, method, path, message: error },
+                    });
+                }
+            }
+        }
+    }
+
+    fn remember(&self, url: &str, etag: HeaderValue, headers: HeaderMap, body: Bytes) {
+        let mut etags = self.etags.lock().expect("etag lock");
+        if etags.len() >= ETAG_CACHE_MAX && !etags.contains_key(url) {
+            etags.clear();
+        }
+        etags.insert(url.to_string(), Cached { etag, headers, body });
+    }
+
+    /// An exhausted rate limit pauses every request until its reset.
+    fn note_rate_limit(&self, headers: &HeaderMap) {
+        if let Some(reset) = exhausted_until(headers) {
+            self.paused_until.fetch_max(reset, Ordering::Relaxed);
+        }
+    }
+
+    async fn wait_for_rate_limit(&self, method: &Method, path: &str) -> Result<(), ForgeError> {
+        let until = self.paused_until.load(Ordering::Relaxed);
+        let now = unix_now();
+        if until <= now {
+            return Ok(());
+        }
+        let wait = Duration::from_secs(until - now);
+        if wait > self.policy.max_wait {
+            return Err(ForgeError::Status {
+                forge: self.forge,
+                method: method.clone(),
+                path: path.to_string(),
+                status: 429,
+                message: format!("rate limit exhausted for another {} s; not sending", wait.as_secs()),
+            });
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+}
+
+/// The reset time when a response says the rate limit is used up (GitHub `x-ratelimit-*`,
+/// GitLab `RateLimit-*`; both give the reset as Unix seconds).
+fn exhausted_until(headers: &HeaderMap) -> Option<u64> {
+    let num = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
+    let remaining = num("x-ratelimit-remaining").or_else(|| num("ratelimit-remaining"))?;
+    if remaining > 0 {
+        return None;
+    }
+    num("x-ratelimit-reset").or_else(|| num("ratelimit-reset"))
+}
+
+/// How long to wait before trying again, or None when the answer is final. `status` None is a
+/// transport error (no answer, timeout). `attempt` counts from 1.
+pub fn retry_delay(
+    status: Option<u16>,
+    headers: Option<&HeaderMap>,
+    attempt: u32,
+    policy: &RetryPolicy,
+    now_unix: u64,
+) -> Option<Duration> {
+    let retry_after = headers
+        .and_then(|h| h.get(reqwest::header::RETRY_AFTER))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let reset = headers.and_then(exhausted_until).map(|r| Duration::from_secs(r.saturating_sub(now_unix) + 1));
+    let retryable = match status {
+        None => true,
+        Some(429 | 500 | 502 | 503 | 504) => true,
+        // GitHub answers 403 to an exhausted or secondary rate limit, with these headers.
+        Some(403) => retry_after.is_some() || reset.is_some(),
+        Some(_) => false,
+    };
+    if !retryable {
+        return None;
+    }
+    let backoff = policy.base.saturating_mul(1 << (attempt.saturating_sub(1)).min(16));
+    let wait = retry_after.or(reset).unwrap_or(backoff.min(policy.max_wait));
+    (wait <= policy.max_wait).then_some(wait)
+}
+
+/// The `message` of a forge's JSON error, else the start of the body.
+fn error_message(body: &[u8]) -> String {
+    let text = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| match &v["message"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => v["error"].as_str().map(str::to_string),
+            other => Some(other.to_string()),
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let mut text: String = text.chars().take(QUOTE_MAX).collect();
+    if text.is_empty() {
+        text = "no message".into();
+    }
+    text
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Percent-encodes a query value or path segment (labels hold spaces; GitLab project paths
+/// hold slashes).
+pub fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn backoff_doubles_and_honours_the_headers() {
+        let p = RetryPolicy { attempts: 5, base: Duration::from_millis(100), ..RetryPolicy::default() };
+        let s = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(retry_delay(None, None, 1, &p, 0), s(100));
+        assert_eq!(retry_delay(Some(502), None, 2, &p, 0), s(200));
+        assert_eq!(retry_delay(Some(503), None, 4, &p, 0), s(800));
+        assert_eq!(retry_delay(Some(404), None, 1, &p, 0), None, "a 404 is final");
+        assert_eq!(retry_delay(Some(422), None, 1, &p, 0), None);
+        assert_eq!(retry_delay(Some(403), None, 1, &p, 0), None, "a plain 403 is final");
+        let h = headers(&[("retry-after", "7")]);
+        assert_eq!(retry_delay(Some(429), Some(&h), 1, &p, 0), s(7000));
+        // GitHub's exhausted primary limit: 403 with remaining 0 and the reset time.
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1010")]);
+        assert_eq!(retry_delay(Some(403), Some(&h), 1, &p, 1000), s(11_000));
+        // GitLab's names.
+        let h = headers(&[("RateLimit-Remaining", "0"), ("RateLimit-Reset", "1003")]);
+        assert_eq!(retry_delay(Some(429), Some(&h), 1, &p, 1000), s(4000));
+        // A wait longer than max_wait fails now rather than holding the caller.
+        let h = headers(&[("retry-after", "3600")]);
+        assert_eq!(retry_delay(Some(429), Some(&h), 1, &p, 0), None);
+        // Backoff never exceeds max_wait.
+        assert_eq!(retry_delay(Some(500), None, 30, &p, 0), Some(p.max_wait));
+    }
+
+    #[test]
+    fn remaining_above_zero_is_not_a_pause() {
+        let h = headers(&[("x-ratelimit-remaining", "12"), ("x-ratelimit-reset", "99")]);
+        assert_eq!(exhausted_until(&h), None);
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "99")]);
+        assert_eq!(exhausted_until(&h), Some(99));
+    }
+
+    #[test]
+    fn error_messages_and_encoding() {
+        assert_eq!(error_message(br#"{"message":"Not Found"}"#), "Not Found");
+        assert_eq!(error_message(br#"{"message":{"labels":["bad"]}}"#), r#"{"labels":["bad"]}"#);
+        assert_eq!(error_message(b""), "no message");
+        assert_eq!(encode("coding agent"), "coding%20agent");
+        assert_eq!(encode("group/sub/proj"), "group%2Fsub%2Fproj");
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let h =
+            Http::new("GitHub", "http://x", "authorization", "Bearer sekret", HeaderMap::new(), RetryPolicy::default())
+                .unwrap();
+        assert!(!format!("{h:?}").contains("sekret"));
+        assert!(!format!("{:?}", h.auth.1).contains("sekret"), "the header value is marked sensitive");
+    }
+
+    #[test]
+    fn links_outside_api_url_are_refused() {
+        let h =
+            Http::new("GitHub", "http://api.local/", "authorization", "t", HeaderMap::new(), RetryPolicy::default())
+                .unwrap();
+        assert_eq!(h.url("/user").unwrap(), "http://api.local/user");
+        assert_eq!(h.url("http://api.local/repos?page=2").unwrap(), "http://api.local/repos?page=2");
+        assert!(matches!(h.url("http://evil.example/x"), Err(ForgeError::ForeignLink { .. })));
+        assert!(h.url("http://api.localevil/x").is_err());
+    }
+}

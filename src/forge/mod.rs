@@ -1,0 +1,111 @@
+//! REST clients for GitHub and GitLab: what the poller lists, what the label life-cycle
+//! changes, what the worker re-checks before a run, and who the token's own user is (loop
+//! protection). `client` is the shared HTTP layer (timeouts, retries, rate limits, ETags);
+//! `github` and `gitlab` speak each forge's API. `api_url` points both at GitHub Enterprise or
+//! a self-managed GitLab.
+
+pub mod client;
+pub mod github;
+pub mod gitlab;
+
+pub use client::{ForgeError, RetryPolicy, Stats};
+
+use crate::config::Config;
+use crate::task::{Item, Source, Task};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// An open item carrying a trigger label, as a list request found it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub item: Item,
+    /// The forge's `updated_at`: part of the poll's stable delivery id, so the same labelling
+    /// is queued once however many cycles see it.
+    pub updated_at: String,
+}
+
+/// What the worker re-checks before a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemState {
+    pub open: bool,
+    pub merged: bool,
+    pub labels: Vec<String>,
+}
+
+#[async_trait]
+pub trait Forge: Send + Sync {
+    fn source(&self) -> Source;
+
+    /// Open issues and pull/merge requests of `repo` carrying `label`, every page.
+    async fn list_labelled(&self, repo: &str, label: &str) -> Result<Vec<Found>, ForgeError>;
+
+    /// The item a task is about, as it is now.
+    async fn item_state(&self, task: &Task) -> Result<ItemState, ForgeError>;
+
+    /// Removes `remove` (those present; a missing one is not an error) and adds `add`.
+    async fn swap_labels(&self, task: &Task, remove: &[String], add: &str) -> Result<(), ForgeError>;
+
+    async fn comment(&self, task: &Task, body: &str) -> Result<(), ForgeError>;
+
+    /// The login (GitHub) or username (GitLab) of the token's own user.
+    async fn whoami(&self) -> Result<String, ForgeError>;
+
+    fn stats(&self) -> Stats;
+}
+
+/// The client for `source`, or None when no token is configured for it.
+pub fn from_config(config: &Config, source: Source) -> Result<Option<Arc<dyn Forge>>, ForgeError> {
+    from_config_with(config, source, RetryPolicy::default())
+}
+
+pub fn from_config_with(
+    config: &Config,
+    source: Source,
+    policy: RetryPolicy,
+) -> Result<Option<Arc<dyn Forge>>, ForgeError> {
+    Ok(match source {
+        Source::Github if !config.github.token.is_empty() => {
+            Some(Arc::new(github::GitHub::new(&config.github.api_url, &config.github.token, policy)?))
+        }
+        Source::Gitlab if !config.gitlab.token.is_empty() => {
+            Some(Arc::new(gitlab::GitLab::new(&config.gitlab.api_url, &config.gitlab.token, policy)?))
+        }
+        _ => None,
+    })
+}
+
+/// Both forges' clients, where a token is set.
+#[derive(Clone, Default)]
+pub struct Forges {
+    pub github: Option<Arc<dyn Forge>>,
+    pub gitlab: Option<Arc<dyn Forge>>,
+}
+
+impl Forges {
+    pub fn from_config(config: &Config) -> Result<Forges, ForgeError> {
+        Forges::with_policy(config, RetryPolicy::default())
+    }
+
+    pub fn with_policy(config: &Config, policy: RetryPolicy) -> Result<Forges, ForgeError> {
+        Ok(Forges {
+            github: from_config_with(config, Source::Github, policy)?,
+            gitlab: from_config_with(config, Source::Gitlab, policy)?,
+        })
+    }
+
+    pub fn get(&self, source: Source) -> Option<&Arc<dyn Forge>> {
+        match source {
+            Source::Github => self.github.as_ref(),
+            Source::Gitlab => self.gitlab.as_ref(),
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.github.is_some() || self.gitlab.is_some()
+    }
+}
+
+/// A JSON field as a string, for decoding forge answers.
+fn str_field(v: &serde_json::Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_string()
+}
