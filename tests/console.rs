@@ -75,6 +75,16 @@ impl Drop for Tmux {
     }
 }
 
+/// Waits until something accepts connections on `port` (the console shows the configured
+/// address before the listener is bound).
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -122,6 +132,8 @@ fn an_operator_watches_deliveries_replays_a_dead_job_drops_a_running_one_and_qui
     let config = write_config(dir.path(), port);
     let tmux = Tmux::start(&format!("'{BIN}' --config '{}'; echo AGENTCTL_EXIT=$?; sleep 60", config.display()));
     tmux.wait_for("the header", |s| s.contains(&format!("listen 127.0.0.1:{port}")) && s.contains("broker embedded"));
+    wait_listening(port);
+    tmux.wait_for("the listener bound", |s| !s.contains("(starting)"));
 
     send(&config, &["github:issues.labeled"]);
     send(&config, &["gitlab:issue"]);
@@ -219,6 +231,7 @@ fn read_only_console_refuses_actions_and_stdout_not_a_terminal_runs_headless() {
     let tmux =
         Tmux::start(&format!("'{BIN}' --config '{}' --read-only; echo AGENTCTL_EXIT=$?; sleep 60", config.display()));
     tmux.wait_for("the header", |s| s.contains(&format!("listen 127.0.0.1:{port}")));
+    wait_listening(port);
     send(&config, &["github:issues.labeled"]);
     tmux.wait_for("the delivery", |s| s.contains("Events (1)"));
     tmux.key("r");

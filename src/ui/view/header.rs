@@ -18,7 +18,12 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         BrokerState::Up => ("up".to_string(), Style::new().fg(Color::Green)),
         BrokerState::Down(e) => (format!("down: {e}"), Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)),
     };
-    let listen = state.listen_addr.as_deref().unwrap_or(&chrome.listen);
+    // The configured address until the listener says it is bound.
+    let listen = match (&state.listen_addr, chrome.listen.as_str()) {
+        (Some(bound), _) => bound.clone(),
+        (None, "-") => "-".to_string(),
+        (None, configured) => format!("{configured} (starting)"),
+    };
     let mut first = vec![Span::styled("agentctl ", bold.fg(Color::Cyan))];
     // Flags first, so a narrow terminal never cuts them off.
     if scene.console.paused.is_some() {
