@@ -5,14 +5,11 @@
 //! History is bounded: the oldest delivery (or job) leaves when a new one would exceed the limit.
 //! A job that is evicted and then heard of again (it finishes, say) comes back as a new row.
 
-use crate::broker::QueueDepth;
 use crate::event::{Event, Verdict};
 use crate::store::DeliverySummary;
 use crate::store::tasks::JobRow;
 use std::collections::{HashMap, HashSet, VecDeque};
 
-/// How many samples the queue sparklines keep (one a second: five minutes).
-pub const SPARK_SAMPLES: usize = 300;
 /// Handler output lines kept per job for the live tail (the log file has every line).
 pub const JOB_LOG_LINES: usize = 200;
 
@@ -215,22 +212,6 @@ pub struct PollStatus {
     pub failing: Option<String>,
 }
 
-/// Per-queue latest depth and history, plus rate histories, for the Queues view.
-#[derive(Debug, Default, Clone)]
-pub struct Queues {
-    pub latest: Vec<QueueDepth>,
-    /// Ready-message history per queue name, oldest first.
-    pub depth_history: HashMap<String, VecDeque<u64>>,
-    /// Messages confirmed by the broker, per second, oldest first.
-    pub publish_rate: VecDeque<u64>,
-    /// Tasks taken off the queue by the worker (started or skipped), per second.
-    pub ack_rate: VecDeque<u64>,
-    pub outbox_backlog: u64,
-    published_this_second: u64,
-    acked_this_second: u64,
-    second: Option<i64>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerState {
     Connecting,
@@ -388,15 +369,13 @@ impl State {
             Event::OutboxBacklog { pending } => self.queues.outbox_backlog = pending,
             Event::Published { count, backlog, .. } => {
                 self.queues.outbox_backlog = backlog.saturating_sub(count as u64);
-                self.roll(now);
-                self.queues.published_this_second += count as u64;
+                self.queues.count_published(count as u64, now);
             }
             Event::PublishFailed { backlog, .. } => self.queues.outbox_backlog = backlog,
             Event::BrokerUp { .. } => self.broker = BrokerState::Up,
             Event::BrokerDown { error, .. } => self.broker = BrokerState::Down(error),
             Event::TaskStarted { task_id, item, attempt, replay } => {
-                self.roll(now);
-                self.queues.acked_this_second += 1;
+                self.queues.count_taken(now);
                 self.running.insert(task_id.clone());
                 self.counters.running = self.running.len() as u64;
                 let job = self.job(&task_id, &item, now);
@@ -451,8 +430,7 @@ impl State {
                 job.state = JobState::Waiting;
             }
             Event::TaskSkipped { task_id, reason } => {
-                self.roll(now);
-                self.queues.acked_this_second += 1;
+                self.queues.count_taken(now);
                 // A duplicate message ("already running here", "already done") changes nothing.
                 if let Some(job) = self.jobs.get_mut(&task_id)
                     && !reason.starts_with("already")
@@ -466,14 +444,7 @@ impl State {
                 if let Some(dead) = depths.iter().find(|d| d.queue.ends_with(".dead")) {
                     self.counters.dead = dead.ready;
                 }
-                for d in &depths {
-                    let history = self.queues.depth_history.entry(d.queue.clone()).or_default();
-                    if history.len() == SPARK_SAMPLES {
-                        history.pop_front();
-                    }
-                    history.push_back(d.ready);
-                }
-                self.queues.latest = depths;
+                self.queues.record_depths(depths);
             }
             Event::PollCycle { reconcile, repos, found, queued, requests, not_modified, .. } => {
                 self.poll = Some(PollStatus {
@@ -512,33 +483,11 @@ impl State {
 
     /// Called every second: closes the current rate bucket even when nothing happens.
     pub fn tick(&mut self, now: Millis) {
-        self.roll(now);
+        self.queues.roll(now);
     }
 
     pub fn note_dropped(&mut self, n: u64) {
         self.dropped_events += n;
-    }
-
-    fn roll(&mut self, now: Millis) {
-        let second = now.div_euclid(1000);
-        let q = &mut self.queues;
-        let Some(current) = q.second else {
-            q.second = Some(second);
-            return;
-        };
-        if second <= current {
-            return;
-        }
-        // Close the current second, then record empty seconds for any gap (capped).
-        let gap = ((second - current) as usize).min(SPARK_SAMPLES);
-        for i in 0..gap {
-            let (p, a) = if i == 0 { (q.published_this_second, q.acked_this_second) } else { (0, 0) };
-            push_capped(&mut q.publish_rate, p);
-            push_capped(&mut q.ack_rate, a);
-        }
-        q.published_this_second = 0;
-        q.acked_this_second = 0;
-        q.second = Some(second);
     }
 
     fn push_delivery(&mut self, mut entry: DeliveryEntry) {
@@ -588,13 +537,6 @@ impl State {
     }
 }
 
-fn push_capped(v: &mut VecDeque<u64>, x: u64) {
-    if v.len() == SPARK_SAMPLES {
-        v.pop_front();
-    }
-    v.push_back(x);
-}
-
 fn event_name(event: &str, action: Option<&str>) -> String {
     match action {
         Some(a) => format!("{event}.{a}"),
@@ -613,6 +555,9 @@ fn contains_lower(hay: &str, needle: &str) -> bool {
         hay.to_lowercase().contains(needle)
     }
 }
+
+mod queues;
+pub use queues::{Queues, SPARK_SAMPLES};
 
 #[cfg(test)]
 mod tests;

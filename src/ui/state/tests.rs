@@ -1,4 +1,5 @@
 use super::*;
+use crate::broker::QueueDepth;
 use crate::task::Source;
 use std::sync::Arc;
 
