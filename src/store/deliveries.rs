@@ -124,8 +124,8 @@ impl NewDelivery {
         // arrived: while that task has not started, it is this labelling's task.
         if !self.only_new
             && self.replay_of.is_none()
-            && let Some(t) = &self.task
-            && let Some((original, task_id)) = polled_task_not_started(c, t)?
+            && let (Some(t), Some(item)) = (&self.task, &self.item)
+            && let Some((original, task_id)) = polled_task_not_started(c, t.source, item)?
         {
             let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
             let journal_id = self.insert_row(c, dedupe_key.as_deref(), None, "duplicate", &why, Some(&task_id))?;
@@ -199,16 +199,16 @@ impl NewDelivery {
     }
 }
 
-/// A task for `t`'s item that the poller queued and that has not started: (its delivery, its id).
-fn polled_task_not_started(c: &Connection, t: &NewTask) -> rusqlite::Result<Option<(i64, String)>> {
-    c.prepare_cached(
-        "SELECT d.id, t.id FROM tasks t JOIN deliveries d ON d.id = t.delivery
-         WHERE t.repo = ?1 AND t.number = ?2 AND t.source = ?3 AND t.kind = ?4
-           AND t.state IN ('queued', 'waiting', 'retrying') AND d.route = 'poll' LIMIT 1",
-    )?
-    .query_row(params![t.repo, t.number as i64, t.source, t.kind], |r| Ok((r.get(0)?, r.get(1)?)))
-    .optional()
+/// A task for `item` that the poller queued and that has not started: (its delivery, its id).
+/// Runs for every webhook that makes a task, so it reads only poll deliveries (a partial
+/// index): a flood of webhooks for one item must not scan that item's earlier tasks.
+fn polled_task_not_started(c: &Connection, source: &str, item: &str) -> rusqlite::Result<Option<(i64, String)>> {
+    c.prepare_cached(POLLED_TASK_NOT_STARTED)?.query_row([item, source], |r| Ok((r.get(0)?, r.get(1)?))).optional()
 }
+
+const POLLED_TASK_NOT_STARTED: &str = "SELECT d.id, t.id FROM deliveries d JOIN tasks t ON t.id = d.task_id
+     WHERE d.route = 'poll' AND d.item = ?1 AND t.source = ?2 AND t.state IN ('queued', 'waiting', 'retrying')
+     ORDER BY d.id LIMIT 1";
 
 /// Whether a rejected body (already cut to `per_body` and packed) fits under the total cap;
 /// updates the running total in `meta`.
@@ -331,4 +331,27 @@ pub fn load_delivery(c: &Connection, id: i64) -> rusqlite::Result<Option<Deliver
         })
     })
     .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::SyncMode;
+
+    /// Every webhook that makes a task asks whether the poller queued its item; that question
+    /// must be answered from poll deliveries alone, never by walking the item's earlier tasks.
+    #[test]
+    fn the_poll_question_reads_only_poll_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::store::connect(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", super::POLLED_TASK_NOT_STARTED))
+            .unwrap()
+            .query_map(["o/r#1", "github"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("deliveries_poll_item")), "{plan:?}");
+        assert!(!plan.iter().any(|p| p.contains("SCAN")), "{plan:?}");
+        assert_eq!(super::polled_task_not_started(&c, "github", "o/r#1").unwrap(), None);
+    }
 }

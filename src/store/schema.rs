@@ -111,6 +111,11 @@ CREATE INDEX label_ops_due ON label_ops(next_unix) WHERE gave_up = 0;
 -- The poller asks whether an item already has a live task.
 CREATE INDEX tasks_item ON tasks(repo, number);
 "#,
+    // 4: a webhook asks whether the poller queued its item (see deliveries.rs): only poll
+    // deliveries are indexed, so a flood of webhooks for one item stays O(1) per delivery.
+    r#"
+CREATE INDEX deliveries_poll_item ON deliveries(item) WHERE route = 'poll';
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
