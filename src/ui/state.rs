@@ -227,6 +227,9 @@ pub struct State {
     pub jobs: HashMap<String, JobEntry>,
     /// Task ids in the order first heard of, for eviction.
     job_order: VecDeque<String>,
+    /// Whether a finished job may be in the history: false after an eviction found none, until
+    /// a job finishes; spares a flood of queued tasks the search for one.
+    may_have_finished: bool,
     /// Tasks running now, whether or not their row is still in the history.
     running: HashSet<String>,
     pub counters: Counters,
@@ -255,6 +258,7 @@ impl State {
             deliveries: VecDeque::new(),
             jobs: HashMap::new(),
             job_order: VecDeque::new(),
+            may_have_finished: true,
             running: HashSet::new(),
             counters: Counters::default(),
             queues: Queues::default(),
@@ -306,6 +310,7 @@ impl State {
             entry.exit_code = j.exit_code;
             entry.retry_at = j.next_attempt_unix.map(|s| s * 1000);
         }
+        self.may_have_finished = true;
     }
 
     /// Applies one fact. Returns whether anything shown changed.
@@ -417,13 +422,16 @@ impl State {
                 if matches!(state, "retrying" | "dead") {
                     self.counters.failed += 1;
                 }
+                let new = JobState::parse(state);
                 let job = self.job(&task_id, &item, now);
-                job.state = JobState::parse(state);
+                job.state = new;
                 job.exit_code = exit_code;
                 job.duration_ms = Some(duration_ms);
                 job.reason = reason;
                 job.failure_class = failure_class;
                 job.retry_at = retry_at_unix.map(|s| s * 1000);
+                // After `job`, whose eviction may have cleared it.
+                self.may_have_finished |= !new.is_live();
             }
             Event::TaskWaiting { task_id, item } => {
                 let job = self.job(&task_id, &item, now);
@@ -436,6 +444,7 @@ impl State {
                     && !reason.starts_with("already")
                 {
                     job.state = if reason.starts_with("dropped") { JobState::Dropped } else { JobState::Skipped };
+                    self.may_have_finished = true;
                     job.reason = Some(reason);
                     job.updated_at = now;
                 }
@@ -478,6 +487,7 @@ impl State {
         if let Some(job) = self.jobs.get_mut(task_id) {
             job.state = new;
             job.updated_at = now;
+            self.may_have_finished |= !new.is_live();
         }
     }
 
@@ -522,10 +532,15 @@ impl State {
         let find = |pred: &dyn Fn(JobState) -> bool| {
             self.job_order.iter().take(256).position(|id| self.jobs.get(id).is_none_or(|j| pred(j.state)))
         };
-        let at = find(&|s| matches!(s, JobState::Done | JobState::Dropped | JobState::Skipped))
-            .or_else(|| find(&|s| s == JobState::Dead))
-            .or_else(|| find(&|s| s != JobState::Running))
-            .unwrap_or(0);
+        let finished = if self.may_have_finished {
+            let found = find(&|s| matches!(s, JobState::Done | JobState::Dropped | JobState::Skipped))
+                .or_else(|| find(&|s| s == JobState::Dead));
+            self.may_have_finished = found.is_some();
+            found
+        } else {
+            None
+        };
+        let at = finished.or_else(|| find(&|s| s != JobState::Running)).unwrap_or(0);
         let victim = self.job_order.remove(at);
         if let Some(id) = victim {
             self.jobs.remove(&id);

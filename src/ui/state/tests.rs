@@ -114,6 +114,10 @@ fn a_flood_of_queued_tasks_does_not_push_out_a_running_job_or_lose_its_count() {
     assert_eq!(s.jobs.len(), 3);
     assert_eq!(s.jobs["run"].state, JobState::Running, "the running job stays in sight");
     assert!(!s.jobs.contains_key("done"), "the finished job made room first");
+    // A job that finishes after the flood is the next to make room, not the oldest queued one.
+    s.apply(finished("q49", "done", None, None), 5);
+    s.apply(decided(4, "o/r#4", Verdict::Queued, Some("new")), 6);
+    assert!(!s.jobs.contains_key("q49") && s.jobs.contains_key("q48") && s.jobs.contains_key("new"));
     // A running task the history no longer holds still counts, and stops counting when it ends.
     let mut s = State::new(limits(10, 1));
     s.apply(Event::TaskStarted { task_id: "a".into(), item: "o/r#1".into(), attempt: 1, replay: false }, 1);
