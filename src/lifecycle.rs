@@ -61,7 +61,13 @@ pub async fn run(
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let result = apply(&forges, &labels, &op).await;
+            let busy = item_has_another_live_task(&reader, &op).await;
+            // A slow or silent forge must not hold up shutdown: the op stays in the table and
+            // label swaps are idempotent, so the next start carries it out.
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = apply(&forges, &labels, &op, busy) => r,
+            };
             let (id, tries) = (op.id, op.tries + 1);
             let (error, gave_up) = match &result {
                 Ok(()) => (None, false),
@@ -87,14 +93,34 @@ fn backoff_secs(tries: u32) -> i64 {
     (5i64 << tries.saturating_sub(1).min(7)).min(600)
 }
 
-async fn apply(forges: &Forges, labels: &Labels, op: &Pending) -> Result<(), ForgeError> {
+/// Whether the op's item has a live task other than the op's own (one that waits behind it, or
+/// a retry): then `processing` stays on the item, or that task's re-check would skip it.
+async fn item_has_another_live_task(
+    reader: &std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>,
+    op: &Pending,
+) -> bool {
+    if !matches!(op.op, LabelOp::Done | LabelOp::Failed | LabelOp::Skipped) {
+        return false;
+    }
+    let (r, t) = (reader.clone(), op.task.clone());
+    let live = tokio::task::spawn_blocking(move || {
+        let c = r.lock().expect("reader lock");
+        crate::store::tasks::live_task_for(&c, t.source.as_str(), t.kind.as_str(), &t.repo_full_name, t.number)
+    })
+    .await;
+    matches!(live, Ok(Ok(Some(id))) if id != op.task.id)
+}
+
+async fn apply(forges: &Forges, labels: &Labels, op: &Pending, item_busy: bool) -> Result<(), ForgeError> {
     let task = &op.task;
     let Some(forge) = forges.get(task.source) else {
         // The token was removed since: nothing can be done, and nothing is wrong.
         return Ok(());
     };
     let trigger = [task.label.clone()];
-    let processing_and_trigger = [labels.processing.clone(), task.label.clone()];
+    // While another task of the item is live, `processing` stays.
+    let processing_and_trigger =
+        if item_busy { vec![task.label.clone()] } else { vec![labels.processing.clone(), task.label.clone()] };
     let strip = |l: &[String]| l.iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>();
     match op.op {
         LabelOp::Accepted if op.detail.as_deref() == Some(label_ops::REPLAY) => {
@@ -103,6 +129,7 @@ async fn apply(forges: &Forges, labels: &Labels, op: &Pending) -> Result<(), For
         }
         LabelOp::Accepted => forge.swap_labels(task, &strip(&trigger), &labels.processing).await,
         LabelOp::Done => forge.swap_labels(task, &strip(&processing_and_trigger), &labels.done).await,
+        LabelOp::Skipped if item_busy => Ok(()),
         LabelOp::Skipped => forge.swap_labels(task, &strip(std::slice::from_ref(&labels.processing)), "").await,
         LabelOp::Failed => {
             // Swapping is idempotent, so a retry after a failed comment may swap again.

@@ -114,3 +114,66 @@ async fn a_bad_token_is_a_permanent_error_that_never_shows_the_token() {
     let gh = GitHub::new(&fake.github_url(), &Secret::new(GITHUB_PAT), quick()).unwrap();
     assert_eq!(gh.whoami().await.unwrap(), "agentctl-bot");
 }
+
+/// A bare HTTP server on loopback that answers every request with `answer` (status line and
+/// headers, then an empty JSON array) and counts the requests it got.
+async fn bare_server(
+    answer: impl Fn(u16) -> String + Send + Sync + 'static,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (count, answer) = (hits.clone(), std::sync::Arc::new(answer));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (count, answer) = (count.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let head = answer(port);
+                let reply = format!(
+                    "{head}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]"
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_so_the_token_never_reaches_another_host() {
+    let (elsewhere, elsewhere_hits) = bare_server(|_| "HTTP/1.1 200 OK".into()).await;
+    let (api, _) =
+        bare_server(move |_| format!("HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{elsewhere}/steal")).await;
+    let gl = GitLab::new(&format!("http://127.0.0.1:{api}/api/v4"), &Secret::new(GITLAB_PAT), quick()).unwrap();
+    let err = gl.list_labelled("g/p", "coding agent").await.expect_err("a 302 is an error");
+    assert!(!err.to_string().contains(GITLAB_PAT), "{err}");
+    assert_eq!(elsewhere_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the other host was never asked");
+}
+
+#[tokio::test]
+async fn a_listing_whose_next_page_never_ends_is_an_error_not_a_loop() {
+    // GitLab: x-next-page stays 2 forever.
+    let (api, hits) = bare_server(|_| "HTTP/1.1 200 OK\r\nx-next-page: 2".into()).await;
+    let gl = GitLab::new(&format!("http://127.0.0.1:{api}/api/v4"), &Secret::new(GITLAB_PAT), quick()).unwrap();
+    let err = gl.list_labelled("g/p", "coding agent").await.expect_err("a page that repeats is an error");
+    assert!(err.to_string().contains("already fetched"), "{err}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2, "the first page, then page 2 once");
+    // GitHub: a Link rel="next" that points back at the same page.
+    let (api, _) = bare_server(|port| {
+        format!("HTTP/1.1 200 OK\r\nlink: <http://127.0.0.1:{port}/repos/o/r/issues?page=2>; rel=\"next\"")
+    })
+    .await;
+    let gh = GitHub::new(&format!("http://127.0.0.1:{api}"), &Secret::new(GITHUB_PAT), quick()).unwrap();
+    let err = gh.list_labelled("o/r", "coding agent").await.expect_err("a page that repeats is an error");
+    assert!(err.to_string().contains("already fetched"), "{err}");
+}

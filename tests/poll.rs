@@ -239,15 +239,16 @@ async fn lifecycle_in_order_and_closed_items_skipped() {
     let skipped = agentctl::ops::jobs_list(&h.config, Some("skipped"), 10).unwrap();
     assert_eq!(skipped.len(), 2);
 
-    // Processing first, then done; processing, then failed with a comment.
+    // Processing first, then done; processing, then failed with a comment. Each swap adds
+    // before it removes, so the item never carries neither label.
     assert_eq!(
         fake.calls("/repos/octo/hello/issues/1/labels"),
         [
+            "POST /github/repos/octo/hello/issues/1/labels",
             "DELETE /github/repos/octo/hello/issues/1/labels/coding agent",
             "POST /github/repos/octo/hello/issues/1/labels",
             "DELETE /github/repos/octo/hello/issues/1/labels/agent processing",
             "DELETE /github/repos/octo/hello/issues/1/labels/coding agent",
-            "POST /github/repos/octo/hello/issues/1/labels",
         ]
     );
     assert_eq!(fake.item("github", "octo/hello", 1).labels, ["agent done"]);
@@ -256,8 +257,8 @@ async fn lifecycle_in_order_and_closed_items_skipped() {
     assert_eq!(
         fake.calls("/repos/octo/hello/issues/3/labels"),
         [
-            "DELETE /github/repos/octo/hello/issues/3/labels/coding agent",
             "POST /github/repos/octo/hello/issues/3/labels",
+            "DELETE /github/repos/octo/hello/issues/3/labels/coding agent",
             "DELETE /github/repos/octo/hello/issues/3/labels/agent processing",
         ]
     );
@@ -294,10 +295,10 @@ async fn lifecycle_in_order_and_closed_items_skipped() {
     assert_eq!(
         replay_calls[..4],
         [
+            "POST /github/repos/octo/hello/issues/2/labels",
             "DELETE /github/repos/octo/hello/issues/2/labels/coding agent",
             "DELETE /github/repos/octo/hello/issues/2/labels/agent done",
             "DELETE /github/repos/octo/hello/issues/2/labels/agent failed",
-            "POST /github/repos/octo/hello/issues/2/labels",
         ]
     );
     assert!(replay_calls.last().unwrap().ends_with("/comments"));

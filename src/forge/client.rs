@@ -21,6 +21,9 @@ const ETAG_CACHE_MAX: usize = 10_000;
 /// The most of an error body quoted in an error.
 const QUOTE_MAX: usize = 200;
 
+/// The most pages one listing may have (100 items each: 10 000 labelled items a repository).
+pub const MAX_PAGES: usize = 100;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForgeError {
     #[error("{forge} API: {method} {path} failed: {message}")]
@@ -157,6 +160,9 @@ impl Http {
             .user_agent(concat!("agentctl/", env!("CARGO_PKG_VERSION")))
             .timeout(policy.timeout)
             .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
+            // Never follow a redirect: reqwest keeps custom headers such as GitLab's
+            // PRIVATE-TOKEN on a redirect to another host. A 3xx is an error that names it.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| bad(e.without_url().to_string()))?;
         Ok(Http {
@@ -222,6 +228,19 @@ impl Http {
     }
 
     /// A body as JSON.
+    /// Refuses a listing's next page when it was fetched already or the listing is longer than
+    /// `MAX_PAGES`: a `Link` or `x-next-page` that never ends must not loop forever.
+    pub fn check_next_page(&self, seen: &mut std::collections::HashSet<String>, next: &str) -> Result<(), ForgeError> {
+        let why = if seen.len() >= MAX_PAGES {
+            format!("the listing goes on past {MAX_PAGES} pages")
+        } else if !seen.insert(next.to_string()) {
+            "the next page is one already fetched".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(ForgeError::Decode { forge: self.forge, method: Method::GET, path: next.to_string(), message: why })
+    }
+
     pub fn decode(&self, method: Method, path: &str, body: &[u8]) -> Result<serde_json::Value, ForgeError> {
         serde_json::from_slice(body).map_err(|e| ForgeError::Decode {
             forge: self.forge,
@@ -342,6 +361,9 @@ impl Http {
     /// An exhausted rate limit pauses every request until its reset.
     fn note_rate_limit(&self, headers: &HeaderMap) {
         if let Some(reset) = exhausted_until(headers) {
+            // A reset beyond an hour is not a rate limit any forge has (a bad header, or
+            // milliseconds): it must not stop every request until a restart.
+            let reset = reset.min(unix_now() + 3600);
             self.paused_until.fetch_max(reset, Ordering::Relaxed);
         }
     }

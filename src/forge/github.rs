@@ -75,7 +75,9 @@ impl Forge for GitHub {
     async fn list_labelled(&self, repo: &str, label: &str) -> Result<Vec<Found>, ForgeError> {
         let mut next = Some(format!("/repos/{repo}/issues?labels={}&state=open&per_page=100", encode(label)));
         let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         while let Some(url) = next.take() {
+            self.http.check_next_page(&mut seen, &url)?;
             let res = self.http.get(&url, true).await?;
             let page = self.http.decode(Method::GET, &url, &res.body)?;
             for v in page.as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -100,6 +102,11 @@ impl Forge for GitHub {
 
     async fn swap_labels(&self, task: &Task, remove: &[String], add: &str) -> Result<(), ForgeError> {
         let path = issue_path(task);
+        // Add first: between the two calls (or while a failed add is retried) the item must
+        // never carry neither label, or the worker's re-check would skip its task.
+        if !add.is_empty() {
+            self.http.send_json(Method::POST, &format!("{path}/labels"), &json!({ "labels": [add] })).await?;
+        }
         for label in remove {
             match self.http.delete(&format!("{path}/labels/{}", encode(label))).await {
                 Ok(_) => {}
@@ -107,9 +114,6 @@ impl Forge for GitHub {
                 Err(e) if e.status() == Some(404) => {}
                 Err(e) => return Err(e),
             }
-        }
-        if !add.is_empty() {
-            self.http.send_json(Method::POST, &format!("{path}/labels"), &json!({ "labels": [add] })).await?;
         }
         Ok(())
     }

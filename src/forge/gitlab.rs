@@ -28,7 +28,9 @@ impl GitLab {
         let first = format!("/projects/{}/{what}?labels={}&state=opened&per_page=100", encode(repo), encode(label));
         let mut url = first.clone();
         let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         loop {
+            self.http.check_next_page(&mut seen, &url)?;
             let res = self.http.get(&url, true).await?;
             let page = self.http.decode(Method::GET, &url, &res.body)?;
             for v in page.as_array().map(Vec::as_slice).unwrap_or_default() {

@@ -112,9 +112,12 @@ CREATE INDEX label_ops_due ON label_ops(next_unix) WHERE gave_up = 0;
 CREATE INDEX tasks_item ON tasks(repo, number);
 "#,
     // 4: a webhook asks whether the poller queued its item (see deliveries.rs): only poll
-    // deliveries are indexed, so a flood of webhooks for one item stays O(1) per delivery.
+    // deliveries are indexed, so a flood of webhooks for one item stays O(1) per delivery;
+    // and label_ops by task, so the drainer's query is not quadratic in a backlog.
     r#"
 CREATE INDEX deliveries_poll_item ON deliveries(item) WHERE route = 'poll';
+-- The label drainer asks for each pending op whether an earlier one of its task is pending.
+CREATE INDEX label_ops_task ON label_ops(task_id, id) WHERE gave_up = 0;
 "#,
 ];
 

@@ -262,6 +262,8 @@ async fn recheck(shared: &Shared, task: &Task) -> Option<String> {
     let forge = shared.forges.get(task.source)?;
     match forge.item_state(task).await {
         Ok(item) => skip_reason(&item, task, &shared.config),
+        // Deleted, or moved where this task's address no longer reaches it.
+        Err(e) if matches!(e.status(), Some(404 | 410)) => Some(format!("{} no longer exists ({e})", task.item_ref())),
         Err(e) => {
             tracing::warn!("cannot re-check {} before task {} ({e}); running it", task.item_ref(), task.id);
             None
