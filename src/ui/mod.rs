@@ -67,7 +67,7 @@ pub async fn run(
     let chrome = Chrome {
         mode: format!("{mode:?}").to_lowercase(),
         broker: if config.broker.url.is_empty() { "embedded".into() } else { redact_url(&config.broker.url) },
-        listen: if mode == Mode::Consumer { "-".into() } else { config.listen.addr.clone() },
+        listen: if matches!(mode, Mode::All | Mode::Webhook) { config.listen.addr.clone() } else { "-".into() },
         started_at: now_ms(),
         data_dir: config.storage.data_dir(),
     };
