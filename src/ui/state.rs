@@ -283,9 +283,7 @@ impl State {
                 Some(_) => "github".to_string(),
                 None => d.route.clone(),
             };
-            let at = time::OffsetDateTime::parse(&d.received_at, &time::format_description::well_known::Rfc3339)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                .unwrap_or(0);
+            let at = rfc3339_millis(&d.received_at).unwrap_or(0);
             self.push_delivery(DeliveryEntry {
                 seq: 0,
                 at,
@@ -550,6 +548,13 @@ impl State {
     pub fn last_seq(&self) -> u64 {
         self.next_seq
     }
+}
+
+/// An RFC 3339 time (as the journal keeps them) in milliseconds since the Unix epoch.
+pub fn rfc3339_millis(s: &str) -> Option<Millis> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 fn event_name(event: &str, action: Option<&str>) -> String {

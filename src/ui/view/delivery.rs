@@ -108,9 +108,7 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
 }
 
 fn clock_of(rfc3339: &str) -> String {
-    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .map(|t| clock((t.unix_timestamp_nanos() / 1_000_000) as i64))
-        .unwrap_or_default()
+    crate::ui::state::rfc3339_millis(rfc3339).map(clock).unwrap_or_default()
 }
 
 /// What happened to the delivery and its task, in order, ending with the task's state now:
