@@ -452,6 +452,10 @@ impl State {
                     self.counters.dead = dead.ready;
                 }
                 self.queues.record_depths(depths);
+                // Depths read means the broker answers, before anything was published to it.
+                if self.broker == BrokerState::Connecting {
+                    self.broker = BrokerState::Up;
+                }
             }
             Event::PollCycle { reconcile, repos, found, queued, requests, not_modified, .. } => {
                 self.poll = Some(PollStatus {

@@ -199,6 +199,7 @@ fn queue_depths_keep_a_bounded_history_and_the_dead_count() {
         s.apply(depths(i, 2), 0);
     }
     assert_eq!(s.counters.dead, 2);
+    assert_eq!(s.broker, BrokerState::Up, "a broker that reports depths is up");
     let h = &s.queues.depth_history["q"];
     assert_eq!(h.len(), SPARK_SAMPLES);
     assert_eq!(h.front(), Some(&10));
