@@ -223,10 +223,17 @@ impl Console {
         page.rows.first().copied()
     }
 
-    pub fn selected_job<'s>(&self, state: &'s State) -> Option<&'s JobEntry> {
+    /// The Jobs rows a window of `height` shows around the selection.
+    pub fn jobs_page<'s>(&self, state: &'s State, height: usize) -> Page<'s, JobEntry> {
         let rows = self.visible_jobs(state);
-        let i = index_of(&rows, self.jobs.selected.as_ref(), |j| &j.task_id);
-        rows.get(i).copied()
+        let selected = index_of(&rows, self.jobs.selected.as_ref(), |j| &j.task_id);
+        let start = window_start(selected, height);
+        let total = rows.len();
+        Page { rows: rows.into_iter().skip(start).take(height).collect(), total, selected, start }
+    }
+
+    pub fn selected_job<'s>(&self, state: &'s State) -> Option<&'s JobEntry> {
+        self.jobs_page(state, 1).rows.first().copied()
     }
 
     /// Carries out `action`; returns what the loop must do, if anything.

@@ -3,7 +3,6 @@
 //! queued, dead (failure class and reason), and finished ones.
 
 use super::{Scene, draw_list, duration, page_rows};
-use crate::ui::console::{index_of, window_start};
 use crate::ui::state::{JobEntry, JobState, Millis};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
@@ -72,11 +71,8 @@ pub fn elapsed(j: &JobEntry, now: Millis) -> String {
 
 pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     let console = scene.console;
-    let rows = console.visible_jobs(scene.state);
-    let selected = index_of(&rows, console.jobs.selected.as_ref(), |j| &j.task_id);
-    let height = page_rows(area);
-    let start = window_start(selected, height);
-    let table_rows = rows.iter().skip(start).take(height).map(|j| {
+    let page = console.jobs_page(scene.state, page_rows(area));
+    let table_rows = page.rows.iter().map(|j| {
         Row::new(vec![
             Cell::from(Span::styled(j.state.as_str(), state_style(j.state))),
             Cell::from(crate::ui::console::short(&j.task_id).to_string()),
@@ -87,7 +83,7 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
             Cell::from(detail(j, scene.now)),
         ])
     });
-    let mut title = format!(" Jobs ({}", rows.len());
+    let mut title = format!(" Jobs ({}", page.total);
     if !console.jobs.filter.is_empty() {
         title.push_str(&format!(" filter: {}", console.jobs.filter));
     }
@@ -101,5 +97,6 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         ("ELAPSED", Constraint::Length(7)),
         ("DETAIL", Constraint::Fill(1)),
     ];
-    draw_list(frame, area, title, &columns, table_rows, (!rows.is_empty()).then_some(selected - start));
+    let selected = (!page.rows.is_empty()).then_some(page.selected - page.start);
+    draw_list(frame, area, title, &columns, table_rows, selected);
 }
