@@ -3,7 +3,7 @@
 //! the same messages with confirms into a fresh queue (4 channels, 256 messages in flight each).
 //!
 //!     cargo build --release && cargo run --release --example bench_ingest -- [--count 20000]
-//!         [--concurrency 64] [--backend rabbitmq|embedded] [--sync normal|full]
+//!         [--concurrency 64] [--backend rabbitmq|embedded] [--sync full|normal]
 //!
 //! It reports: the baseline's confirmed msg/s; requests/s and latency of the 202 answers;
 //! sustained ingest (from the first request until the broker holds every task); CPU per request
@@ -121,7 +121,7 @@ async fn main() {
     let count: u64 = arg("--count", "20000").parse().unwrap();
     let concurrency: usize = arg("--concurrency", "64").parse().unwrap();
     let backend = arg("--backend", "rabbitmq");
-    let sync = arg("--sync", "normal");
+    let sync = arg("--sync", "full");
     let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("agentctl");
     assert!(bin.exists(), "build the release binary first: cargo build --release");
 

@@ -336,7 +336,7 @@ mod tests {
             ("AGENTCTL_WORKER_BACKOFF_SECS", "[1, 2]"),
             ("AGENTCTL_WORKER_COMMAND", "[\"echo\", \"hi\"]"),
             ("AGENTCTL_GITHUB_WEBHOOK_SECRET", "12345"),
-            ("AGENTCTL_STORAGE_SYNC", "full"),
+            ("AGENTCTL_STORAGE_SYNC", "normal"),
         ]);
         let c = load(None, &e).unwrap();
         assert_eq!(c.listen.max_body_bytes, 1024);
@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(c.worker.backoff_secs, vec![1, 2]);
         assert_eq!(c.worker.command, super::super::Command::Argv(vec!["echo".into(), "hi".into()]));
         assert_eq!(c.github.webhook_secret.expose(), "12345");
-        assert_eq!(c.storage.sync, super::super::SyncMode::Full);
+        assert_eq!(c.storage.sync, super::super::SyncMode::Normal);
     }
 
     #[test]

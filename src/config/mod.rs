@@ -246,10 +246,12 @@ impl Poll {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
-    /// Survives the process being killed (WAL, synchronous=NORMAL).
-    #[default]
+    /// Survives the process being killed, but an OS crash or power loss can roll back the last
+    /// commits — deliveries already answered 202 (WAL, synchronous=NORMAL).
     Normal,
-    /// Survives power loss (WAL, synchronous=FULL: one fsync per group commit).
+    /// Survives power loss and OS crashes: nothing answered 202 is lost (WAL, synchronous=FULL:
+    /// one fsync per group commit). The default, because a 202 promises durability.
+    #[default]
     Full,
 }
 
@@ -264,7 +266,7 @@ pub struct Storage {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { data_dir: String::new(), retention_days: 30, sync: SyncMode::Normal }
+        Storage { data_dir: String::new(), retention_days: 30, sync: SyncMode::default() }
     }
 }
 
@@ -364,6 +366,14 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn durability_defaults_to_full() {
+        // A 202 promises the delivery survives power loss; `normal` is an explicit choice.
+        assert_eq!(Config::default().storage.sync, SyncMode::Full);
+        let parsed: Storage = toml::from_str("sync = \"normal\"").unwrap();
+        assert_eq!(parsed.sync, SyncMode::Normal);
     }
 
     #[test]
