@@ -11,11 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Reads `./.env` if present (it never overrides variables already set).
 pub fn load_dotenv() -> anyhow::Result<()> {
-    match dotenvy::from_path(".env") {
-        Ok(()) => Ok(()),
-        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).context("while reading .env"),
-    }
+    config::load::load_dotenv(std::path::Path::new(".env")).context("while reading .env")
 }
 
 /// Whether this invocation runs the terminal console: the service, without `--no-tui`, with

@@ -333,3 +333,32 @@ fn worker_crash_and_handler_environment() {
     assert!(status.success(), "{log}");
     assert!(log.contains("Re-queued 1 task(s)") && log.contains("Task done"), "{log}");
 }
+
+/// A malformed `.env` or `secrets.toml` stops the start with an error that says where, and the
+/// binary's stderr never shows a value from either file.
+#[test]
+fn malformed_secret_files_are_never_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(Backend::Embedded, dir.path());
+    let inst = Instance::new(&config);
+    let cwd = tempfile::tempdir().unwrap();
+    let secret = "hunter2-from-the-dotenv";
+    std::fs::write(
+        cwd.path().join(".env"),
+        format!("AGENTCTL_LOG=info\nGITHUB_WEBHOOK_SECRET=\"{secret}\nGITLAB_WEBHOOK_TOKEN={secret}-too\n"),
+    )
+    .unwrap();
+    let out = inst.command(&["config", "check"]).current_dir(cwd.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(".env") && stderr.contains("line 2"), "{stderr}");
+    assert!(!stderr.contains("hunter2") && !String::from_utf8_lossy(&out.stdout).contains("hunter2"), "{stderr}");
+
+    let secret = "hunter2-from-secrets-toml";
+    std::fs::write(dir.path().join("secrets.toml"), format!("\"github.webhook_secret\" = \"{secret}\n")).unwrap();
+    let out = inst.command(&["--no-tui", "--mode", "webhook"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("secrets.toml") && stderr.contains("line 1"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

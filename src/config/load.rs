@@ -23,6 +23,28 @@ pub enum ConfigError {
     UnknownKey { key: String, origin: String },
     #[error("bad value for {key}: {message}")]
     Value { key: String, message: String },
+    /// The line's content is never shown: `.env` files hold secrets.
+    #[error("{} is malformed{} (an unterminated quote?); its content is not shown, as it may hold a secret", path.display(), line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    DotEnv { path: PathBuf, line: Option<usize> },
+}
+
+/// Reads a `.env` file if present (it never overrides variables already set). A malformed one
+/// is an error that says where, never what: dotenvy's own error quotes the rest of the file.
+pub fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
+    match dotenvy::from_path(path) {
+        Ok(()) => Ok(()),
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(dotenvy::Error::Io(source)) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        Err(dotenvy::Error::LineParse(rest, _)) => {
+            // The text dotenvy quotes starts where the bad line does.
+            let line = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| text.find(&rest).map(|at| text[..at].matches('\n').count() + 1));
+            Err(ConfigError::DotEnv { path: path.to_path_buf(), line })
+        }
+        // A variable that is not valid Unicode: its Debug form would show the value.
+        Err(_) => Err(ConfigError::DotEnv { path: path.to_path_buf(), line: None }),
+    }
 }
 
 /// The original design's environment names and the keys they set.
@@ -413,6 +435,15 @@ mod tests {
         assert_eq!(c.github.webhook_secret.expose(), "[abc");
         let err = load(None, &env(&[("AGENTCTL_FILTER_LABELS", "[oops")])).unwrap_err().to_string();
         assert!(err.contains("filter.labels"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_dotenv_names_the_line_not_the_value() {
+        let f = file("A_FINE_VAR=1\nGITHUB_WEBHOOK_SECRET=\"hunter2-never-shown\nOTHER=also-secret\n");
+        let err = load_dotenv(f.path()).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains(&f.path().display().to_string()), "{err}");
+        assert!(!err.contains("hunter2") && !err.contains("also-secret"), "{err}");
+        assert!(load_dotenv(Path::new("/nonexistent-on-purpose/.env")).is_ok());
     }
 
     #[test]

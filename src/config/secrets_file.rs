@@ -23,9 +23,18 @@ pub struct GeneratedSecrets {
 pub fn ensure_route_secrets(config: &mut Config, data_dir: &Path) -> anyhow::Result<GeneratedSecrets> {
     let path = data_dir.join(SECRETS_FILE);
     let mut stored: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            toml::from_str(&text).with_context(|| format!("while reading generated secrets from {}", path.display()))?
-        }
+        // toml's error quotes the offending line, and every value in this file is a secret:
+        // say where only.
+        Ok(text) => toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is malformed{}; its content is not shown, as it holds secrets. Fix the line, or remove the \
+                 file to generate new secrets (then update the forges' webhook settings)",
+                path.display(),
+                e.span()
+                    .map(|span| format!(" at line {}", text[..span.start.min(text.len())].matches('\n').count() + 1))
+                    .unwrap_or_default()
+            )
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
         Err(e) => return Err(e).with_context(|| format!("while reading {}", path.display())),
     };
@@ -79,6 +88,21 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_secrets_file_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in [
+            "\"github.webhook_secret\" = \"hunter2-unterminated\n",
+            "\"github.webhook_secret\" = hunter2-bare\n",
+            "\"github.webhook_secret\" = 4242424242\n",
+        ] {
+            std::fs::write(dir.path().join(SECRETS_FILE), text).unwrap();
+            let err = format!("{:#}", ensure_route_secrets(&mut Config::default(), dir.path()).unwrap_err());
+            assert!(err.contains("secrets.toml") && err.contains("line 1"), "{err}");
+            assert!(!err.contains("hunter2") && !err.contains("4242"), "{err}");
+        }
+    }
 
     #[test]
     fn generates_once_and_reuses() {
