@@ -21,10 +21,12 @@ pub const PUBLISHER_LOCK: &str = "publisher.lock";
 /// Takes the data dir's publisher lock, or says who holds it.
 pub fn publisher_lock(data_dir: &Path) -> anyhow::Result<Option<File>> {
     let path = data_dir.join(PUBLISHER_LOCK);
+    use std::os::unix::fs::OpenOptionsExt;
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("while opening {}", path.display()))?;
     match file.try_lock() {
@@ -60,9 +62,14 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     if mode == Mode::Consumer && !has_handler {
         bail!("--mode consumer needs a handler: set [worker] command (or AGENTCTL_WORKER_COMMAND)");
     }
+    // A handler runs as agentctl's user: it must not read this process's environment or memory
+    // through /proc (the same user may, unless the process is non-dumpable).
+    // SAFETY: prctl(PR_SET_DUMPABLE) only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
     let data_dir = config.storage.data_dir();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("while creating the data dir {} (storage.data_dir)", data_dir.display()))?;
+    private_data_dir(&data_dir)?;
     // The lock first: a second instance refused here must not touch the data dir's files.
     let _lock = publisher_lock(&data_dir)?.with_context(|| {
         format!(
@@ -102,6 +109,14 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     let publisher_stop = CancellationToken::new();
     tasks.spawn(publisher::run(journal.clone(), broker.clone(), bus.clone(), publisher_stop.clone()));
     tasks.spawn(retention::run(journal.clone(), config.storage.retention_days, shutdown.clone()));
+    if matches!(mode, Mode::All | Mode::Consumer) && has_handler {
+        tasks.spawn(crate::worker::cleanup::run(
+            crate::worker::runner::Places::from_config(&config),
+            config.storage.retention_days,
+            config.worker.timeout_secs,
+            shutdown.clone(),
+        ));
+    }
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     tasks.spawn(crate::metrics::run(metrics.clone(), bus.clone(), shutdown.clone()));
     tasks.spawn(crate::broker::report_depths(broker.clone(), bus.clone(), shutdown.clone()));
@@ -211,6 +226,28 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
         }
     }
     result
+}
+
+/// Creates the data dir readable by agentctl's user only (0700), and tightens an existing one:
+/// it holds the journal, the generated secrets and the task logs.
+pub fn private_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("while creating the data dir {} (storage.data_dir)", data_dir.display()))?;
+    let mode = std::fs::metadata(data_dir)
+        .with_context(|| format!("while reading the data dir {}", data_dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+            format!("the data dir {} is open to other users and cannot be made 0700", data_dir.display())
+        })?;
+        tracing::info!("Made the data dir {} private (mode 0700, was {:o})", data_dir.display(), mode & 0o777);
+    }
+    Ok(())
 }
 
 /// Loop protection: looks up the token's own user on each forge (`GET /user`), so the

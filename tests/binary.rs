@@ -27,6 +27,7 @@ impl Instance {
         let port = free_port();
         let env = vec![
             ("AGENTCTL_STORAGE_DATA_DIR".into(), config.storage.data_dir.clone()),
+            ("AGENTCTL_WORKER_WORK_DIR".into(), config.worker.work_dir.clone()),
             ("AGENTCTL_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
             ("AGENTCTL_BROKER_URL".into(), config.broker.url.clone()),
             ("AGENTCTL_BROKER_QUEUE".into(), config.broker.queue.clone()),

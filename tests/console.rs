@@ -106,9 +106,10 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
     let handler = write_handler(dir);
     let path = dir.join("config.toml");
     let config = format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n[storage]\ndata_dir = \"{data}\"\n[worker]\ncommand = [\"sh\", \"{handler}\"]\n\
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n[storage]\ndata_dir = \"{data}\"\n[worker]\nwork_dir = \"{work}\"\ncommand = [\"sh\", \"{handler}\"]\n\
          max_attempts = 1\nconcurrency = 2\n",
         data = dir.join("data").display(),
+        work = dir.join("work").display(),
         handler = handler.display(),
     );
     std::fs::write(&path, config).unwrap();

@@ -27,6 +27,7 @@ async fn no_token_in_any_log_line() {
     let port = free_port();
     let env: Vec<(&str, String)> = vec![
         ("AGENTCTL_STORAGE_DATA_DIR", dir.path().display().to_string()),
+        ("AGENTCTL_WORKER_WORK_DIR", format!("{}-work", dir.path().display())),
         ("AGENTCTL_LISTEN_ADDR", format!("127.0.0.1:{port}")),
         ("AGENTCTL_BROKER_URL", String::new()),
         ("GITHUB_PERSONAL_ACCESS_TOKEN", GITHUB_PAT.into()),

@@ -131,7 +131,11 @@ async fn drop_queued_and_running_jobs(backend: Backend) {
 }
 
 async fn original_message_format_is_consumed(backend: Backend) {
-    let h = Harness::start_all(backend, |c| c.worker.command = Command::Shell("cat > task.json.seen".into())).await;
+    let h = Harness::start_all(backend, |c| {
+        c.worker.command = Command::Shell("cat > task.json.seen".into());
+        c.worker.keep_work_dirs = agentctl::config::KeepWorkDirs::All;
+    })
+    .await;
     let mut ev = h.bus.subscribe();
     let body =
         br#"{"type":"github_issue","owner":"octo","repo":"hello","number":7,"uuid":"legacy-1","user":"octocat"}"#;
@@ -164,7 +168,7 @@ async fn original_message_format_is_consumed(backend: Backend) {
         }
     }
     Harness::wait_for(&mut ev, LONG, finished("legacy-1", "done")).await;
-    let seen = std::fs::read_to_string(h.dir.path().join("work/legacy-1/task.json.seen")).unwrap();
+    let seen = std::fs::read_to_string(h.config.worker.work_dir().join("legacy-1/task.json.seen")).unwrap();
     let task: agentctl::task::Task = serde_json::from_str(&seen).unwrap();
     assert_eq!((task.repo_full_name.as_str(), task.number, task.user.as_str()), ("octo/hello", 7, "octocat"));
     let config = h.config.clone();

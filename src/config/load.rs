@@ -154,7 +154,8 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
         }
     }
 
-    let config = deserialize(table, &defaults, &origins)?;
+    let mut config = deserialize(table, &defaults, &origins)?;
+    config.source = path.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
     config.validate().map_err(|e| match e {
         ConfigError::Value { key, message } => {
             let message = match origins.get(&key) {

@@ -29,6 +29,9 @@ pub struct Config {
     pub poll: Poll,
     pub storage: Storage,
     pub ui: Ui,
+    /// The file this config was read from, if any (a sandboxed handler must not see it).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The section names, in file order; env layering and error messages use them.
@@ -199,6 +202,32 @@ impl Default for Command {
     }
 }
 
+/// How a handler is isolated from agentctl's own files.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Sandbox {
+    /// A plain child process of agentctl's user: file modes and a non-dumpable agentctl are
+    /// all that stand between it and agentctl's files.
+    #[default]
+    None,
+    /// bubblewrap: the system read-only, its own work dir read-write, a private /tmp and
+    /// /proc, and none of agentctl's data dir, config or `.env`.
+    Bwrap,
+}
+
+/// Which finished tasks' work dirs stay (within `storage.retention_days`) for inspection.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepWorkDirs {
+    /// Those of failed attempts (retrying, dead); a done task's goes when it ends.
+    #[default]
+    Failed,
+    /// Every task's, done ones too.
+    All,
+    /// None: every work dir goes when its attempt ends.
+    None,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Worker {
@@ -207,6 +236,11 @@ pub struct Worker {
     pub timeout_secs: u64,
     pub max_attempts: u32,
     pub backoff_secs: Vec<u64>,
+    /// Where each task's working directory is made; empty = the user cache dir's
+    /// `agentctl/work` (e.g. `~/.cache/agentctl/work`). Never inside the data dir.
+    pub work_dir: String,
+    pub sandbox: Sandbox,
+    pub keep_work_dirs: KeepWorkDirs,
 }
 
 impl Default for Worker {
@@ -217,7 +251,22 @@ impl Default for Worker {
             timeout_secs: 3600,
             max_attempts: 3,
             backoff_secs: vec![10, 60, 300],
+            work_dir: String::new(),
+            sandbox: Sandbox::default(),
+            keep_work_dirs: KeepWorkDirs::default(),
         }
+    }
+}
+
+impl Worker {
+    /// The root of the tasks' working directories.
+    pub fn work_dir(&self) -> PathBuf {
+        if !self.work_dir.is_empty() {
+            return PathBuf::from(&self.work_dir);
+        }
+        directories::ProjectDirs::from("", "", "agentctl")
+            .map(|d| d.cache_dir().join("work"))
+            .unwrap_or_else(|| PathBuf::from(".agentctl-work"))
     }
 }
 
@@ -324,6 +373,18 @@ impl Config {
         if self.worker.timeout_secs == 0 {
             return bad("worker.timeout_secs", "must be greater than 0");
         }
+        let (work, data) = (absolute(&self.worker.work_dir()), absolute(&self.storage.data_dir()));
+        if work.starts_with(&data) || data.starts_with(&work) {
+            return Err(ConfigError::Value {
+                key: "worker.work_dir".into(),
+                message: format!(
+                    "{} overlaps the data dir {}: a handler would be a `..` away from the journal and secrets; \
+                     choose a directory outside it",
+                    work.display(),
+                    data.display()
+                ),
+            });
+        }
         if !matches!(self.poll.source.as_str(), "github" | "gitlab") {
             return bad("poll.source", "must be \"github\" or \"gitlab\"");
         }
@@ -346,6 +407,11 @@ impl Config {
     pub fn prefetch(&self) -> u16 {
         if self.broker.prefetch == 0 { self.worker.concurrency } else { self.broker.prefetch }
     }
+}
+
+/// `path` made absolute, with symlinks resolved where it exists.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_path_buf())
 }
 
 #[cfg(test)]
@@ -374,6 +440,22 @@ mod tests {
         assert_eq!(Config::default().storage.sync, SyncMode::Full);
         let parsed: Storage = toml::from_str("sync = \"normal\"").unwrap();
         assert_eq!(parsed.sync, SyncMode::Normal);
+    }
+
+    #[test]
+    fn the_work_dir_is_never_inside_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = dir.path().join("data").display().to_string();
+        c.worker.work_dir = dir.path().join("work").display().to_string();
+        c.validate().unwrap();
+        for inside in ["data/work", "data", "."] {
+            c.worker.work_dir = dir.path().join(inside).display().to_string();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("worker.work_dir"), "{inside}: {err}");
+        }
+        let default = Worker::default().work_dir();
+        assert!(default.ends_with("agentctl/work") && !default.starts_with(Storage::default().data_dir()));
     }
 
     #[test]

@@ -243,6 +243,18 @@ fn job_log_tail() {
 }
 
 #[test]
+fn job_log_tail_strips_control_characters() {
+    let s = fixture();
+    let mut c = console_on(Tab::Jobs);
+    c.handle(Action::Open, &s, NOW);
+    let lines = vec!["clean line".to_string(), "\x1b[2J\x1b]0;pwned\x07cleared\rover".to_string()];
+    c.detail = Some(Detail::JobLog { task_id: "0195f3a2-7c1e-7000-8000-000000000001".into(), lines, scroll: None });
+    let screen = render(&s, &c);
+    assert!(screen.contains("[2J]0;pwnedclearedover"), "{screen}");
+    assert!(!screen.chars().any(|ch| ch.is_control() && ch != '\n'), "{screen:?}");
+}
+
+#[test]
 fn help_popup() {
     let mut c = console_on(Tab::Events);
     c.help = true;

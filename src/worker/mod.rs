@@ -25,9 +25,12 @@
 //! **Retries** go through the outbox to `<queue>.retry` with a per-message TTL (the embedded
 //! queue uses a visible-at time); **dead** tasks go to `<queue>.dead` with their failure.
 
+pub mod cleanup;
+pub mod output;
 pub mod policy;
 pub mod progress;
 pub mod runner;
+pub mod sandbox;
 
 use crate::broker::{Broker, Queues, Received};
 use crate::config::Config;
@@ -38,7 +41,6 @@ use crate::store::tasks::{self, Claim, Finish};
 use crate::store::{Journal, unix_now};
 use crate::task::Task;
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -49,7 +51,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(15);
 
 struct Shared {
     config: Config,
-    data_dir: PathBuf,
+    places: runner::Places,
     journal: Journal,
     bus: Bus,
     queues: Queues,
@@ -104,7 +106,7 @@ pub async fn run(
     let forges = Forges::with_policy(&config, recheck_policy)?;
     let shared = Arc::new(Shared {
         forges,
-        data_dir: config.storage.data_dir(),
+        places: runner::Places::from_config(&config),
         slots: Arc::new(Semaphore::new(usize::from(config.worker.concurrency))),
         config,
         journal,
@@ -315,7 +317,7 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
             let _ = journal.write(move |c| tasks::set_pgid(c, &id, pgid)).await;
         });
     };
-    let attempt = runner::run(&task, &shared.config, &shared.data_dir, &shared.bus, cancel, record_pgid).await;
+    let attempt = runner::run(&task, &shared.config, &shared.places, &shared.bus, cancel, record_pgid).await;
     shared.running.lock().expect("running lock").remove(&task.id);
     if shared.stop_handlers.is_cancelled() && attempt.outcome == runner::Outcome::Cancelled {
         // Shutdown, not an operator: the task stays claimed and is re-queued at the next start.

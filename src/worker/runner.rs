@@ -1,32 +1,35 @@
-//! Runs one attempt of the handler: `worker.command` in its own process group and working
-//! directory, the task JSON on stdin and in `AGENTCTL_TASK_FILE`, the contract's environment
-//! (forge tokens and `OPENAI_API_KEY` passed through, webhook secrets and the broker URL
-//! removed). Output goes to a size-capped per-task log; `::progress` lines become progress.
-//! Over `timeout_secs`, or when cancelled, the whole group gets SIGTERM, then SIGKILL after a
-//! grace period; after any exit, whatever the handler left running in its group is killed.
+//! Runs one attempt of the handler: `worker.command` in its own process group and in the task's
+//! working directory under `worker.work_dir` (outside the data dir), optionally inside the
+//! bubblewrap sandbox (`super::sandbox`); the task JSON on stdin and in `AGENTCTL_TASK_FILE`,
+//! the contract's environment (forge tokens and `OPENAI_API_KEY` passed through; webhook
+//! secrets, broker and database credentials and every `AGENTCTL_*` setting removed). Output
+//! (read as bytes, see `super::output`) goes to a size-capped per-task log; `::progress` lines
+//! become progress. Over `timeout_secs`, or when cancelled, the whole group gets SIGTERM, then
+//! SIGKILL after a grace period; after any exit, whatever the handler left running in its group
+//! is killed.
 
-use super::progress;
-use crate::config::{Command as HandlerCommand, Config};
+use super::output::{self, Tail};
+use super::{cleanup, progress, sandbox};
+use crate::config::{Command as HandlerCommand, Config, Sandbox};
 use crate::event::{Bus, Event};
 use crate::task::Task;
-use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Time between SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
 /// Per-task log size; past it, lines are counted but not written.
-const LOG_CAP: u64 = 1024 * 1024;
-/// Lines kept for the failure's log tail.
-const TAIL_LINES: usize = 20;
+pub const LOG_CAP: u64 = 1024 * 1024;
 /// TaskLog events per second per task; the log file has every line.
 const LOG_EVENTS_PER_SEC: u32 = 20;
 
-/// Environment variables never passed to a handler.
+/// Environment variables never passed to a handler (besides every `AGENTCTL_*`): agentctl's
+/// own secrets — webhook secrets, broker and database credentials.
 const SECRET_ENV: &[&str] = &[
     "GITHUB_WEBHOOK_SECRET",
     "GITLAB_WEBHOOK_TOKEN",
@@ -38,6 +41,9 @@ const SECRET_ENV: &[&str] = &[
     "AMQP_URL",
     "AGENTCTL_BROKER_URL",
     "RABBITMQ_PASSWORD",
+    "AGENTCTL_STORAGE_URL",
+    "DATABASE_URL",
+    "PGPASSWORD",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,11 +62,37 @@ pub struct Attempt {
     pub log_tail: String,
 }
 
-/// Where a task's files live.
-pub fn work_dir(data_dir: &Path, task_id: &str) -> PathBuf {
-    data_dir.join("work").join(task_id)
+/// Where handlers run, where their logs go, and what a sandboxed one must not see.
+#[derive(Debug, Clone)]
+pub struct Places {
+    /// `worker.work_dir`: one directory per task below it.
+    pub work_root: PathBuf,
+    pub data_dir: PathBuf,
+    /// Hidden from a sandboxed handler: the data dir, the config file, `./.env`.
+    pub hidden: Vec<PathBuf>,
 }
 
+impl Places {
+    pub fn from_config(config: &Config) -> Places {
+        let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        let data_dir = abs(config.storage.data_dir());
+        let mut hidden = vec![data_dir.clone()];
+        hidden.extend(config.source.clone().map(abs));
+        hidden.push(abs(PathBuf::from(".env")));
+        Places { work_root: abs(config.worker.work_dir()), data_dir, hidden }
+    }
+
+    /// A task's working directory.
+    pub fn work_dir(&self, task_id: &str) -> PathBuf {
+        self.work_root.join(task_id)
+    }
+
+    pub fn log_path(&self, task_id: &str) -> PathBuf {
+        log_path(&self.data_dir, task_id)
+    }
+}
+
+/// A task's log file, in the data dir (the handler never sees it).
 pub fn log_path(data_dir: &Path, task_id: &str) -> PathBuf {
     data_dir.join("logs").join(format!("{task_id}.log"))
 }
@@ -69,14 +101,15 @@ pub fn log_path(data_dir: &Path, task_id: &str) -> PathBuf {
 pub async fn run(
     task: &Task,
     config: &Config,
-    data_dir: &Path,
+    places: &Places,
     bus: &Bus,
     cancel: CancellationToken,
     on_start: impl FnOnce(i32),
 ) -> Attempt {
     let started = Instant::now();
+    // The reason reaches terminals (jobs list, the console) and the forge: no escapes.
     let failed = |why: String| Attempt {
-        outcome: Outcome::FailedToStart(why),
+        outcome: Outcome::FailedToStart(crate::text::strip_controls(&why).into_owned()),
         duration: started.elapsed(),
         log_tail: String::new(),
     };
@@ -93,12 +126,35 @@ pub async fn run(
             (resolved[0].clone(), resolved[1..].to_vec())
         }
     };
-    let dir = work_dir(data_dir, &task.id);
+    let dir = places.work_dir(&task.id);
     let json = task.to_json();
     let task_file = dir.join("task.json");
-    if let Err(e) = tokio::fs::create_dir_all(&dir).await.and(tokio::fs::write(&task_file, &json).await) {
+    if let Err(e) =
+        private_dir(&places.work_root).and_then(|_| private_dir(&dir)).and(std::fs::write(&task_file, &json))
+    {
         return failed(format!("cannot prepare the working directory {}: {e}", dir.display()));
     }
+    let (program, args): (OsString, Vec<OsString>) = match config.worker.sandbox {
+        Sandbox::None => (program.into(), args.into_iter().map(Into::into).collect()),
+        Sandbox::Bwrap => {
+            let bwrap = match sandbox::find_bwrap() {
+                Ok(b) => b,
+                Err(why) => return failed(why),
+            };
+            let jail = sandbox::Bwrap {
+                work_dir: dir.clone(),
+                work_root: places.work_root.clone(),
+                hidden: places.hidden.clone(),
+            };
+            let mut full = match jail.args() {
+                Ok(a) => a,
+                Err(e) => return failed(format!("cannot set up the bwrap sandbox: {e}")),
+            };
+            full.push(program.into());
+            full.extend(args.into_iter().map(Into::into));
+            (bwrap.into_os_string(), full)
+        }
+    };
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args)
         .current_dir(&dir)
@@ -143,7 +199,7 @@ pub async fn run(
         .env("AGENTCTL_ATTEMPT", task.attempt.to_string());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return failed(format!("{program}: {e}")),
+        Err(e) => return failed(format!("{}: {e}", program.to_string_lossy())),
     };
     let pgid = child.id().map(|p| p as i32);
     if let Some(pg) = pgid {
@@ -164,18 +220,10 @@ pub async fn run(
     .into_iter()
     .flatten()
     {
-        let tx = lines_tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(output::read_lines(stream, lines_tx.clone()));
     }
     drop(lines_tx);
-    let log = tokio::spawn(consume_lines(lines_rx, log_path(data_dir, &task.id), task.clone(), bus.clone()));
+    let log = tokio::spawn(consume_lines(lines_rx, places.log_path(&task.id), task.clone(), bus.clone()));
 
     let timeout = Duration::from_secs(config.worker.timeout_secs);
     let outcome = tokio::select! {
@@ -194,7 +242,14 @@ pub async fn run(
         signal_group(pg, libc::SIGKILL);
     }
     let log_tail = log.await.unwrap_or_default();
+    cleanup::after_attempt(&dir, &outcome, config.worker.keep_work_dirs);
     Attempt { outcome, duration: started.elapsed(), log_tail }
+}
+
+/// Creates `dir` (and its parents) readable by agentctl's user only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 fn absolute_if_relative_file(arg: &str) -> String {
@@ -266,14 +321,13 @@ async fn stop_group(child: &mut tokio::process::Child, pgid: Option<i32>) {
 
 /// Writes lines to the capped log, turns progress lines into events, and returns the tail.
 async fn consume_lines(mut rx: mpsc::Receiver<String>, path: PathBuf, task: Task, bus: Bus) -> String {
-    use tokio::io::AsyncWriteExt as _;
     if let Some(dir) = path.parent() {
-        let _ = tokio::fs::create_dir_all(dir).await;
+        let _ = private_dir(dir);
     }
-    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.ok();
+    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).await.ok();
     let mut written = file.as_ref().map(|_| std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)).unwrap_or(0);
     let header = format!("--- attempt {} started {}\n", task.attempt, crate::task::now_rfc3339());
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+    let mut tail = Tail::default();
     let mut window = Instant::now();
     let mut sent_in_window = 0u32;
     let mut dropped = 0u64;
@@ -295,16 +349,15 @@ async fn consume_lines(mut rx: mpsc::Receiver<String>, path: PathBuf, task: Task
             continue;
         }
         write(&mut file, &format!("{line}\n"), &mut written).await;
-        if tail.len() == TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line.clone());
+        tail.push(&line);
         if window.elapsed() >= Duration::from_secs(1) {
             window = Instant::now();
             sent_in_window = 0;
         }
         if sent_in_window < LOG_EVENTS_PER_SEC {
             sent_in_window += 1;
+            // Log events reach terminals (the console, headless log lines): no escapes.
+            let line = crate::text::strip_controls(&line).into_owned();
             bus.emit(Event::TaskLog { task_id: task.id.clone(), line });
         } else {
             dropped += 1;
@@ -316,5 +369,5 @@ async fn consume_lines(mut rx: mpsc::Receiver<String>, path: PathBuf, task: Task
             line: format!("({dropped} more lines in the task's log file)"),
         });
     }
-    tail.into_iter().collect::<Vec<_>>().join("\n")
+    tail.render()
 }

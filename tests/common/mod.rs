@@ -42,6 +42,8 @@ pub fn test_config(backend: Backend, dir: &std::path::Path) -> Config {
     let mut c = Config::default();
     c.listen.addr = "127.0.0.1:0".into();
     c.storage.data_dir = dir.to_string_lossy().into_owned();
+    // Work dirs never go inside the data dir: a sibling of it.
+    c.worker.work_dir = format!("{}-work", dir.display());
     c.github.webhook_secret = Secret::new(GITHUB_SECRET);
     c.gitlab.webhook_token = Secret::new(GITLAB_TOKEN);
     c.gitlab.system_hook_token = Secret::new(SYSTEM_TOKEN);
