@@ -22,11 +22,12 @@ FROM debian:bookworm-slim
 # `--build-arg HANDLER_PACKAGES=` leaves them out, or name your agent's own packages there.
 ARG HANDLER_PACKAGES="git python3"
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl tini ${HANDLER_PACKAGES} \
+    && apt-get install -y --no-install-recommends ca-certificates curl tini bubblewrap ${HANDLER_PACKAGES} \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 agentctl \
-    && useradd --system --uid 10001 --gid agentctl --home-dir /var/lib/agentctl --create-home \
-       --shell /usr/sbin/nologin agentctl
+    && useradd --system --uid 10001 --gid agentctl --home-dir /var/cache/agentctl --create-home \
+       --shell /usr/sbin/nologin agentctl \
+    && install -d -m 0700 -o agentctl -g agentctl /var/lib/agentctl /var/cache/agentctl/work
 COPY --from=build /src/target/release/agentctl /usr/local/bin/agentctl
 COPY config.toml.example /etc/agentctl/config.toml.example
 COPY assets/handlers /usr/local/share/agentctl/handlers
@@ -36,7 +37,14 @@ WORKDIR /var/lib/agentctl
 # config file's port and AGENTCTL_LISTEN_ADDR in precedence) makes the listener reachable
 # from outside the container; it listens on port 8000 unless told otherwise. NO_COLOR: plain
 # log lines (`docker logs` is no terminal).
+# The handlers' work dirs (and HOME) are outside the data dir, in the container's own layer.
+# bubblewrap is installed for [worker] sandbox = "bwrap" (AGENTCTL_WORKER_SANDBOX=bwrap); it
+# needs user namespaces, which Docker's default seccomp profile refuses: run such a container
+# with --security-opt seccomp=unconfined (or a profile that allows unshare/clone of user
+# namespaces), and on AppArmor hosts --security-opt apparmor=unconfined.
 ENV AGENTCTL_STORAGE_DATA_DIR=/var/lib/agentctl \
+    AGENTCTL_WORKER_WORK_DIR=/var/cache/agentctl/work \
+    HOME=/var/cache/agentctl \
     WEBHOOK_SERVER_HOST=0.0.0.0 \
     NO_COLOR=1
 VOLUME ["/var/lib/agentctl"]

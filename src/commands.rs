@@ -68,6 +68,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let path = config::default_config_path(cli.config.as_deref(), &env);
             let config = config::load(path.as_deref(), &env)?;
             print!("{}", toml::to_string(&config).context("while printing the config")?);
+            let (w, st) = (&config.worker, &config.storage);
+            let retention = match st.retention_days {
+                0 => "kept forever (storage.retention_days = 0)".to_string(),
+                d => format!("removed after {d} days"),
+            };
+            println!(
+                "# resolved: data dir {}; work dir {} (sandbox {:?}, work dirs kept after an attempt: {:?}); \
+                 old work dirs and task logs {retention}",
+                st.data_dir().display(),
+                w.work_dir().display(),
+                w.sandbox,
+                w.keep_work_dirs
+            );
             match path {
                 Some(p) => eprintln!("config OK: {} (with environment overrides)", p.display()),
                 None => eprintln!("config OK: built-in defaults (with environment overrides); no config file found"),

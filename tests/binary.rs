@@ -178,6 +178,16 @@ fn config_commands() {
     assert!(text.contains("webhook_secret = \"<redacted>\""), "{text}");
     assert!(text.contains("amqp://u:<redacted>@h:5672/%2f"), "{text}");
     assert!(!text.contains(common::GITHUB_SECRET) && !text.contains("hunter2"), "{text}");
+    // Durability, the work dirs, the sandbox and what retention cleans are shown.
+    assert!(text.contains("sync = \"full\"") && text.contains("keep_work_dirs = \"failed\""), "{text}");
+    assert!(text.contains(&format!("work dir {}", config.worker.work_dir)), "{text}");
+    assert!(text.contains("old work dirs and task logs removed after 30 days"), "{text}");
+
+    // A work dir inside the data dir is refused.
+    let inside = dir.path().join("work").display().to_string();
+    let out = inst.command(&["config", "check"]).env("AGENTCTL_WORKER_WORK_DIR", &inside).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("worker.work_dir"), "{err}");
 
     let out = inst.command(&["config", "check"]).env("AGENTCTL_WORKER_TIMEOUT_SECS", "soon").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -290,6 +300,8 @@ fn worker_crash_and_handler_environment() {
         ("GITHUB_PERSONAL_ACCESS_TOKEN", "ghp_forge_token"),
         ("OPENAI_API_KEY", "sk-openai"),
         ("AGENTCTL_GITLAB_SIGNING_TOKEN", "whsec_c2lnbmluZw=="),
+        // The fleet's journal credentials: agentctl's own, never the handler's.
+        ("DATABASE_URL", "postgres://agentctl:db-password@127.0.0.1/agentctl"),
     ];
     let args = ["--no-tui", "--mode", "all"];
     let first = inst.spawn_with(&args, &extra);
@@ -311,8 +323,10 @@ fn worker_crash_and_handler_environment() {
         assert!(env.contains(&format!("{var}={value}\n")), "{var} missing from the handler's environment:\n{env}");
     }
     assert!(env.contains("AGENTCTL_TASK_FILE=") && env.contains("AGENTCTL_URL=https://github.com/"), "{env}");
-    for secret in [common::GITHUB_SECRET, common::GITLAB_TOKEN, common::SYSTEM_TOKEN, "whsec_c2lnbmluZw=="] {
-        assert!(!env.contains(secret), "a webhook secret reached the handler:\n{env}");
+    for secret in
+        [common::GITHUB_SECRET, common::GITLAB_TOKEN, common::SYSTEM_TOKEN, "whsec_c2lnbmluZw==", "db-password"]
+    {
+        assert!(!env.contains(secret), "one of agentctl's own secrets reached the handler:\n{env}");
     }
 
     // Killed mid-task: the handler goes with it; after a restart the task runs again, once.
