@@ -22,10 +22,11 @@ pub fn after_attempt(dir: &Path, outcome: &Outcome, keep: KeepWorkDirs) {
         Outcome::Exited(0) => keep != KeepWorkDirs::All,
         _ => keep == KeepWorkDirs::None,
     };
-    if remove && let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("cannot remove the work dir {}: {e}", dir.display());
-        }
+    if remove
+        && let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove the work dir {}: {e}", dir.display());
     }
 }
 
