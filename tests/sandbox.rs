@@ -2,9 +2,10 @@
 //! generated secrets, the journal, the config file and agentctl's environment, and to write
 //! outside its work dir — inside bubblewrap (`sandbox = "bwrap"`), and as a plain process
 //! (`sandbox = "none"`) where only file modes and a non-dumpable agentctl protect it. These
-//! tests run as root in CI, and root passes every file mode: the "none" test therefore runs its
-//! handler as another user (`setpriv` to nobody), which shows what the modes stop; what they do
-//! not stop (a handler of agentctl's own user, or root) is said in README.
+//! tests run as root in CI, and root passes every file mode and ptrace check: so one "none"
+//! test runs its handler as another user (`setpriv` to nobody), which shows what the modes stop,
+//! and another runs agentctl itself as nobody, so its handler is the same user, which shows
+//! what PR_SET_DUMPABLE stops and what the modes do not (README says what root can still do).
 
 mod common;
 
@@ -166,4 +167,87 @@ async fn agentctl_is_not_dumpable_once_started() {
     let journal = std::fs::metadata(h.dir.path().join(JOURNAL_FILE)).unwrap().permissions().mode() & 0o777;
     assert_eq!(journal, 0o600);
     h.stop().await;
+}
+
+/// The same-user case for real: agentctl itself runs as an unprivileged user (nobody), with
+/// `sandbox = "none"`, and its handler — the same user — probes it. File modes do not stop it
+/// (it reads `secrets.toml`: README says so), but agentctl being non-dumpable does: its
+/// `/proc/<pid>/environ`, which holds a webhook secret, is refused.
+#[test]
+fn a_same_user_handler_cannot_read_agentctls_environment() {
+    use std::process::{Command as Process, Stdio};
+    use std::time::{Duration, Instant};
+    const BIN: &str = env!("CARGO_BIN_EXE_agentctl");
+    let root = tempfile::Builder::new().prefix("same-user-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (data, work) = (root.path().join("data"), root.path().join("work"));
+    for d in [&data, &work] {
+        std::fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let secret = "same-user-webhook-secret";
+    let script = format!(
+        r#"probe() {{ what=$1; shift; if "$@" >/dev/null 2>&1; then echo "LEAK $what"; else echo "DENIED $what"; fi; }}
+probe environ grep -q {secret} /proc/$PPID/environ
+probe memory-map grep -q . /proc/$PPID/maps
+probe secrets-file grep -q . {data}/secrets.toml
+echo probes done"#,
+        data = data.display()
+    );
+    let env = [
+        ("AGENTCTL_STORAGE_DATA_DIR", data.display().to_string()),
+        ("AGENTCTL_WORKER_WORK_DIR", work.display().to_string()),
+        ("AGENTCTL_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ("AGENTCTL_BROKER_URL", String::new()),
+        ("GITHUB_WEBHOOK_SECRET", secret.into()),
+        ("AGENTCTL_WORKER_COMMAND", script),
+        ("AGENTCTL_WORKER_MAX_ATTEMPTS", "1".into()),
+        ("HOME", work.display().to_string()),
+    ];
+    let mut agentctl = Process::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN, "--no-tui", "--mode", "all"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("AGENTCTL_CONFIG")
+        .current_dir(root.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "agentctl starts listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = Process::new(BIN)
+        .args(["send", "github:issues.labeled", "--url", &format!("http://127.0.0.1:{port}")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("AGENTCTL_CONFIG")
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    let logs = data.join("logs");
+    let read_log = || {
+        std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .find(|t| t.contains("probes done"))
+    };
+    let log = loop {
+        if let Some(log) = read_log() {
+            break log;
+        }
+        assert!(Instant::now() < deadline + Duration::from_secs(20), "the handler ran");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = Process::new("kill").args(["-TERM", &agentctl.id().to_string()]).status();
+    let _ = agentctl.wait();
+    assert_line(&log, "DENIED environ");
+    assert_line(&log, "DENIED memory-map");
+    // What file modes cannot do against the same user (README, "What a handler can reach").
+    assert_line(&log, "LEAK secrets-file");
 }
