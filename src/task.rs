@@ -77,6 +77,12 @@ pub struct Task {
     pub delivery_id: Option<String>,
     pub received_at: String,
     pub attempt: u32,
+    /// Which publish of this task the message is: the journal bumps it at every retry, replay
+    /// and re-queue, and a worker runs only the message whose generation is the journal's
+    /// current one, so a stale duplicate is acked and skipped. Absent (the original design's
+    /// producer, or a task's first publish) means 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     /// Set when an operator replayed this task.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replay: bool,
@@ -145,6 +151,7 @@ impl Task {
             delivery_id,
             received_at,
             attempt: 1,
+            generation: 0,
             replay: false,
             failure: None,
         }
@@ -202,6 +209,7 @@ impl Task {
             delivery_id: None,
             received_at: now_rfc3339(),
             attempt: o.attempt.unwrap_or(1).max(1),
+            generation: o.generation.unwrap_or(0),
             replay: false,
             failure: None,
         })
@@ -231,6 +239,11 @@ struct Original {
     title: Option<String>,
     label: Option<String>,
     attempt: Option<u32>,
+    generation: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `owner/repo#7` (issues, pull requests) or `group/project!3` (merge requests).

@@ -119,6 +119,11 @@ CREATE INDEX deliveries_poll_item ON deliveries(item) WHERE route = 'poll';
 -- The label drainer asks for each pending op whether an earlier one of its task is pending.
 CREATE INDEX label_ops_task ON label_ops(task_id, id) WHERE gave_up = 0;
 "#,
+    // 5: every publish of a task (retry, replay, re-queue, dead letter) carries the task's
+    // generation; a claim runs only the message of the current one (see tasks::claim).
+    r#"
+ALTER TABLE tasks ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -223,16 +223,27 @@ async fn run_item(shared: Arc<Shared>, first: Task, permit: OwnedSemaphorePermit
         }
         let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
         let mut items = shared.items.lock().await;
-        match items.get_mut(&item).and_then(|q| q.pop_front()) {
-            Some(task) => {
-                let id = task.id.clone();
-                let _ = shared.journal.write(move |c| tasks::set_running(c, &id)).await;
-                next = Some((task, permit));
+        // The next waiting task the journal still lets run: one an operator dropped while it
+        // waited is left out (the journal, not this queue, says whether it may run).
+        while let Some(task) = items.get_mut(&item).and_then(|q| q.pop_front()) {
+            let id = task.id.clone();
+            match shared.journal.write(move |c| tasks::set_running(c, &id)).await {
+                Ok(true) => {
+                    next = Some((task, permit));
+                    break;
+                }
+                Ok(false) => {
+                    shared.bus.emit(Event::TaskSkipped { task_id: task.id, reason: "dropped by an operator".into() })
+                }
+                Err(e) => {
+                    // Still `waiting` in the journal: re-queued at the next start.
+                    tracing::error!("cannot record that task {} runs now: {e}; leaving it to the next start", task.id)
+                }
             }
-            None => {
-                // Nothing waits: the item is free again.
-                items.remove(&item);
-            }
+        }
+        if next.is_none() {
+            // Nothing waits: the item is free again.
+            items.remove(&item);
         }
     }
 }
@@ -322,12 +333,10 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         return;
     }
     let finish = policy::decide(&task, &attempt, &shared.config.worker, &shared.queues, unix_now());
-    let (state, failure, retry_at_unix) = match &finish {
-        Finish::Done { .. } => ("done", None, None),
-        Finish::Retry { task, next_unix, .. } => ("retrying", task.failure.as_ref(), Some(*next_unix)),
-        Finish::Dead { task, .. } => ("dead", task.failure.as_ref(), None),
-        Finish::Dropped { .. } => ("dropped", None, None),
-        Finish::Skipped { .. } => ("skipped", None, None),
+    let (failure, retry_at_unix) = match &finish {
+        Finish::Retry { task, next_unix, .. } => (task.failure.as_ref(), Some(*next_unix)),
+        Finish::Dead { task, .. } => (task.failure.as_ref(), None),
+        _ => (None, None),
     };
     let (reason, failure_class) = match (&finish, failure) {
         (Finish::Dropped { reason } | Finish::Skipped { reason }, _) => (Some(reason.clone()), None),
@@ -352,18 +361,28 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     let written = shared
         .journal
         .write(move |c| {
-            tasks::finish(c, &id, &finish)?;
+            let state = tasks::finish(c, &id, &finish)?;
+            // A drop that won over a retry or dead letter has no failed label to show.
             match label_op {
-                Some((op, detail)) => label_ops::push(c, &id, op, detail.as_deref()),
-                None => Ok(()),
+                Some((op, detail)) if state != "dropped" => label_ops::push(c, &id, op, detail.as_deref())?,
+                _ => {}
             }
+            Ok(state)
         })
         .await;
-    if let Err(e) = written {
-        // Still claimed in the journal: re-queued at the next start.
-        tracing::error!("cannot record the end of task {}: {e}", task.id);
-        return;
-    }
+    let state = match written {
+        Ok(state) => state,
+        Err(e) => {
+            // Still claimed in the journal: re-queued at the next start.
+            tracing::error!("cannot record the end of task {}: {e}", task.id);
+            return;
+        }
+    };
+    let (reason, failure_class, retry_at_unix) = if state == "dropped" && failure_class.is_some() {
+        (Some("dropped by an operator".to_string()), None, None)
+    } else {
+        (reason, failure_class, retry_at_unix)
+    };
     shared.journal.notify_outbox();
     shared.bus.emit(Event::TaskFinished {
         task_id: task.id.clone(),

@@ -18,6 +18,8 @@ pub fn decide(task: &Task, attempt: &Attempt, config: &Worker, queues: &Queues, 
         Outcome::FailedToStart(why) => ("start", None, format!("the handler could not start: {why}")),
     };
     let mut next = task.clone();
+    // The retry or dead letter is a new publish of the task.
+    next.generation = task.generation + 1;
     next.failure = Some(Failure { class: class.into(), exit_code, reason, log_tail: attempt.log_tail.clone() });
     // A command that cannot start will not start on a retry either.
     if class == "start" || task.attempt >= config.max_attempts {
