@@ -165,7 +165,58 @@ impl Task {
     /// (`{"type":"github_issue","owner":…,"repo":…,"number":…,"uuid":…,"user":…}` and the GitLab
     /// forms with `project_id` and `issue_iid`/`mr_iid`), so an existing producer can feed
     /// agentctl.
+    ///
+    /// Whatever the form, the task id and the repository are checked (see [`Task::validate`]):
+    /// they become file and forge API paths.
     pub fn from_message(bytes: &[u8]) -> Result<Task, String> {
+        let task = Task::parse_message(bytes)?;
+        task.validate()?;
+        Ok(task)
+    }
+
+    /// Checks what a queue message puts into paths: the task id (work dir, log file) must be
+    /// 1–128 of `[A-Za-z0-9_-]`; the repository (forge API paths) must be GitHub `owner/name` or
+    /// a GitLab group path (or a project id), each segment of `[A-Za-z0-9_.-]` and never `.` or
+    /// `..`.
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, id) in [("id", &self.id), ("uuid", &self.uuid)] {
+            let ok = (1..=128).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(format!("the task {field} {} is not 1-128 of [A-Za-z0-9_-]", shown(id)));
+            }
+        }
+        let segments: Vec<&str> = self.repo_full_name.split('/').collect();
+        let segment_ok = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.len() <= 255
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        };
+        let shape_ok = match self.source {
+            Source::Github => segments.len() == 2,
+            Source::Gitlab => (1..=20).contains(&segments.len()),
+        };
+        if !shape_ok || !segments.iter().all(|s| segment_ok(s)) {
+            let want = match self.source {
+                Source::Github => "owner/name",
+                Source::Gitlab => "a group/project path",
+            };
+            return Err(format!(
+                "the repository {} is not {want} of [A-Za-z0-9_.-] segments (never . or ..)",
+                shown(&self.repo_full_name)
+            ));
+        }
+        for part in [&self.owner, &self.repo].into_iter().flatten() {
+            if !segment_ok(part) {
+                return Err(format!("the owner or repo {} is not a [A-Za-z0-9_.-] name", shown(part)));
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_message(bytes: &[u8]) -> Result<Task, String> {
         if let Ok(t) = serde_json::from_slice::<Task>(bytes) {
             return Ok(t);
         }
@@ -244,6 +295,13 @@ struct Original {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// A value from a message, quoted for an error: escaped, and cut to 64 characters.
+fn shown(value: &str) -> String {
+    let cut: String = value.chars().take(64).collect();
+    let more = if cut.len() < value.len() { "…" } else { "" };
+    format!("{cut:?}{more}")
 }
 
 /// `owner/repo#7` (issues, pull requests) or `group/project!3` (merge requests).
@@ -325,5 +383,45 @@ mod tests {
         assert!(Task::from_message(b"not json").is_err());
         let own = Task::new(&item(Source::Github, Kind::Issue), "t1".into(), "l", None, "now".into());
         assert_eq!(Task::from_message(&own.to_json()).unwrap(), own);
+    }
+
+    #[test]
+    fn ids_and_repositories_that_would_escape_a_path_are_refused() {
+        let gh = |uuid: &str, owner: &str, repo: &str| {
+            serde_json::json!({"type": "github_issue", "owner": owner, "repo": repo, "number": 1, "uuid": uuid})
+                .to_string()
+        };
+        assert!(Task::from_message(gh("0193-ab_C", "octo", "hello.js").as_bytes()).is_ok());
+        for (uuid, owner, repo) in [
+            ("../../etc", "o", "r"),
+            ("/tmp/x", "o", "r"),
+            ("", "o", "r"),
+            ("a b", "o", "r"),
+            (&"x".repeat(129), "o", "r"),
+            ("ok", "..", "r"),
+            ("ok", "o", "."),
+            ("ok", "o", "r/../../x"),
+            ("ok", "o?x", "r"),
+            ("ok", "o", "r\n"),
+        ] {
+            let err = Task::from_message(gh(uuid, owner, repo).as_bytes()).unwrap_err();
+            assert!(err.contains("task id") || err.contains("repository") || err.contains("owner"), "{err}");
+        }
+        let own = |full: &str, source: &str| {
+            serde_json::json!({"type": format!("{source}_issue"), "uuid": "t", "id": "t", "user": "u", "source": source,
+                "kind": "issue", "repo_full_name": full, "url": "", "title": "", "label": "", "number": 1,
+                "received_at": "now", "attempt": 1})
+            .to_string()
+        };
+        assert!(Task::from_message(own("group/sub/project", "gitlab").as_bytes()).is_ok());
+        assert!(Task::from_message(own("group/../project", "gitlab").as_bytes()).is_err());
+        assert!(Task::from_message(own("group//project", "gitlab").as_bytes()).is_err());
+        assert!(Task::from_message(own("a/b/c", "github").as_bytes()).is_err(), "GitHub is owner/name");
+        let id = serde_json::json!({"type": "github_issue", "uuid": "ok", "id": "../x", "repo_full_name": "o/r",
+            "number": 1})
+        .to_string();
+        assert!(Task::from_message(id.as_bytes()).unwrap_err().contains("task id"));
+        let long = Task::from_message(gh(&"é".repeat(300), "o", "r").as_bytes()).unwrap_err();
+        assert!(long.len() < 200, "the error quotes a bounded part of the value: {long}");
     }
 }

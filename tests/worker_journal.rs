@@ -7,38 +7,13 @@ mod common;
 use agentctl::config::Command;
 use agentctl::event::Event;
 use agentctl::ops::{self, Jobs};
+use common::raw_queue::publish_raw;
 use common::{Backend, Harness, delete_queues};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(30);
 
 both_backends!(a_duplicate_of_a_dead_task_is_acked_not_run);
-
-/// Puts `body` on the main queue straight, as another producer (or a broker redelivery) would.
-pub async fn publish_raw(h: &Harness, message_id: &str, body: &[u8]) {
-    if h.config.broker.is_embedded() {
-        let b = agentctl::broker::embedded::EmbeddedBroker::new(
-            h.journal(),
-            agentctl::broker::Queues::new(&h.config.broker.queue),
-        );
-        b.enqueue(&h.config.broker.queue, message_id, body.to_vec(), Duration::ZERO).await.unwrap();
-    } else {
-        let conn = lapin::Connection::connect(&h.config.broker.url, Default::default()).await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.basic_publish(
-            "".into(),
-            h.config.broker.queue.as_str().into(),
-            Default::default(),
-            body,
-            Default::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-        let _ = conn.close(200, "published".into()).await;
-    }
-}
 
 fn finished(id: &str, want: &'static str) -> impl FnMut(&Event) -> Option<()> {
     let id = id.to_string();

@@ -108,6 +108,37 @@ pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim
     Ok(Claim::Run)
 }
 
+/// Most of an unreadable message kept in its dead letter.
+const INVALID_BODY_KEPT: usize = 64 * 1024;
+
+/// Records a queue message the worker cannot take as a task (not a task at all, or one whose
+/// id or repository would escape a path) as a dead job, and sends it to the dead queue with the
+/// reason, in one transaction. Its job id is `invalid-` + a digest of the bytes — never an id the
+/// message claims, which could name a real task — so a redelivered copy is the same job, recorded
+/// once. The dead letter is JSON: `{"type":"invalid","id":…,"reason":…,"body":…}` (the body as
+/// lossy UTF-8, at most 64 KiB). Returns the job id.
+pub fn record_invalid(c: &Connection, body: &[u8], reason: &str, dead_queue: &str) -> rusqlite::Result<String> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body);
+    let id = format!("invalid-{}", hex::encode(&digest[..12]));
+    let kept = String::from_utf8_lossy(&body[..body.len().min(INVALID_BODY_KEPT)]).into_owned();
+    let letter = serde_json::json!({ "type": "invalid", "id": id, "reason": reason, "body": kept }).to_string();
+    let now = unix_now();
+    let inserted = c.execute(
+        "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, failure, created_unix,
+                            updated_unix, finished_unix)
+         VALUES (?1, 0, 'dead', 'invalid', 'invalid', ?2, 0, ?3, ?4, ?5, ?5, ?5) ON CONFLICT(id) DO NOTHING",
+        params![id, INVALID_ITEM, letter, format!("invalid message: {reason}"), now],
+    )?;
+    if inserted == 1 {
+        enqueue(c, &id, dead_queue, 0)?;
+    }
+    Ok(id)
+}
+
+/// What `jobs list` shows as the item of an invalid message.
+pub const INVALID_ITEM: &str = "(invalid queue message)";
+
 pub fn set_pgid(c: &Connection, id: &str, pgid: i32) -> rusqlite::Result<()> {
     c.execute("UPDATE tasks SET pgid = ?2 WHERE id = ?1", (id, pgid))?;
     Ok(())
@@ -335,10 +366,13 @@ pub fn list_jobs(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite:
         .query_map(params![state, limit as i64], |r| {
             let kind: String = r.get(4)?;
             let k = if kind == "merge_request" { crate::task::Kind::MergeRequest } else { crate::task::Kind::Issue };
+            let repo: String = r.get(2)?;
+            let item =
+                if kind == "invalid" { repo } else { crate::task::item_ref(&repo, k, r.get::<_, i64>(3)? as u64) };
             Ok(JobRow {
                 id: r.get(0)?,
                 state: r.get(1)?,
-                item: crate::task::item_ref(&r.get::<_, String>(2)?, k, r.get::<_, i64>(3)? as u64),
+                item,
                 kind,
                 attempt: r.get(5)?,
                 progress: r.get(6)?,
@@ -374,8 +408,13 @@ pub enum Dropped {
     AlreadyFinished(String),
 }
 
+/// A task's state alone (also for an invalid message's job, whose payload is no task).
+pub fn state_of(c: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
+    c.query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0)).optional()
+}
+
 pub fn drop_task(c: &Connection, id: &str) -> rusqlite::Result<Option<Dropped>> {
-    let Some((state, _)) = task_state(c, id)? else { return Ok(None) };
+    let Some(state) = state_of(c, id)? else { return Ok(None) };
     let now = unix_now();
     Ok(Some(match state.as_str() {
         "queued" | "waiting" | "retrying" => {
@@ -620,5 +659,26 @@ mod tests {
         drop_task(&c, "c").unwrap();
         assert!(matches!(claim(&c, &t, "other").unwrap(), Claim::Skip(r) if r.contains("dropped")));
         assert_eq!(state(&c, "c"), "dropped");
+    }
+
+    #[test]
+    fn an_invalid_message_is_a_dead_job_recorded_once() {
+        let (_d, c) = journal();
+        let id = record_invalid(&c, b"\xff{not json", "not a task message", "q.dead").unwrap();
+        assert!(id.starts_with("invalid-") && id.len() == 32, "{id}");
+        assert_eq!(record_invalid(&c, b"\xff{not json", "not a task message", "q.dead").unwrap(), id);
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM outbox WHERE task_id = ?1", [&id], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "one dead letter for a redelivered copy");
+        let jobs = list_jobs(&c, Some("dead"), 10).unwrap();
+        assert_eq!(
+            (jobs[0].item.as_str(), jobs[0].failure.as_deref()),
+            (INVALID_ITEM, Some("invalid message: not a task message"))
+        );
+        let letter: serde_json::Value = serde_json::from_str(
+            &c.query_row("SELECT payload FROM tasks WHERE id = ?1", [&id], |r| r.get::<_, String>(0)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((letter["type"].as_str(), letter["body"].as_str()), (Some("invalid"), Some("\u{fffd}{not json")));
+        assert_eq!(drop_task(&c, &id).unwrap(), Some(Dropped::RemovedDead));
     }
 }

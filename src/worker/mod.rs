@@ -166,12 +166,7 @@ pub async fn run(
 async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePermit) {
     let task = match Task::from_message(&message.body) {
         Ok(t) => t,
-        Err(e) => {
-            let preview = String::from_utf8_lossy(&message.body[..message.body.len().min(500)]).into_owned();
-            tracing::error!("dropping an unreadable queue message ({e}): {preview}");
-            let _ = message.nack(false).await;
-            return;
-        }
+        Err(reason) => return dead_letter_invalid(&shared, message, reason).await,
     };
     let claim = {
         let (task, owner) = (task.clone(), shared.owner.clone());
@@ -207,6 +202,36 @@ async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePe
                 drop(items);
                 run_item(shared.clone(), task, permit).await;
             }
+        }
+    }
+}
+
+/// A message that is no valid task goes to the dead queue with its reason, through the journal
+/// (so it is a dead job in `jobs list`), and only then is acked: it is never run, and never
+/// silently discarded.
+async fn dead_letter_invalid(shared: &Shared, message: Received, reason: String) {
+    let (body, dead) = (message.body.clone(), shared.queues.dead.clone());
+    let why = reason.clone();
+    match shared.journal.write(move |c| tasks::record_invalid(c, &body, &why, &dead)).await {
+        Ok(id) => {
+            shared.journal.notify_outbox();
+            let _ = message.ack().await;
+            tracing::error!("queue message {id} is not a valid task ({reason}): moved to {}", shared.queues.dead);
+            shared.bus.emit(Event::TaskFinished {
+                task_id: id,
+                item: tasks::INVALID_ITEM.to_string(),
+                state: "dead",
+                exit_code: None,
+                duration_ms: 0,
+                reason: Some(format!("invalid message: {reason}")),
+                failure_class: None,
+                retry_at_unix: None,
+            });
+        }
+        Err(e) => {
+            tracing::error!("cannot record an invalid queue message in the journal: {e}");
+            let _ = message.nack(true).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod fake_forge;
 pub mod proxy;
+pub mod raw_queue;
 
 use agentctl::broker::{self, Broker};
 use agentctl::cli::Mode;
