@@ -114,7 +114,7 @@ fn job_tools(config: &Config) -> anyhow::Result<(Journal, std::sync::Arc<dyn bro
     open_reader(config)?;
     let journal = Journal::open(&journal_path(config), config.storage.sync)?;
     let broker = broker::from_config(config, &journal);
-    Ok((journal, broker, broker::Queues::new(&config.broker.queue)))
+    Ok((journal, broker, broker::Queues::from_config(config)))
 }
 
 fn job_ids(journal: &Journal, which: &Jobs) -> anyhow::Result<Vec<String>> {

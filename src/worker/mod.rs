@@ -22,8 +22,8 @@
 //! operation (`done`, or `failed` with the reason) in the same journal transaction as the
 //! state; `crate::lifecycle` makes the calls.
 //!
-//! **Retries** go through the outbox to `<queue>.retry` with a per-message TTL (the embedded
-//! queue uses a visible-at time); **dead** tasks go to `<queue>.dead` with their failure.
+//! **Retries** go through the outbox to `<queue>.retry.<secs>s`, one queue per delay with a
+//! queue TTL (the embedded queue uses a visible-at time); **dead** tasks go to `<queue>.dead` with their failure.
 
 pub mod policy;
 pub mod progress;
@@ -73,7 +73,7 @@ pub async fn run(
     bus: Bus,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let queues = Queues::new(&config.broker.queue);
+    let queues = Queues::from_config(&config);
     // Handlers of a worker that was killed may still run (their grandchildren, say): stop them
     // before their tasks run again.
     let reader = journal.reader()?;
