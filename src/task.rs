@@ -121,7 +121,51 @@ pub struct Item {
     pub labels: Vec<String>,
 }
 
+/// The one identity of a forge item, normalized, used wherever two tasks must meet (the
+/// worker's per-item lock, "does this item have a live task", the poller/webhook join, the
+/// label life-cycle's busy check) and stored as `tasks.item_key`:
+/// `github:<owner/name lowercased>#<number>` (issues and pull requests share numbers), and
+/// `gitlab:<project id>:<issue|merge_request>#<iid>`, or with the lowercased path where the
+/// project id is not known (GitLab numbers issues and merge requests apart). Both forges treat
+/// repository names case-insensitively; an original-format GitLab message names only its project
+/// id, which meets the webhook's tasks for the same item.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ItemKey(String);
+
+impl ItemKey {
+    pub fn new(source: Source, kind: Kind, repo_full_name: &str, project_id: Option<u64>, number: u64) -> Self {
+        ItemKey(match source {
+            Source::Github => format!("github:{}#{number}", repo_full_name.to_lowercase()),
+            Source::Gitlab => {
+                let repo = project_id.map_or_else(|| repo_full_name.to_lowercase(), |id| id.to_string());
+                let kind = if kind == Kind::MergeRequest { "merge_request" } else { "issue" };
+                format!("gitlab:{repo}:{kind}#{number}")
+            }
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ItemKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Item {
+    pub fn key(&self) -> ItemKey {
+        ItemKey::new(self.source, self.kind, &self.repo_full_name, self.project_id, self.number)
+    }
+}
+
 impl Task {
+    pub fn item_key(&self) -> ItemKey {
+        ItemKey::new(self.source, self.kind, &self.repo_full_name, self.project_id, self.number)
+    }
+
     pub fn new(item: &Item, id: String, label: &str, delivery_id: Option<String>, received_at: String) -> Self {
         let (owner, repo) = match item.source {
             Source::Github => match item.repo_full_name.split_once('/') {
@@ -383,6 +427,26 @@ mod tests {
         assert!(Task::from_message(b"not json").is_err());
         let own = Task::new(&item(Source::Github, Kind::Issue), "t1".into(), "l", None, "now".into());
         assert_eq!(Task::from_message(&own.to_json()).unwrap(), own);
+    }
+
+    #[test]
+    fn item_keys_ignore_case_and_meet_across_message_forms() {
+        let gh = |repo: &str, kind| ItemKey::new(Source::Github, kind, repo, None, 7);
+        assert_eq!(gh("Octo/Hello", Kind::Issue), gh("octo/hello", Kind::Issue));
+        assert_eq!(gh("octo/hello", Kind::Issue), gh("octo/hello", Kind::PullRequest), "one number space");
+        assert_eq!(gh("octo/hello", Kind::Issue).as_str(), "github:octo/hello#7");
+        let gl = |repo: &str, project, kind| ItemKey::new(Source::Gitlab, kind, repo, project, 3);
+        assert_ne!(gl("g/p", Some(42), Kind::Issue), gl("g/p", Some(42), Kind::MergeRequest), "issue #3 is not !3");
+        assert_eq!(gl("Group/Proj", None, Kind::Issue), gl("group/proj", None, Kind::Issue));
+        assert_eq!(gl("Group/Proj", Some(42), Kind::Issue).as_str(), "gitlab:42:issue#3");
+        // The original design's GitLab message names only the project id; the webhook's task
+        // has the path too. They are one item.
+        let original =
+            Task::from_message(br#"{"type":"gitlab_issue","project_id":42,"issue_iid":3,"uuid":"u"}"#).unwrap();
+        let mut hook = item(Source::Gitlab, Kind::Issue);
+        hook.number = 3;
+        assert_eq!(original.item_key(), hook.key());
+        assert_eq!(Task::new(&hook, "t".into(), "l", None, "now".into()).item_key(), hook.key());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! `skipped` (the worker's re-check found the item closed, merged or unlabelled: not run).
 
 use super::unix_now;
-use crate::task::Task;
+use crate::task::{ItemKey, Task};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub const STATES: &[&str] = &["queued", "running", "waiting", "retrying", "dead", "done", "dropped", "skipped"];
@@ -17,18 +17,11 @@ pub const STATES: &[&str] = &["queued", "running", "waiting", "retrying", "dead"
 pub const LIVE: &str = "('queued', 'running', 'waiting', 'retrying')";
 
 /// The live task for an item, if any.
-pub fn live_task_for(
-    c: &Connection,
-    source: &str,
-    kind: &str,
-    repo: &str,
-    number: u64,
-) -> rusqlite::Result<Option<String>> {
+pub fn live_task_for(c: &Connection, item: &ItemKey) -> rusqlite::Result<Option<String>> {
     c.prepare_cached(&format!(
-        "SELECT id FROM tasks WHERE repo = ?1 AND number = ?2 AND source = ?3 AND kind = ?4 AND state IN {LIVE}
-         ORDER BY created_unix LIMIT 1"
+        "SELECT id FROM tasks WHERE item_key = ?1 AND state IN {LIVE} ORDER BY created_unix LIMIT 1"
     ))?
-    .query_row(params![repo, number as i64, source, kind], |r| r.get(0))
+    .query_row([item.as_str()], |r| r.get(0))
     .optional()
 }
 
@@ -62,8 +55,8 @@ pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim
     let Some((state, generation, cancel_requested, mine)) = row else {
         c.execute(
             "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, attempt, owner,
-                                generation, created_unix, updated_unix, started_unix)
-             VALUES (?1, 0, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10)",
+                                generation, created_unix, updated_unix, started_unix, item_key)
+             VALUES (?1, 0, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10, ?11)",
             params![
                 task.id,
                 task.source.as_str(),
@@ -74,7 +67,8 @@ pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim
                 task.attempt,
                 owner,
                 task.generation as i64,
-                now
+                now,
+                task.item_key().as_str()
             ],
         )?;
         return Ok(Claim::Run);
@@ -659,6 +653,22 @@ mod tests {
         drop_task(&c, "c").unwrap();
         assert!(matches!(claim(&c, &t, "other").unwrap(), Claim::Skip(r) if r.contains("dropped")));
         assert_eq!(state(&c, "c"), "dropped");
+    }
+
+    #[test]
+    fn one_item_whatever_the_case_of_its_name_or_the_form_of_its_message() {
+        let (_d, c) = journal();
+        let upper =
+            Task::from_message(br#"{"type":"github_issue","owner":"Octo","repo":"Hello","number":7,"uuid":"a"}"#);
+        assert_eq!(claim(&c, &upper.unwrap(), "me").unwrap(), Claim::Run);
+        let lower = ItemKey::new(crate::task::Source::Github, crate::task::Kind::Issue, "octo/hello", None, 7);
+        assert_eq!(live_task_for(&c, &lower).unwrap().as_deref(), Some("a"));
+        let gitlab = Task::from_message(br#"{"type":"gitlab_merge_request","project_id":5,"mr_iid":9,"uuid":"b"}"#);
+        assert_eq!(claim(&c, &gitlab.unwrap(), "me").unwrap(), Claim::Run);
+        let hook = ItemKey::new(crate::task::Source::Gitlab, crate::task::Kind::MergeRequest, "G/P", Some(5), 9);
+        assert_eq!(live_task_for(&c, &hook).unwrap().as_deref(), Some("b"));
+        let issue = ItemKey::new(crate::task::Source::Gitlab, crate::task::Kind::Issue, "G/P", Some(5), 9);
+        assert_eq!(live_task_for(&c, &issue).unwrap(), None, "issue #9 is another item than !9");
     }
 
     #[test]

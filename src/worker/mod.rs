@@ -8,7 +8,8 @@
 //! back on the queue (through the outbox). A 2-hour task is never cut off by the broker and
 //! never runs twice: a duplicate message for a claimed or finished task is acked and skipped.
 //!
-//! **One run per item.** Two tasks for the same repo + number never run at once: a second one
+//! **One run per item.** Two tasks for the same item (`ItemKey`: case-insensitive repository,
+//! GitLab project id, kind where the forge numbers them apart) never run at once: a second one
 //! that arrives while the first runs *waits* (state `waiting`, a `TaskWaiting` event) and runs
 //! after it, since a new label may mean new instructions.
 //!
@@ -36,7 +37,7 @@ use crate::forge::{Forges, ItemState};
 use crate::store::label_ops::{self, LabelOp};
 use crate::store::tasks::{self, Claim, Finish};
 use crate::store::{Journal, unix_now};
-use crate::task::Task;
+use crate::task::{ItemKey, Task};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -57,7 +58,7 @@ struct Shared {
     slots: Arc<Semaphore>,
     /// Items with a running task, and the tasks waiting for each. An async lock, held across the
     /// journal write that records `waiting` or `running`, so the two cannot land out of order.
-    items: tokio::sync::Mutex<HashMap<String, VecDeque<Task>>>,
+    items: tokio::sync::Mutex<HashMap<ItemKey, VecDeque<Task>>>,
     /// Running tasks' cancel switches.
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Cancels every handler (shutdown after the grace period).
@@ -188,7 +189,7 @@ async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePe
             if let Err(e) = message.ack().await {
                 tracing::warn!("ack of task {} failed ({e}); a redelivery will be skipped as already running", task.id);
             }
-            let item = task.item_ref();
+            let item = task.item_key();
             let mut items = shared.items.lock().await;
             if let Some(waiting) = items.get_mut(&item) {
                 waiting.push_back(task.clone());
@@ -196,7 +197,7 @@ async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePe
                 let _ = shared.journal.write(move |c| tasks::set_waiting(c, &id)).await;
                 drop(items);
                 drop(permit);
-                shared.bus.emit(Event::TaskWaiting { task_id: task.id, item });
+                shared.bus.emit(Event::TaskWaiting { task_id: task.id.clone(), item: task.item_ref() });
             } else {
                 items.insert(item, VecDeque::new());
                 drop(items);
@@ -238,7 +239,7 @@ async fn dead_letter_invalid(shared: &Shared, message: Received, reason: String)
 
 /// Runs `task`, then each task that queued up behind it for the same item.
 async fn run_item(shared: Arc<Shared>, first: Task, permit: OwnedSemaphorePermit) {
-    let item = first.item_ref();
+    let item = first.item_key();
     let mut next = Some((first, permit));
     while let Some((task, permit)) = next.take() {
         run_attempt(&shared, task).await;
