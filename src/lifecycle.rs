@@ -105,7 +105,7 @@ async fn item_has_another_live_task(
     let (r, t) = (reader.clone(), op.task.clone());
     let live = tokio::task::spawn_blocking(move || {
         let c = r.lock().expect("reader lock");
-        crate::store::tasks::live_task_for(&c, t.source.as_str(), t.kind.as_str(), &t.repo_full_name, t.number)
+        crate::store::tasks::live_task_for(&c, &t.item_key())
     })
     .await;
     matches!(live, Ok(Ok(Some(id))) if id != op.task.id)

@@ -114,7 +114,7 @@ fn job_tools(config: &Config) -> anyhow::Result<(Journal, std::sync::Arc<dyn bro
     open_reader(config)?;
     let journal = Journal::open(&journal_path(config), config.storage.sync)?;
     let broker = broker::from_config(config, &journal);
-    Ok((journal, broker, broker::Queues::new(&config.broker.queue)))
+    Ok((journal, broker, broker::Queues::from_config(config)))
 }
 
 fn job_ids(journal: &Journal, which: &Jobs) -> anyhow::Result<Vec<String>> {
@@ -135,7 +135,7 @@ pub fn jobs_list(config: &Config, state: Option<&str>, limit: usize) -> anyhow::
 
 /// A job's state in the journal, if it is there.
 pub fn job_state(config: &Config, id: &str) -> anyhow::Result<Option<String>> {
-    Ok(tasks::task_state(&open_reader(config)?, id)?.map(|(state, _)| state))
+    Ok(tasks::state_of(&open_reader(config)?, id)?)
 }
 
 /// When a job was queued, last started and finished, as the journal has it.
@@ -150,7 +150,7 @@ pub async fn jobs_replay(config: &Config, which: Jobs) -> anyhow::Result<Vec<Str
     let mut out = Vec::new();
     let forges = crate::forge::Forges::from_config(config)?;
     for id in job_ids(&journal, &which)? {
-        let state = tasks::task_state(&journal.reader()?, &id)?.map(|(s, _)| s);
+        let state = tasks::state_of(&journal.reader()?, &id)?;
         let main = queues.main.clone();
         let task_id = id.clone();
         // With a forge token, the replay puts the item back to `processing` (from done or
@@ -172,6 +172,9 @@ pub async fn jobs_replay(config: &Config, which: Jobs) -> anyhow::Result<Vec<Str
         match replayed {
             None => out.push(match state {
                 None => format!("{id}: no such job"),
+                Some(_) if id.starts_with("invalid-") => {
+                    format!("{id}: not replayed: an invalid queue message is no task to run (drop it)")
+                }
                 Some(s) => format!("{id}: not replayed: it is {s} (only dead, dropped or done jobs are replayed)"),
             }),
             Some(_) => {

@@ -77,6 +77,12 @@ pub struct Task {
     pub delivery_id: Option<String>,
     pub received_at: String,
     pub attempt: u32,
+    /// Which publish of this task the message is: the journal bumps it at every retry, replay
+    /// and re-queue, and a worker runs only the message whose generation is the journal's
+    /// current one, so a stale duplicate is acked and skipped. Absent (the original design's
+    /// producer, or a task's first publish) means 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     /// Set when an operator replayed this task.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replay: bool,
@@ -115,7 +121,51 @@ pub struct Item {
     pub labels: Vec<String>,
 }
 
+/// The one identity of a forge item, normalized, used wherever two tasks must meet (the
+/// worker's per-item lock, "does this item have a live task", the poller/webhook join, the
+/// label life-cycle's busy check) and stored as `tasks.item_key`:
+/// `github:<owner/name lowercased>#<number>` (issues and pull requests share numbers), and
+/// `gitlab:<project id>:<issue|merge_request>#<iid>`, or with the lowercased path where the
+/// project id is not known (GitLab numbers issues and merge requests apart). Both forges treat
+/// repository names case-insensitively; an original-format GitLab message names only its project
+/// id, which meets the webhook's tasks for the same item.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ItemKey(String);
+
+impl ItemKey {
+    pub fn new(source: Source, kind: Kind, repo_full_name: &str, project_id: Option<u64>, number: u64) -> Self {
+        ItemKey(match source {
+            Source::Github => format!("github:{}#{number}", repo_full_name.to_lowercase()),
+            Source::Gitlab => {
+                let repo = project_id.map_or_else(|| repo_full_name.to_lowercase(), |id| id.to_string());
+                let kind = if kind == Kind::MergeRequest { "merge_request" } else { "issue" };
+                format!("gitlab:{repo}:{kind}#{number}")
+            }
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ItemKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Item {
+    pub fn key(&self) -> ItemKey {
+        ItemKey::new(self.source, self.kind, &self.repo_full_name, self.project_id, self.number)
+    }
+}
+
 impl Task {
+    pub fn item_key(&self) -> ItemKey {
+        ItemKey::new(self.source, self.kind, &self.repo_full_name, self.project_id, self.number)
+    }
+
     pub fn new(item: &Item, id: String, label: &str, delivery_id: Option<String>, received_at: String) -> Self {
         let (owner, repo) = match item.source {
             Source::Github => match item.repo_full_name.split_once('/') {
@@ -145,6 +195,7 @@ impl Task {
             delivery_id,
             received_at,
             attempt: 1,
+            generation: 0,
             replay: false,
             failure: None,
         }
@@ -158,7 +209,58 @@ impl Task {
     /// (`{"type":"github_issue","owner":…,"repo":…,"number":…,"uuid":…,"user":…}` and the GitLab
     /// forms with `project_id` and `issue_iid`/`mr_iid`), so an existing producer can feed
     /// agentctl.
+    ///
+    /// Whatever the form, the task id and the repository are checked (see [`Task::validate`]):
+    /// they become file and forge API paths.
     pub fn from_message(bytes: &[u8]) -> Result<Task, String> {
+        let task = Task::parse_message(bytes)?;
+        task.validate()?;
+        Ok(task)
+    }
+
+    /// Checks what a queue message puts into paths: the task id (work dir, log file) must be
+    /// 1–128 of `[A-Za-z0-9_-]`; the repository (forge API paths) must be GitHub `owner/name` or
+    /// a GitLab group path (or a project id), each segment of `[A-Za-z0-9_.-]` and never `.` or
+    /// `..`.
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, id) in [("id", &self.id), ("uuid", &self.uuid)] {
+            let ok = (1..=128).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(format!("the task {field} {} is not 1-128 of [A-Za-z0-9_-]", shown(id)));
+            }
+        }
+        let segments: Vec<&str> = self.repo_full_name.split('/').collect();
+        let segment_ok = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.len() <= 255
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        };
+        let shape_ok = match self.source {
+            Source::Github => segments.len() == 2,
+            Source::Gitlab => (1..=20).contains(&segments.len()),
+        };
+        if !shape_ok || !segments.iter().all(|s| segment_ok(s)) {
+            let want = match self.source {
+                Source::Github => "owner/name",
+                Source::Gitlab => "a group/project path",
+            };
+            return Err(format!(
+                "the repository {} is not {want} of [A-Za-z0-9_.-] segments (never . or ..)",
+                shown(&self.repo_full_name)
+            ));
+        }
+        for part in [&self.owner, &self.repo].into_iter().flatten() {
+            if !segment_ok(part) {
+                return Err(format!("the owner or repo {} is not a [A-Za-z0-9_.-] name", shown(part)));
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_message(bytes: &[u8]) -> Result<Task, String> {
         if let Ok(t) = serde_json::from_slice::<Task>(bytes) {
             return Ok(t);
         }
@@ -202,6 +304,7 @@ impl Task {
             delivery_id: None,
             received_at: now_rfc3339(),
             attempt: o.attempt.unwrap_or(1).max(1),
+            generation: o.generation.unwrap_or(0),
             replay: false,
             failure: None,
         })
@@ -231,6 +334,18 @@ struct Original {
     title: Option<String>,
     label: Option<String>,
     attempt: Option<u32>,
+    generation: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A value from a message, quoted for an error: escaped, and cut to 64 characters.
+fn shown(value: &str) -> String {
+    let cut: String = value.chars().take(64).collect();
+    let more = if cut.len() < value.len() { "…" } else { "" };
+    format!("{cut:?}{more}")
 }
 
 /// `owner/repo#7` (issues, pull requests) or `group/project!3` (merge requests).
@@ -312,5 +427,65 @@ mod tests {
         assert!(Task::from_message(b"not json").is_err());
         let own = Task::new(&item(Source::Github, Kind::Issue), "t1".into(), "l", None, "now".into());
         assert_eq!(Task::from_message(&own.to_json()).unwrap(), own);
+    }
+
+    #[test]
+    fn item_keys_ignore_case_and_meet_across_message_forms() {
+        let gh = |repo: &str, kind| ItemKey::new(Source::Github, kind, repo, None, 7);
+        assert_eq!(gh("Octo/Hello", Kind::Issue), gh("octo/hello", Kind::Issue));
+        assert_eq!(gh("octo/hello", Kind::Issue), gh("octo/hello", Kind::PullRequest), "one number space");
+        assert_eq!(gh("octo/hello", Kind::Issue).as_str(), "github:octo/hello#7");
+        let gl = |repo: &str, project, kind| ItemKey::new(Source::Gitlab, kind, repo, project, 3);
+        assert_ne!(gl("g/p", Some(42), Kind::Issue), gl("g/p", Some(42), Kind::MergeRequest), "issue #3 is not !3");
+        assert_eq!(gl("Group/Proj", None, Kind::Issue), gl("group/proj", None, Kind::Issue));
+        assert_eq!(gl("Group/Proj", Some(42), Kind::Issue).as_str(), "gitlab:42:issue#3");
+        // The original design's GitLab message names only the project id; the webhook's task
+        // has the path too. They are one item.
+        let original =
+            Task::from_message(br#"{"type":"gitlab_issue","project_id":42,"issue_iid":3,"uuid":"u"}"#).unwrap();
+        let mut hook = item(Source::Gitlab, Kind::Issue);
+        hook.number = 3;
+        assert_eq!(original.item_key(), hook.key());
+        assert_eq!(Task::new(&hook, "t".into(), "l", None, "now".into()).item_key(), hook.key());
+    }
+
+    #[test]
+    fn ids_and_repositories_that_would_escape_a_path_are_refused() {
+        let gh = |uuid: &str, owner: &str, repo: &str| {
+            serde_json::json!({"type": "github_issue", "owner": owner, "repo": repo, "number": 1, "uuid": uuid})
+                .to_string()
+        };
+        assert!(Task::from_message(gh("0193-ab_C", "octo", "hello.js").as_bytes()).is_ok());
+        for (uuid, owner, repo) in [
+            ("../../etc", "o", "r"),
+            ("/tmp/x", "o", "r"),
+            ("", "o", "r"),
+            ("a b", "o", "r"),
+            (&"x".repeat(129), "o", "r"),
+            ("ok", "..", "r"),
+            ("ok", "o", "."),
+            ("ok", "o", "r/../../x"),
+            ("ok", "o?x", "r"),
+            ("ok", "o", "r\n"),
+        ] {
+            let err = Task::from_message(gh(uuid, owner, repo).as_bytes()).unwrap_err();
+            assert!(err.contains("task id") || err.contains("repository") || err.contains("owner"), "{err}");
+        }
+        let own = |full: &str, source: &str| {
+            serde_json::json!({"type": format!("{source}_issue"), "uuid": "t", "id": "t", "user": "u", "source": source,
+                "kind": "issue", "repo_full_name": full, "url": "", "title": "", "label": "", "number": 1,
+                "received_at": "now", "attempt": 1})
+            .to_string()
+        };
+        assert!(Task::from_message(own("group/sub/project", "gitlab").as_bytes()).is_ok());
+        assert!(Task::from_message(own("group/../project", "gitlab").as_bytes()).is_err());
+        assert!(Task::from_message(own("group//project", "gitlab").as_bytes()).is_err());
+        assert!(Task::from_message(own("a/b/c", "github").as_bytes()).is_err(), "GitHub is owner/name");
+        let id = serde_json::json!({"type": "github_issue", "uuid": "ok", "id": "../x", "repo_full_name": "o/r",
+            "number": 1})
+        .to_string();
+        assert!(Task::from_message(id.as_bytes()).unwrap_err().contains("task id"));
+        let long = Task::from_message(gh(&"é".repeat(300), "o", "r").as_bytes()).unwrap_err();
+        assert!(long.len() < 200, "the error quotes a bounded part of the value: {long}");
     }
 }

@@ -1,6 +1,6 @@
 //! RabbitMQ through lapin. Topology per the contract: the default exchange, routing key = queue
-//! name, a durable main queue, `<queue>.retry` (per-message TTL, dead-lettering back to the main
-//! queue) and `<queue>.dead`. Publishes are persistent and confirmed, spread over several
+//! name, a durable main queue, one `<queue>.retry.<secs>s` per distinct delay (a queue TTL,
+//! dead-lettering back to the main queue) and `<queue>.dead`. Publishes are persistent and confirmed, spread over several
 //! channels so one slow confirm does not hold up the rest. The connection is not auto-recovered:
 //! when it fails, every unconfirmed publish is reported failed (the outbox publishes it again),
 //! and the next call connects afresh. Every broker await has a timeout.
@@ -111,14 +111,19 @@ impl AmqpBroker {
 }
 
 /// Declares main, retry and dead queues. The main queue takes no arguments, so a queue declared
-/// by the original design (durable, no arguments) is accepted as it is.
+/// by the original design (durable, no arguments) is accepted as it is. Each retry queue holds
+/// one delay (`x-message-ttl`) and dead-letters to the main queue; the earlier single
+/// `<queue>.retry` is left as it is.
 pub async fn declare_topology(ch: &Channel, q: &Queues) -> Result<(), BrokerError> {
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     timed(RPC_TIMEOUT, ch.queue_declare(q.main.as_str().into(), durable, FieldTable::default())).await?;
-    let mut retry_args = FieldTable::default();
-    retry_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-    retry_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(q.main.as_str().into()));
-    timed(RPC_TIMEOUT, ch.queue_declare(q.retry.as_str().into(), durable, retry_args)).await?;
+    for (delay_secs, name) in &q.retries {
+        let mut retry_args = FieldTable::default();
+        retry_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt((delay_secs * 1000) as i64));
+        retry_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        retry_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(q.main.as_str().into()));
+        timed(RPC_TIMEOUT, ch.queue_declare(name.as_str().into(), durable, retry_args)).await?;
+    }
     timed(RPC_TIMEOUT, ch.queue_declare(q.dead.as_str().into(), durable, FieldTable::default())).await?;
     Ok(())
 }
@@ -131,8 +136,9 @@ pub fn task_properties(task_id: &str) -> BasicProperties {
         .with_message_id(task_id.into())
 }
 
-/// A row's properties; a delayed row (a retry) carries its delay as the per-message TTL, after
-/// which the retry queue dead-letters it back to the main queue.
+/// A row's properties; a delayed row (a retry) also carries its delay as the per-message TTL:
+/// the same as its retry queue's TTL, and what a row still bound for the earlier single
+/// `<queue>.retry` needs.
 fn row_properties(row: &OutboxRow) -> BasicProperties {
     let props = task_properties(&row.task_id);
     if row.delay_ms > 0 { props.with_expiration(row.delay_ms.to_string().as_str().into()) } else { props }

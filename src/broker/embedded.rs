@@ -68,13 +68,16 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn publish(&self, rows: &[OutboxRow]) -> Published {
-        // A retry waits on the main queue until its visible-at time: the embedded queue's
-        // equivalent of the retry queue's TTL and dead-lettering.
+        // A retry waits in its retry queue until its visible-at time, and the main queue's
+        // consumer takes it from there: the embedded queue's equivalent of the retry queue's TTL
+        // and dead-lettering. Consumers pick the earliest visible message of all of them, so a
+        // short delay never waits behind a long one. (A row still bound for the earlier single
+        // retry queue goes to the main queue.)
         let rows: Vec<OutboxRow> = rows
             .iter()
             .map(|r| {
                 let mut r = r.clone();
-                if r.queue == self.queues.retry {
+                if r.queue == self.queues.legacy_retry {
                     r.queue = self.queues.main.clone();
                 }
                 r
@@ -108,8 +111,6 @@ impl Broker for EmbeddedBroker {
         tokio::task::spawn_blocking(move || {
             let c = journal.reader().map_err(store_err)?;
             let now = unix_now_ms();
-            // Retries wait on the main queue with a visible-at time in the future; they are
-            // counted as the retry queue's.
             let mut stmt = c
                 .prepare(
                     "SELECT COALESCE(SUM(visible_ms <= ?2 AND (lease_until_ms IS NULL OR lease_until_ms < ?2)), 0),
@@ -125,7 +126,7 @@ impl Broker for EmbeddedBroker {
                 })
                 .map_err(|e| BrokerError::Store(e.to_string()))
             };
-            let (ready, unacked, consumers, delayed) = count(&queues.main)?;
+            let (mut ready, mut unacked, consumers, _) = count(&queues.main)?;
             let (dead, _, _, _) = count(&queues.dead)?;
             let depth = |queue: &str, ready: i64, unacked: i64, consumers: i64| QueueDepth {
                 queue: queue.to_string(),
@@ -133,11 +134,18 @@ impl Broker for EmbeddedBroker {
                 unacked: unacked as u64,
                 consumers: consumers as u64,
             };
-            Ok(vec![
-                depth(&queues.main, ready, unacked, consumers),
-                depth(&queues.retry, delayed, 0, 0),
-                depth(&queues.dead, dead, 0, 0),
-            ])
+            // A retry still waiting counts as its retry queue's; once visible, as the main queue's.
+            let mut retries = Vec::new();
+            for (_, queue) in &queues.retries {
+                let (visible, leased, _, waiting) = count(queue)?;
+                ready += visible;
+                unacked += leased;
+                retries.push(depth(queue, waiting, 0, 0));
+            }
+            let mut out = vec![depth(&queues.main, ready, unacked, consumers)];
+            out.extend(retries);
+            out.push(depth(&queues.dead, dead, 0, 0));
+            Ok(out)
         })
         .await
         .map_err(|e| BrokerError::Store(e.to_string()))?
@@ -161,9 +169,14 @@ impl Broker for EmbeddedBroker {
         let owner = uuid::Uuid::new_v4().to_string();
         let cancel = CancellationToken::new();
         tokio::spawn(renew_leases(self.journal.clone(), owner.clone(), cancel.clone()));
+        // The main queue's consumer also takes retries whose delay has passed.
+        let mut queues = vec![queue.to_string()];
+        if queue == self.queues.main {
+            queues.extend(self.queues.retries.iter().map(|(_, q)| q.clone()));
+        }
         Ok(Box::new(EmbeddedConsumer {
             journal: self.journal.clone(),
-            queue: queue.to_string(),
+            queues: serde_json::to_string(&queues).expect("names serialize"),
             owner,
             published: self.published.clone(),
             permits: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
@@ -196,7 +209,8 @@ async fn renew_leases(journal: Journal, owner: String, cancel: CancellationToken
 
 struct EmbeddedConsumer {
     journal: Journal,
-    queue: String,
+    /// The queues it takes from, as a JSON array (for `json_each`).
+    queues: String,
     owner: String,
     published: Arc<Notify>,
     permits: Arc<Semaphore>,
@@ -209,7 +223,7 @@ impl Consumer for EmbeddedConsumer {
         let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         loop {
             let woken = self.published.notified();
-            let (queue, owner) = (self.queue.clone(), self.owner.clone());
+            let (queue, owner) = (self.queues.clone(), self.owner.clone());
             let claimed = self
                 .journal
                 .write(move |c| {
@@ -218,7 +232,7 @@ impl Consumer for EmbeddedConsumer {
                         "UPDATE queue_messages
                          SET lease_owner = ?1, lease_until_ms = ?2, delivery_count = delivery_count + 1
                          WHERE id = (SELECT id FROM queue_messages
-                                     WHERE queue = ?3 AND visible_ms <= ?4
+                                     WHERE queue IN (SELECT value FROM json_each(?3)) AND visible_ms <= ?4
                                        AND (lease_until_ms IS NULL OR lease_until_ms < ?4)
                                      ORDER BY visible_ms, id LIMIT 1)
                          RETURNING id, body, delivery_count",

@@ -93,21 +93,64 @@ pub trait Broker: Send + Sync {
     async fn remove(&self, queue: &str, message_ids: &[String]) -> Result<usize, BrokerError>;
 }
 
-/// The queue names derived from `broker.queue`.
+/// The queue names derived from `broker.queue` (and `worker.backoff_secs`).
 #[derive(Debug, Clone)]
 pub struct Queues {
     pub main: String,
-    pub retry: String,
+    /// One retry queue per distinct delay, `<queue>.retry.<secs>s`, shortest first: a queue TTL
+    /// only works for everyone when all its messages wait as long (a per-message TTL expires
+    /// only at the head, so one shared queue makes a 10 s retry wait behind a 300 s one).
+    pub retries: Vec<(u64, String)>,
     pub dead: String,
+    /// The single retry queue of earlier versions: never declared again (RabbitMQ refuses a
+    /// re-declare with other arguments); what is left in it still expires into the main queue.
+    pub legacy_retry: String,
 }
 
 impl Queues {
+    /// The names without retry queues (enough to publish to or read the main and dead queues).
     pub fn new(main: &str) -> Self {
-        Queues { main: main.to_string(), retry: format!("{main}.retry"), dead: format!("{main}.dead") }
+        Queues::with_delays(main, &[])
     }
 
-    pub fn all(&self) -> [&str; 3] {
-        [&self.main, &self.retry, &self.dead]
+    /// The names for `delays` (seconds; 0 means no wait, so no retry queue).
+    pub fn with_delays(main: &str, delays: &[u64]) -> Self {
+        let mut delays: Vec<u64> = delays.iter().copied().filter(|d| *d > 0).collect();
+        delays.sort_unstable();
+        delays.dedup();
+        Queues {
+            main: main.to_string(),
+            retries: delays.into_iter().map(|d| (d, format!("{main}.retry.{d}s"))).collect(),
+            dead: format!("{main}.dead"),
+            legacy_retry: format!("{main}.retry"),
+        }
+    }
+
+    pub fn from_config(config: &Config) -> Self {
+        Queues::with_delays(&config.broker.queue, &config.worker.backoff_secs)
+    }
+
+    /// Where a retry after `delay_secs` goes: its delay's retry queue (no delay: the main queue).
+    pub fn retry_for(&self, delay_secs: u64) -> String {
+        if delay_secs == 0 {
+            return self.main.clone();
+        }
+        match self.retries.iter().find(|(d, _)| *d == delay_secs) {
+            Some((_, name)) => name.clone(),
+            None => format!("{}.retry.{delay_secs}s", self.main),
+        }
+    }
+
+    pub fn is_retry(&self, queue: &str) -> bool {
+        queue == self.legacy_retry || self.retries.iter().any(|(_, q)| q == queue)
+    }
+
+    /// Main, each retry queue, dead.
+    pub fn all(&self) -> Vec<&str> {
+        let mut out = vec![self.main.as_str()];
+        out.extend(self.retries.iter().map(|(_, q)| q.as_str()));
+        out.push(&self.dead);
+        out
     }
 }
 
@@ -131,7 +174,7 @@ pub async fn report_depths(
 
 /// The configured backend.
 pub fn from_config(config: &Config, journal: &Journal) -> Arc<dyn Broker> {
-    let queues = Queues::new(&config.broker.queue);
+    let queues = Queues::from_config(config);
     if config.broker.is_embedded() {
         Arc::new(embedded::EmbeddedBroker::new(journal.clone(), queues))
     } else {

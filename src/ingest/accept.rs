@@ -154,8 +154,7 @@ pub fn already_known(c: &rusqlite::Connection, found: &Found) -> rusqlite::Resul
         return Ok(true);
     }
     let i = &found.item;
-    Ok(crate::store::tasks::live_task_for(c, i.source.as_str(), i.kind.as_str(), &i.repo_full_name, i.number)?
-        .is_some())
+    Ok(crate::store::tasks::live_task_for(c, &i.key())?.is_some())
 }
 
 /// The ingest pipeline with its configuration.
@@ -429,6 +428,7 @@ impl Ingest {
                 kind: item.kind.as_str(),
                 repo: item.repo_full_name.clone(),
                 number: item.number,
+                item_key: item.key(),
                 queue: self.queue.to_string(),
                 payload: task.to_json(),
                 label_op: self.lifecycle(item.source),

@@ -29,6 +29,8 @@ pub struct NewTask {
     pub kind: &'static str,
     pub repo: String,
     pub number: u64,
+    /// The item's normalized identity (see `task::ItemKey`).
+    pub item_key: crate::task::ItemKey,
     pub queue: String,
     pub payload: Vec<u8>,
     /// The label life-cycle is on: record its `accepted` operation with the task.
@@ -98,7 +100,7 @@ impl NewDelivery {
                 }
             }
             if let Some(t) = &self.task
-                && let Some(live) = super::tasks::live_task_for(c, t.source, t.kind, &t.repo, t.number)?
+                && let Some(live) = super::tasks::live_task_for(c, &t.item_key)?
             {
                 return Ok(Recorded::Known { task_id: Some(live) });
             }
@@ -124,8 +126,8 @@ impl NewDelivery {
         // arrived: while that task has not started, it is this labelling's task.
         if !self.only_new
             && self.replay_of.is_none()
-            && let (Some(t), Some(item)) = (&self.task, &self.item)
-            && let Some((original, task_id)) = polled_task_not_started(c, t.source, item)?
+            && let Some(t) = &self.task
+            && let Some((original, task_id)) = polled_task_not_started(c, &t.item_key)?
         {
             let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
             let journal_id = self.insert_row(c, dedupe_key.as_deref(), None, "duplicate", &why, Some(&task_id))?;
@@ -142,11 +144,12 @@ impl NewDelivery {
         if let Some(task) = &self.task {
             let now = unix_now();
             c.prepare_cached(
-                "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix)
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix,
+                                    item_key)
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
             )?
             .execute(params![task.id, journal_id, task.source, task.kind, task.repo, task.number as i64,
-                std::str::from_utf8(&task.payload).unwrap_or_default(), now])?;
+                std::str::from_utf8(&task.payload).unwrap_or_default(), now, task.item_key.as_str()])?;
             c.prepare_cached("INSERT INTO outbox (task_id, queue, created_unix) VALUES (?1, ?2, ?3)")?
                 .execute(params![task.id, task.queue, now])?;
             if task.label_op {
@@ -202,12 +205,14 @@ impl NewDelivery {
 /// A task for `item` that the poller queued and that has not started: (its delivery, its id).
 /// Runs for every webhook that makes a task, so it reads only poll deliveries (a partial
 /// index): a flood of webhooks for one item must not scan that item's earlier tasks.
-fn polled_task_not_started(c: &Connection, source: &str, item: &str) -> rusqlite::Result<Option<(i64, String)>> {
-    c.prepare_cached(POLLED_TASK_NOT_STARTED)?.query_row([item, source], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+fn polled_task_not_started(c: &Connection, item: &crate::task::ItemKey) -> rusqlite::Result<Option<(i64, String)>> {
+    c.prepare_cached(POLLED_TASK_NOT_STARTED)?.query_row([item.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional()
 }
 
-const POLLED_TASK_NOT_STARTED: &str = "SELECT d.id, t.id FROM deliveries d JOIN tasks t ON t.id = d.task_id
-     WHERE d.route = 'poll' AND d.item = ?1 AND t.source = ?2 AND t.state IN ('queued', 'waiting', 'retrying')
+/// Sought by the normalized item key and the state (index `tasks_item_key`): only the item's
+/// live tasks are read, however many finished ones it has.
+const POLLED_TASK_NOT_STARTED: &str = "SELECT d.id, t.id FROM tasks t JOIN deliveries d ON d.id = t.delivery
+     WHERE t.item_key = ?1 AND t.state IN ('queued', 'waiting', 'retrying') AND d.route = 'poll'
      ORDER BY d.id LIMIT 1";
 
 /// Whether a rejected body (already cut to `per_body` and packed) fits under the total cap;
@@ -346,12 +351,13 @@ mod tests {
         let plan: Vec<String> = c
             .prepare(&format!("EXPLAIN QUERY PLAN {}", super::POLLED_TASK_NOT_STARTED))
             .unwrap()
-            .query_map(["o/r#1", "github"], |r| r.get::<_, String>(3))
+            .query_map(["github:o/r#1"], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert!(plan.iter().any(|p| p.contains("deliveries_poll_item")), "{plan:?}");
+        assert!(plan.iter().any(|p| p.contains("tasks_item_key")), "{plan:?}");
         assert!(!plan.iter().any(|p| p.contains("SCAN")), "{plan:?}");
-        assert_eq!(super::polled_task_not_started(&c, "github", "o/r#1").unwrap(), None);
+        let key = crate::task::ItemKey::new(crate::task::Source::Github, crate::task::Kind::Issue, "o/r", None, 1);
+        assert_eq!(super::polled_task_not_started(&c, &key).unwrap(), None);
     }
 }

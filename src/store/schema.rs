@@ -119,6 +119,26 @@ CREATE INDEX deliveries_poll_item ON deliveries(item) WHERE route = 'poll';
 -- The label drainer asks for each pending op whether an earlier one of its task is pending.
 CREATE INDEX label_ops_task ON label_ops(task_id, id) WHERE gave_up = 0;
 "#,
+    // 5: every publish of a task (retry, replay, re-queue, dead letter) carries the task's
+    // generation; a claim runs only the message of the current one (see tasks::claim).
+    r#"
+ALTER TABLE tasks ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+"#,
+    // 6: one normalized item identity (task::ItemKey), backfilled with the same rules: GitHub
+    // owner/name lowercased; GitLab the project id where the message has one, else the
+    // lowercased path, and the kind. "Does this item have a live task" and the poller/webhook
+    // join seek it with the state, so they never walk an item's finished tasks.
+    r#"
+ALTER TABLE tasks ADD COLUMN item_key TEXT NOT NULL DEFAULT '';
+UPDATE tasks SET item_key = CASE
+    WHEN source = 'github' THEN 'github:' || lower(repo) || '#' || number
+    WHEN source = 'gitlab' THEN 'gitlab:'
+        || COALESCE(CAST(json_extract(payload, '$.project_id') AS TEXT), lower(repo)) || ':'
+        || CASE WHEN kind = 'merge_request' THEN 'merge_request' ELSE 'issue' END || '#' || number
+    ELSE '' END
+WHERE json_valid(payload) OR source = 'github';
+CREATE INDEX tasks_item_key ON tasks(item_key, state);
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -133,4 +153,39 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         tx.pragma_update(None, "user_version", i + 1)?;
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_keys_are_backfilled_like_task_item_key() {
+        let c = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..5] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", 5).unwrap();
+        let rows = [
+            ("a", "github", "issue", "Octo/Hello", r#"{"number":7}"#),
+            ("b", "gitlab", "merge_request", "Group/Proj", r#"{"project_id":42}"#),
+            ("c", "gitlab", "issue", "Group/Proj", r#"{}"#),
+        ];
+        for (id, source, kind, repo, payload) in rows {
+            c.execute(
+                "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix)
+                 VALUES (?1, 0, 'queued', ?2, ?3, ?4, 7, ?5, 0, 0)",
+                (id, source, kind, repo, payload),
+            )
+            .unwrap();
+        }
+        migrate(&c).unwrap();
+        let key = |id: &str| {
+            c.query_row("SELECT item_key FROM tasks WHERE id = ?1", [id], |r| r.get::<_, String>(0)).unwrap()
+        };
+        use crate::task::{ItemKey, Kind, Source};
+        assert_eq!(key("a"), ItemKey::new(Source::Github, Kind::Issue, "Octo/Hello", None, 7).as_str());
+        assert_eq!(key("b"), ItemKey::new(Source::Gitlab, Kind::MergeRequest, "x", Some(42), 7).as_str());
+        assert_eq!(key("c"), ItemKey::new(Source::Gitlab, Kind::Issue, "Group/Proj", None, 7).as_str());
+    }
 }

@@ -8,7 +8,7 @@
 //! `skipped` (the worker's re-check found the item closed, merged or unlabelled: not run).
 
 use super::unix_now;
-use crate::task::Task;
+use crate::task::{ItemKey, Task};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub const STATES: &[&str] = &["queued", "running", "waiting", "retrying", "dead", "done", "dropped", "skipped"];
@@ -17,18 +17,11 @@ pub const STATES: &[&str] = &["queued", "running", "waiting", "retrying", "dead"
 pub const LIVE: &str = "('queued', 'running', 'waiting', 'retrying')";
 
 /// The live task for an item, if any.
-pub fn live_task_for(
-    c: &Connection,
-    source: &str,
-    kind: &str,
-    repo: &str,
-    number: u64,
-) -> rusqlite::Result<Option<String>> {
+pub fn live_task_for(c: &Connection, item: &ItemKey) -> rusqlite::Result<Option<String>> {
     c.prepare_cached(&format!(
-        "SELECT id FROM tasks WHERE repo = ?1 AND number = ?2 AND source = ?3 AND kind = ?4 AND state IN {LIVE}
-         ORDER BY created_unix LIMIT 1"
+        "SELECT id FROM tasks WHERE item_key = ?1 AND state IN {LIVE} ORDER BY created_unix LIMIT 1"
     ))?
-    .query_row(params![repo, number as i64, source, kind], |r| r.get(0))
+    .query_row([item.as_str()], |r| r.get(0))
     .optional()
 }
 
@@ -42,46 +35,103 @@ pub enum Claim {
 
 /// Takes a task for this worker (`owner`), recording it if the journal has not seen it (a task
 /// published by another agentctl, or by the original design's producer).
+///
+/// A known task runs only from the message whose generation is the journal's current one: any
+/// other is a stale duplicate (of an earlier attempt, or from before a replay) and is skipped.
+/// A dead, done, dropped, skipped or parked task never runs from a message; a replay makes it
+/// `queued` under a new generation first. A claim never clears `cancel_requested`: a task an
+/// operator dropped is recorded as dropped here instead of run.
 pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim> {
     let now = unix_now();
-    let state: Option<String> =
-        c.query_row("SELECT state FROM tasks WHERE id = ?1", [&task.id], |r| r.get(0)).optional()?;
+    let row: Option<(String, u64, bool, bool)> = c
+        .query_row(
+            "SELECT state, generation, cancel_requested, owner IS ?2 FROM tasks WHERE id = ?1",
+            (&task.id, owner),
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
     let skip = |why: &str| Ok(Claim::Skip(why.to_string()));
-    match state.as_deref() {
-        Some("dropped") => return skip("dropped by an operator"),
-        Some("done") => return skip("already done (a message published twice)"),
-        Some("skipped") => return skip("already skipped (a message published twice)"),
-        Some(state @ ("running" | "waiting")) => {
-            let mine: bool =
-                c.query_row("SELECT owner IS ?2 FROM tasks WHERE id = ?1", (&task.id, owner), |r| r.get(0))?;
-            if mine {
-                return skip(&format!("already {state} here (a message published twice)"));
-            }
+    let payload = String::from_utf8(task.to_json()).expect("JSON is UTF-8");
+    let Some((state, generation, cancel_requested, mine)) = row else {
+        c.execute(
+            "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, attempt, owner,
+                                generation, created_unix, updated_unix, started_unix, item_key)
+             VALUES (?1, 0, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10, ?11)",
+            params![
+                task.id,
+                task.source.as_str(),
+                task.kind.as_str(),
+                task.repo_full_name,
+                task.number as i64,
+                payload,
+                task.attempt,
+                owner,
+                task.generation as i64,
+                now,
+                task.item_key().as_str()
+            ],
+        )?;
+        return Ok(Claim::Run);
+    };
+    match state.as_str() {
+        "dropped" => return skip("dropped by an operator"),
+        "done" | "skipped" | "dead" | "parked" => {
+            return skip(&format!("already {state} (a duplicate message)"));
+        }
+        _ if task.generation != generation => {
+            return skip(&format!(
+                "a stale message (generation {} of a task now at generation {generation}, {state})",
+                task.generation
+            ));
+        }
+        _ if cancel_requested => {
+            finish(c, &task.id, &Finish::Dropped { reason: "dropped by an operator".into() })?;
+            return skip("dropped by an operator");
+        }
+        "running" | "waiting" if mine => {
+            return skip(&format!("already {state} here (a message published twice)"));
         }
         _ => {}
     }
-    let payload = String::from_utf8(task.to_json()).expect("JSON is UTF-8");
     c.execute(
-        "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, attempt, owner,
-                            created_unix, updated_unix, started_unix)
-         VALUES (?1, 0, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)
-         ON CONFLICT(id) DO UPDATE SET state = 'running', payload = ?6, attempt = ?7, owner = ?8,
-             progress = NULL, progress_message = NULL, cancel_requested = 0, updated_unix = ?9,
-             started_unix = ?9, next_attempt_unix = NULL",
-        params![
-            task.id,
-            task.source.as_str(),
-            task.kind.as_str(),
-            task.repo_full_name,
-            task.number as i64,
-            payload,
-            task.attempt,
-            owner,
-            now
-        ],
+        "UPDATE tasks SET state = 'running', payload = ?2, attempt = ?3, owner = ?4, progress = NULL,
+             progress_message = NULL, updated_unix = ?5, started_unix = ?5, next_attempt_unix = NULL
+         WHERE id = ?1",
+        params![task.id, payload, task.attempt, owner, now],
     )?;
     Ok(Claim::Run)
 }
+
+/// Most of an unreadable message kept in its dead letter.
+const INVALID_BODY_KEPT: usize = 64 * 1024;
+
+/// Records a queue message the worker cannot take as a task (not a task at all, or one whose
+/// id or repository would escape a path) as a dead job, and sends it to the dead queue with the
+/// reason, in one transaction. Its job id is `invalid-` + a digest of the bytes — never an id the
+/// message claims, which could name a real task — so a redelivered copy is the same job, recorded
+/// once. The dead letter is JSON: `{"type":"invalid","id":…,"reason":…,"body":…}` (the body as
+/// lossy UTF-8, at most 64 KiB). Returns the job id.
+pub fn record_invalid(c: &Connection, body: &[u8], reason: &str, dead_queue: &str) -> rusqlite::Result<String> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body);
+    let id = format!("invalid-{}", hex::encode(&digest[..12]));
+    let kept = String::from_utf8_lossy(&body[..body.len().min(INVALID_BODY_KEPT)]).into_owned();
+    let letter = serde_json::json!({ "type": "invalid", "id": id, "reason": reason, "body": kept }).to_string();
+    let now = unix_now();
+    let inserted = c.execute(
+        "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, failure, created_unix,
+                            updated_unix, finished_unix)
+         VALUES (?1, 0, 'dead', 'invalid', 'invalid', ?2, 0, ?3, ?4, ?5, ?5, ?5) ON CONFLICT(id) DO NOTHING",
+        params![id, INVALID_ITEM, letter, format!("invalid message: {reason}"), now],
+    )?;
+    if inserted == 1 {
+        enqueue(c, &id, dead_queue, 0)?;
+    }
+    Ok(id)
+}
+
+/// What `jobs list` shows as the item of an invalid message.
+pub const INVALID_ITEM: &str = "(invalid queue message)";
 
 pub fn set_pgid(c: &Connection, id: &str, pgid: i32) -> rusqlite::Result<()> {
     c.execute("UPDATE tasks SET pgid = ?2 WHERE id = ?1", (id, pgid))?;
@@ -97,16 +147,30 @@ pub fn leftover_groups(c: &Connection) -> rusqlite::Result<Vec<(String, i32)>> {
 
 /// Parks a claimed task until its item is free.
 pub fn set_waiting(c: &Connection, id: &str) -> rusqlite::Result<()> {
-    c.execute("UPDATE tasks SET state = 'waiting', updated_unix = ?2 WHERE id = ?1", (id, unix_now()))?;
-    Ok(())
-}
-
-pub fn set_running(c: &Connection, id: &str) -> rusqlite::Result<()> {
     c.execute(
-        "UPDATE tasks SET state = 'running', started_unix = ?2, updated_unix = ?2 WHERE id = ?1",
+        "UPDATE tasks SET state = 'waiting', updated_unix = ?2 WHERE id = ?1 AND state = 'running'",
         (id, unix_now()),
     )?;
     Ok(())
+}
+
+/// A waiting task's turn: true when it is to run now. False when it is no longer waiting (an
+/// operator dropped it) or a cancel was asked for meanwhile (then it is recorded as dropped):
+/// the caller must not run it.
+pub fn set_running(c: &Connection, id: &str) -> rusqlite::Result<bool> {
+    let changed = c.execute(
+        "UPDATE tasks SET state = 'running', started_unix = ?2, updated_unix = ?2
+         WHERE id = ?1 AND state = 'waiting' AND cancel_requested = 0",
+        (id, unix_now()),
+    )?;
+    if changed == 0 {
+        c.execute(
+            "UPDATE tasks SET state = 'dropped', failure = 'dropped by an operator', owner = NULL,
+                 finished_unix = ?2, updated_unix = ?2 WHERE id = ?1 AND state = 'waiting'",
+            (id, unix_now()),
+        )?;
+    }
+    Ok(changed == 1)
 }
 
 pub fn record_progress(c: &Connection, id: &str, percent: u8, message: &str) -> rusqlite::Result<()> {
@@ -145,8 +209,17 @@ pub enum Finish {
     },
 }
 
-pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<()> {
+/// Records the end of an attempt and returns the state it left the task in. An attempt that
+/// would be retried or go dead while an operator's cancel is pending (it failed before the
+/// worker saw the cancel) is dropped instead: the drop is never lost. A retry or dead letter
+/// takes the generation its message carries (the policy advances it).
+pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<&'static str> {
     let now = unix_now();
+    let cancel_requested = || -> rusqlite::Result<bool> {
+        c.query_row("SELECT cancel_requested FROM tasks WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map(|v| v.unwrap_or(false))
+    };
     match outcome {
         Finish::Done { exit_code } => {
             c.execute(
@@ -154,12 +227,16 @@ pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<()
                      finished_unix = ?3, updated_unix = ?3 WHERE id = ?1",
                 params![id, exit_code, now],
             )?;
+            Ok("done")
+        }
+        Finish::Retry { .. } | Finish::Dead { .. } if cancel_requested()? => {
+            finish(c, id, &Finish::Dropped { reason: "dropped by an operator".into() })
         }
         Finish::Retry { task, queue, delay_ms, next_unix } => {
             let failure = task.failure.as_ref();
             c.execute(
                 "UPDATE tasks SET state = 'retrying', payload = ?2, attempt = ?3, failure = ?4, exit_code = ?5,
-                     owner = NULL, next_attempt_unix = ?6, updated_unix = ?7 WHERE id = ?1",
+                     owner = NULL, next_attempt_unix = ?6, updated_unix = ?7, generation = ?8 WHERE id = ?1",
                 params![
                     id,
                     String::from_utf8(task.to_json()).expect("JSON is UTF-8"),
@@ -167,25 +244,29 @@ pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<()
                     failure.map(|f| f.reason.clone()),
                     failure.and_then(|f| f.exit_code),
                     next_unix,
-                    now
+                    now,
+                    task.generation as i64
                 ],
             )?;
             enqueue(c, id, queue, *delay_ms)?;
+            Ok("retrying")
         }
         Finish::Dead { task, queue } => {
             let failure = task.failure.as_ref();
             c.execute(
                 "UPDATE tasks SET state = 'dead', payload = ?2, failure = ?3, exit_code = ?4, owner = NULL,
-                     finished_unix = ?5, updated_unix = ?5 WHERE id = ?1",
+                     finished_unix = ?5, updated_unix = ?5, generation = ?6 WHERE id = ?1",
                 params![
                     id,
                     String::from_utf8(task.to_json()).expect("JSON is UTF-8"),
                     failure.map(|f| format!("{}: {}", f.class, f.reason)),
                     failure.and_then(|f| f.exit_code),
-                    now
+                    now,
+                    task.generation as i64
                 ],
             )?;
             enqueue(c, id, queue, 0)?;
+            Ok("dead")
         }
         Finish::Dropped { reason } | Finish::Skipped { reason } => {
             let state = if matches!(outcome, Finish::Dropped { .. }) { "dropped" } else { "skipped" };
@@ -194,9 +275,21 @@ pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<()
                  WHERE id = ?1",
                 params![id, reason, now, state],
             )?;
+            Ok(state)
         }
     }
-    Ok(())
+}
+
+/// Writes `task` back as the task's message under its next generation, for a publish that is
+/// not an attempt's end (a replay, a re-queue). Returns the message.
+fn next_generation(c: &Connection, mut task: Task) -> rusqlite::Result<Task> {
+    let current: i64 = c.query_row("SELECT generation FROM tasks WHERE id = ?1", [&task.id], |r| r.get(0))?;
+    task.generation = current as u64 + 1;
+    c.execute(
+        "UPDATE tasks SET payload = ?2, generation = ?3 WHERE id = ?1",
+        params![task.id, String::from_utf8(task.to_json()).expect("JSON is UTF-8"), task.generation as i64],
+    )?;
+    Ok(task)
 }
 
 fn enqueue(c: &Connection, task_id: &str, queue: &str, delay_ms: i64) -> rusqlite::Result<()> {
@@ -206,20 +299,31 @@ fn enqueue(c: &Connection, task_id: &str, queue: &str, delay_ms: i64) -> rusqlit
 }
 
 /// At worker start: tasks a previous run claimed but did not finish go back on the main queue
-/// (this process holds the data dir's lock, so no other worker owns them). Returns their ids.
+/// under a new generation (this process holds the data dir's lock, so no other worker owns
+/// them). One an operator dropped while it ran (its worker stopped before it saw the cancel) is
+/// recorded as dropped instead. Returns the ids re-queued.
 pub fn requeue_unfinished(c: &Connection, main_queue: &str) -> rusqlite::Result<Vec<String>> {
-    let ids: Vec<String> = c
-        .prepare("SELECT id FROM tasks WHERE state IN ('running', 'waiting') ORDER BY created_unix")?
-        .query_map([], |r| r.get(0))?
+    let rows: Vec<(String, bool)> = c
+        .prepare("SELECT id, cancel_requested FROM tasks WHERE state IN ('running', 'waiting') ORDER BY created_unix")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for id in &ids {
+    let mut requeued = Vec::new();
+    for (id, cancel_requested) in rows {
+        if cancel_requested {
+            finish(c, &id, &Finish::Dropped { reason: "dropped by an operator".into() })?;
+            continue;
+        }
+        if let Some((_, task)) = task_state(c, &id)? {
+            next_generation(c, task)?;
+        }
         c.execute(
             "UPDATE tasks SET state = 'queued', owner = NULL, updated_unix = ?2 WHERE id = ?1",
-            (id, unix_now()),
+            (&id, unix_now()),
         )?;
-        enqueue(c, id, main_queue, 0)?;
+        enqueue(c, &id, main_queue, 0)?;
+        requeued.push(id);
     }
-    Ok(ids)
+    Ok(requeued)
 }
 
 /// Running tasks an operator asked to cancel.
@@ -256,10 +360,13 @@ pub fn list_jobs(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite:
         .query_map(params![state, limit as i64], |r| {
             let kind: String = r.get(4)?;
             let k = if kind == "merge_request" { crate::task::Kind::MergeRequest } else { crate::task::Kind::Issue };
+            let repo: String = r.get(2)?;
+            let item =
+                if kind == "invalid" { repo } else { crate::task::item_ref(&repo, k, r.get::<_, i64>(3)? as u64) };
             Ok(JobRow {
                 id: r.get(0)?,
                 state: r.get(1)?,
-                item: crate::task::item_ref(&r.get::<_, String>(2)?, k, r.get::<_, i64>(3)? as u64),
+                item,
                 kind,
                 attempt: r.get(5)?,
                 progress: r.get(6)?,
@@ -295,8 +402,13 @@ pub enum Dropped {
     AlreadyFinished(String),
 }
 
+/// A task's state alone (also for an invalid message's job, whose payload is no task).
+pub fn state_of(c: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
+    c.query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0)).optional()
+}
+
 pub fn drop_task(c: &Connection, id: &str) -> rusqlite::Result<Option<Dropped>> {
-    let Some((state, _)) = task_state(c, id)? else { return Ok(None) };
+    let Some(state) = state_of(c, id)? else { return Ok(None) };
     let now = unix_now();
     Ok(Some(match state.as_str() {
         "queued" | "waiting" | "retrying" => {
@@ -328,10 +440,12 @@ pub fn replay_task(c: &Connection, id: &str, main_queue: &str) -> rusqlite::Resu
     task.attempt = 1;
     task.replay = true;
     task.failure = None;
+    let task = next_generation(c, task)?;
+    // The operator's replay is a fresh decision: an old cancel request does not carry over.
     c.execute(
-        "UPDATE tasks SET state = 'queued', payload = ?2, attempt = 1, failure = NULL, exit_code = NULL,
-             progress = NULL, progress_message = NULL, cancel_requested = 0, updated_unix = ?3 WHERE id = ?1",
-        params![id, String::from_utf8(task.to_json()).expect("JSON is UTF-8"), unix_now()],
+        "UPDATE tasks SET state = 'queued', attempt = 1, failure = NULL, exit_code = NULL,
+             progress = NULL, progress_message = NULL, cancel_requested = 0, updated_unix = ?2 WHERE id = ?1",
+        params![id, unix_now()],
     )?;
     enqueue(c, id, main_queue, 0)?;
     Ok(Some(task))
@@ -409,5 +523,172 @@ mod tests {
         assert_eq!((t.state.as_str(), t.attempt, t.finished), ("queued", 1, None));
         assert!(t.created > 0 && t.started.is_some(), "{t:?}");
         assert_eq!(timeline(&c, "nope").unwrap(), None);
+    }
+
+    fn journal() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::store::connect(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
+        (dir, c)
+    }
+
+    fn state(c: &Connection, id: &str) -> String {
+        task_state(c, id).unwrap().unwrap().0
+    }
+
+    fn retry_of(t: &Task) -> Finish {
+        let mut next = t.clone();
+        next.attempt += 1;
+        next.generation += 1;
+        Finish::Retry { task: next, queue: "q.retry.1s".into(), delay_ms: 1000, next_unix: 0 }
+    }
+
+    fn dead_of(t: &Task) -> Finish {
+        let mut next = t.clone();
+        next.generation += 1;
+        Finish::Dead { task: next, queue: "q.dead".into() }
+    }
+
+    #[test]
+    fn a_dropped_waiting_task_does_not_run_when_its_turn_comes() {
+        let (_d, c) = journal();
+        assert_eq!(claim(&c, &task("w"), "me").unwrap(), Claim::Run);
+        set_waiting(&c, "w").unwrap();
+        assert_eq!(drop_task(&c, "w").unwrap(), Some(Dropped::Tombstoned));
+        assert!(!set_running(&c, "w").unwrap(), "the worker must be told not to run it");
+        assert_eq!(state(&c, "w"), "dropped");
+
+        // A cancel asked for between the claim and the wait (the task looked `running`).
+        assert_eq!(claim(&c, &task("x"), "me").unwrap(), Claim::Run);
+        assert_eq!(drop_task(&c, "x").unwrap(), Some(Dropped::Cancelling));
+        set_waiting(&c, "x").unwrap();
+        assert!(!set_running(&c, "x").unwrap());
+        assert_eq!(state(&c, "x"), "dropped");
+
+        assert_eq!(claim(&c, &task("y"), "me").unwrap(), Claim::Run);
+        set_waiting(&c, "y").unwrap();
+        assert!(set_running(&c, "y").unwrap());
+        assert_eq!(state(&c, "y"), "running");
+    }
+
+    #[test]
+    fn duplicates_of_dead_retrying_and_finished_tasks_never_run() {
+        let (_d, c) = journal();
+        let first = task("a");
+        assert_eq!(claim(&c, &first, "me").unwrap(), Claim::Run);
+        let retry = retry_of(&first);
+        assert_eq!(finish(&c, "a", &retry).unwrap(), "retrying");
+        // The first attempt's message, delivered again while the retry waits its backoff.
+        assert!(matches!(claim(&c, &first, "other").unwrap(), Claim::Skip(r) if r.contains("stale")));
+        assert_eq!(state(&c, "a"), "retrying");
+        let Finish::Retry { task: second, .. } = retry else { unreachable!() };
+        assert_eq!(claim(&c, &second, "me").unwrap(), Claim::Run, "the retry's own message runs");
+        assert_eq!(finish(&c, "a", &dead_of(&second)).unwrap(), "dead");
+        for m in [&first, &second] {
+            assert!(matches!(claim(&c, m, "other").unwrap(), Claim::Skip(r) if r.contains("dead")), "{m:?}");
+        }
+        assert_eq!(state(&c, "a"), "dead");
+
+        // A replay resets the attempt but not the generation: the old messages stay stale.
+        let replayed = replay_task(&c, "a", "q").unwrap().unwrap();
+        assert_eq!((replayed.attempt, replayed.generation), (1, 3));
+        assert!(matches!(claim(&c, &first, "me").unwrap(), Claim::Skip(r) if r.contains("stale")));
+        assert!(matches!(claim(&c, &second, "me").unwrap(), Claim::Skip(r) if r.contains("stale")));
+        assert_eq!(claim(&c, &replayed, "me").unwrap(), Claim::Run);
+        finish(&c, "a", &Finish::Done { exit_code: 0 }).unwrap();
+        assert!(matches!(claim(&c, &replayed, "other").unwrap(), Claim::Skip(r) if r.contains("done")));
+
+        for (id, end) in
+            [("s", Finish::Skipped { reason: "closed".into() }), ("d", Finish::Dropped { reason: "x".into() })]
+        {
+            assert_eq!(claim(&c, &task(id), "me").unwrap(), Claim::Run);
+            finish(&c, id, &end).unwrap();
+            assert!(matches!(claim(&c, &task(id), "other").unwrap(), Claim::Skip(_)));
+        }
+    }
+
+    #[test]
+    fn a_message_without_a_generation_runs_only_a_task_never_republished() {
+        let (_d, c) = journal();
+        assert_eq!(claim(&c, &task("new"), "me").unwrap(), Claim::Run, "a task the journal never saw runs");
+        // Re-queued after a crash: the journal moves on to generation 1.
+        assert_eq!(requeue_unfinished(&c, "q").unwrap(), vec!["new".to_string()]);
+        assert!(matches!(claim(&c, &task("new"), "me").unwrap(), Claim::Skip(r) if r.contains("stale")));
+        let (_, current) = task_state(&c, "new").unwrap().unwrap();
+        assert_eq!(current.generation, 1);
+        assert_eq!(claim(&c, &current, "me").unwrap(), Claim::Run);
+    }
+
+    #[test]
+    fn a_drop_survives_a_failure_that_races_it_and_a_restart() {
+        let (_d, c) = journal();
+        // The attempt fails in the second before the worker sees the cancel.
+        let t = task("r");
+        assert_eq!(claim(&c, &t, "me").unwrap(), Claim::Run);
+        assert_eq!(drop_task(&c, "r").unwrap(), Some(Dropped::Cancelling));
+        let retry = retry_of(&t);
+        assert_eq!(finish(&c, "r", &retry).unwrap(), "dropped");
+        assert_eq!(state(&c, "r"), "dropped");
+        let Finish::Retry { task: next, .. } = retry else { unreachable!() };
+        assert!(matches!(claim(&c, &next, "me").unwrap(), Claim::Skip(r) if r.contains("dropped")));
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM outbox WHERE task_id = 'r'", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0, "nothing is published for a dropped task");
+
+        // Going dead loses to the drop too.
+        let t = task("z");
+        claim(&c, &t, "me").unwrap();
+        drop_task(&c, "z").unwrap();
+        assert_eq!(finish(&c, "z", &dead_of(&t)).unwrap(), "dropped");
+
+        // Dropped while its worker was stopped: the restart honours it.
+        let t = task("s");
+        claim(&c, &t, "me").unwrap();
+        assert_eq!(drop_task(&c, "s").unwrap(), Some(Dropped::Cancelling));
+        assert_eq!(requeue_unfinished(&c, "q").unwrap(), Vec::<String>::new());
+        assert_eq!(state(&c, "s"), "dropped");
+        assert!(matches!(claim(&c, &t, "other").unwrap(), Claim::Skip(r) if r.contains("dropped")));
+
+        // A claim never clears the request: a message that reaches a cancelled task drops it.
+        let t = task("c");
+        claim(&c, &t, "me").unwrap();
+        drop_task(&c, "c").unwrap();
+        assert!(matches!(claim(&c, &t, "other").unwrap(), Claim::Skip(r) if r.contains("dropped")));
+        assert_eq!(state(&c, "c"), "dropped");
+    }
+
+    #[test]
+    fn one_item_whatever_the_case_of_its_name_or_the_form_of_its_message() {
+        let (_d, c) = journal();
+        let upper =
+            Task::from_message(br#"{"type":"github_issue","owner":"Octo","repo":"Hello","number":7,"uuid":"a"}"#);
+        assert_eq!(claim(&c, &upper.unwrap(), "me").unwrap(), Claim::Run);
+        let lower = ItemKey::new(crate::task::Source::Github, crate::task::Kind::Issue, "octo/hello", None, 7);
+        assert_eq!(live_task_for(&c, &lower).unwrap().as_deref(), Some("a"));
+        let gitlab = Task::from_message(br#"{"type":"gitlab_merge_request","project_id":5,"mr_iid":9,"uuid":"b"}"#);
+        assert_eq!(claim(&c, &gitlab.unwrap(), "me").unwrap(), Claim::Run);
+        let hook = ItemKey::new(crate::task::Source::Gitlab, crate::task::Kind::MergeRequest, "G/P", Some(5), 9);
+        assert_eq!(live_task_for(&c, &hook).unwrap().as_deref(), Some("b"));
+        let issue = ItemKey::new(crate::task::Source::Gitlab, crate::task::Kind::Issue, "G/P", Some(5), 9);
+        assert_eq!(live_task_for(&c, &issue).unwrap(), None, "issue #9 is another item than !9");
+    }
+
+    #[test]
+    fn an_invalid_message_is_a_dead_job_recorded_once() {
+        let (_d, c) = journal();
+        let id = record_invalid(&c, b"\xff{not json", "not a task message", "q.dead").unwrap();
+        assert!(id.starts_with("invalid-") && id.len() == 32, "{id}");
+        assert_eq!(record_invalid(&c, b"\xff{not json", "not a task message", "q.dead").unwrap(), id);
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM outbox WHERE task_id = ?1", [&id], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "one dead letter for a redelivered copy");
+        let jobs = list_jobs(&c, Some("dead"), 10).unwrap();
+        assert_eq!(
+            (jobs[0].item.as_str(), jobs[0].failure.as_deref()),
+            (INVALID_ITEM, Some("invalid message: not a task message"))
+        );
+        let letter: serde_json::Value = serde_json::from_str(
+            &c.query_row("SELECT payload FROM tasks WHERE id = ?1", [&id], |r| r.get::<_, String>(0)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((letter["type"].as_str(), letter["body"].as_str()), (Some("invalid"), Some("\u{fffd}{not json")));
+        assert_eq!(drop_task(&c, &id).unwrap(), Some(Dropped::RemovedDead));
     }
 }

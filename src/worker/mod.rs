@@ -8,7 +8,8 @@
 //! back on the queue (through the outbox). A 2-hour task is never cut off by the broker and
 //! never runs twice: a duplicate message for a claimed or finished task is acked and skipped.
 //!
-//! **One run per item.** Two tasks for the same repo + number never run at once: a second one
+//! **One run per item.** Two tasks for the same item (`ItemKey`: case-insensitive repository,
+//! GitLab project id, kind where the forge numbers them apart) never run at once: a second one
 //! that arrives while the first runs *waits* (state `waiting`, a `TaskWaiting` event) and runs
 //! after it, since a new label may mean new instructions.
 //!
@@ -22,8 +23,8 @@
 //! operation (`done`, or `failed` with the reason) in the same journal transaction as the
 //! state; `crate::lifecycle` makes the calls.
 //!
-//! **Retries** go through the outbox to `<queue>.retry` with a per-message TTL (the embedded
-//! queue uses a visible-at time); **dead** tasks go to `<queue>.dead` with their failure.
+//! **Retries** go through the outbox to `<queue>.retry.<secs>s`, one queue per delay with a
+//! queue TTL (the embedded queue uses a visible-at time); **dead** tasks go to `<queue>.dead` with their failure.
 
 pub mod cleanup;
 pub mod output;
@@ -39,7 +40,7 @@ use crate::forge::{Forges, ItemState};
 use crate::store::label_ops::{self, LabelOp};
 use crate::store::tasks::{self, Claim, Finish};
 use crate::store::{Journal, unix_now};
-use crate::task::Task;
+use crate::task::{ItemKey, Task};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,7 +60,7 @@ struct Shared {
     slots: Arc<Semaphore>,
     /// Items with a running task, and the tasks waiting for each. An async lock, held across the
     /// journal write that records `waiting` or `running`, so the two cannot land out of order.
-    items: tokio::sync::Mutex<HashMap<String, VecDeque<Task>>>,
+    items: tokio::sync::Mutex<HashMap<ItemKey, VecDeque<Task>>>,
     /// Running tasks' cancel switches.
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Cancels every handler (shutdown after the grace period).
@@ -75,7 +76,7 @@ pub async fn run(
     bus: Bus,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let queues = Queues::new(&config.broker.queue);
+    let queues = Queues::from_config(&config);
     // Handlers of a worker that was killed may still run (their grandchildren, say): stop them
     // before their tasks run again.
     let reader = journal.reader()?;
@@ -168,12 +169,7 @@ pub async fn run(
 async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePermit) {
     let task = match Task::from_message(&message.body) {
         Ok(t) => t,
-        Err(e) => {
-            let preview = String::from_utf8_lossy(&message.body[..message.body.len().min(500)]).into_owned();
-            tracing::error!("dropping an unreadable queue message ({e}): {preview}");
-            let _ = message.nack(false).await;
-            return;
-        }
+        Err(reason) => return dead_letter_invalid(&shared, message, reason).await,
     };
     let claim = {
         let (task, owner) = (task.clone(), shared.owner.clone());
@@ -195,7 +191,7 @@ async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePe
             if let Err(e) = message.ack().await {
                 tracing::warn!("ack of task {} failed ({e}); a redelivery will be skipped as already running", task.id);
             }
-            let item = task.item_ref();
+            let item = task.item_key();
             let mut items = shared.items.lock().await;
             if let Some(waiting) = items.get_mut(&item) {
                 waiting.push_back(task.clone());
@@ -203,7 +199,7 @@ async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePe
                 let _ = shared.journal.write(move |c| tasks::set_waiting(c, &id)).await;
                 drop(items);
                 drop(permit);
-                shared.bus.emit(Event::TaskWaiting { task_id: task.id, item });
+                shared.bus.emit(Event::TaskWaiting { task_id: task.id.clone(), item: task.item_ref() });
             } else {
                 items.insert(item, VecDeque::new());
                 drop(items);
@@ -213,9 +209,39 @@ async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePe
     }
 }
 
+/// A message that is no valid task goes to the dead queue with its reason, through the journal
+/// (so it is a dead job in `jobs list`), and only then is acked: it is never run, and never
+/// silently discarded.
+async fn dead_letter_invalid(shared: &Shared, message: Received, reason: String) {
+    let (body, dead) = (message.body.clone(), shared.queues.dead.clone());
+    let why = reason.clone();
+    match shared.journal.write(move |c| tasks::record_invalid(c, &body, &why, &dead)).await {
+        Ok(id) => {
+            shared.journal.notify_outbox();
+            let _ = message.ack().await;
+            tracing::error!("queue message {id} is not a valid task ({reason}): moved to {}", shared.queues.dead);
+            shared.bus.emit(Event::TaskFinished {
+                task_id: id,
+                item: tasks::INVALID_ITEM.to_string(),
+                state: "dead",
+                exit_code: None,
+                duration_ms: 0,
+                reason: Some(format!("invalid message: {reason}")),
+                failure_class: None,
+                retry_at_unix: None,
+            });
+        }
+        Err(e) => {
+            tracing::error!("cannot record an invalid queue message in the journal: {e}");
+            let _ = message.nack(true).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 /// Runs `task`, then each task that queued up behind it for the same item.
 async fn run_item(shared: Arc<Shared>, first: Task, permit: OwnedSemaphorePermit) {
-    let item = first.item_ref();
+    let item = first.item_key();
     let mut next = Some((first, permit));
     while let Some((task, permit)) = next.take() {
         run_attempt(&shared, task).await;
@@ -225,16 +251,27 @@ async fn run_item(shared: Arc<Shared>, first: Task, permit: OwnedSemaphorePermit
         }
         let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
         let mut items = shared.items.lock().await;
-        match items.get_mut(&item).and_then(|q| q.pop_front()) {
-            Some(task) => {
-                let id = task.id.clone();
-                let _ = shared.journal.write(move |c| tasks::set_running(c, &id)).await;
-                next = Some((task, permit));
+        // The next waiting task the journal still lets run: one an operator dropped while it
+        // waited is left out (the journal, not this queue, says whether it may run).
+        while let Some(task) = items.get_mut(&item).and_then(|q| q.pop_front()) {
+            let id = task.id.clone();
+            match shared.journal.write(move |c| tasks::set_running(c, &id)).await {
+                Ok(true) => {
+                    next = Some((task, permit));
+                    break;
+                }
+                Ok(false) => {
+                    shared.bus.emit(Event::TaskSkipped { task_id: task.id, reason: "dropped by an operator".into() })
+                }
+                Err(e) => {
+                    // Still `waiting` in the journal: re-queued at the next start.
+                    tracing::error!("cannot record that task {} runs now: {e}; leaving it to the next start", task.id)
+                }
             }
-            None => {
-                // Nothing waits: the item is free again.
-                items.remove(&item);
-            }
+        }
+        if next.is_none() {
+            // Nothing waits: the item is free again.
+            items.remove(&item);
         }
     }
 }
@@ -324,12 +361,10 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         return;
     }
     let finish = policy::decide(&task, &attempt, &shared.config.worker, &shared.queues, unix_now());
-    let (state, failure, retry_at_unix) = match &finish {
-        Finish::Done { .. } => ("done", None, None),
-        Finish::Retry { task, next_unix, .. } => ("retrying", task.failure.as_ref(), Some(*next_unix)),
-        Finish::Dead { task, .. } => ("dead", task.failure.as_ref(), None),
-        Finish::Dropped { .. } => ("dropped", None, None),
-        Finish::Skipped { .. } => ("skipped", None, None),
+    let (failure, retry_at_unix) = match &finish {
+        Finish::Retry { task, next_unix, .. } => (task.failure.as_ref(), Some(*next_unix)),
+        Finish::Dead { task, .. } => (task.failure.as_ref(), None),
+        _ => (None, None),
     };
     let (reason, failure_class) = match (&finish, failure) {
         (Finish::Dropped { reason } | Finish::Skipped { reason }, _) => (Some(reason.clone()), None),
@@ -354,18 +389,28 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     let written = shared
         .journal
         .write(move |c| {
-            tasks::finish(c, &id, &finish)?;
+            let state = tasks::finish(c, &id, &finish)?;
+            // A drop that won over a retry or dead letter has no failed label to show.
             match label_op {
-                Some((op, detail)) => label_ops::push(c, &id, op, detail.as_deref()),
-                None => Ok(()),
+                Some((op, detail)) if state != "dropped" => label_ops::push(c, &id, op, detail.as_deref())?,
+                _ => {}
             }
+            Ok(state)
         })
         .await;
-    if let Err(e) = written {
-        // Still claimed in the journal: re-queued at the next start.
-        tracing::error!("cannot record the end of task {}: {e}", task.id);
-        return;
-    }
+    let state = match written {
+        Ok(state) => state,
+        Err(e) => {
+            // Still claimed in the journal: re-queued at the next start.
+            tracing::error!("cannot record the end of task {}: {e}", task.id);
+            return;
+        }
+    };
+    let (reason, failure_class, retry_at_unix) = if state == "dropped" && failure_class.is_some() {
+        (Some("dropped by an operator".to_string()), None, None)
+    } else {
+        (reason, failure_class, retry_at_unix)
+    };
     shared.journal.notify_outbox();
     shared.bus.emit(Event::TaskFinished {
         task_id: task.id.clone(),

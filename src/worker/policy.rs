@@ -18,6 +18,8 @@ pub fn decide(task: &Task, attempt: &Attempt, config: &Worker, queues: &Queues, 
         Outcome::FailedToStart(why) => ("start", None, format!("the handler could not start: {why}")),
     };
     let mut next = task.clone();
+    // The retry or dead letter is a new publish of the task.
+    next.generation = task.generation + 1;
     next.failure = Some(Failure { class: class.into(), exit_code, reason, log_tail: attempt.log_tail.clone() });
     // A command that cannot start will not start on a retry either.
     if class == "start" || task.attempt >= config.max_attempts {
@@ -28,7 +30,7 @@ pub fn decide(task: &Task, attempt: &Attempt, config: &Worker, queues: &Queues, 
     next.attempt = task.attempt + 1;
     Finish::Retry {
         task: next,
-        queue: queues.retry.clone(),
+        queue: queues.retry_for(delay_secs),
         delay_ms: (delay_secs * 1000) as i64,
         next_unix: now_unix + delay_secs as i64,
     }
@@ -53,18 +55,19 @@ mod tests {
     #[test]
     fn retries_with_backoff_then_dead() {
         let cfg = Worker { max_attempts: 3, backoff_secs: vec![5, 60], ..Worker::default() };
-        let q = Queues::new("q");
+        let q = Queues::with_delays("q", &cfg.backoff_secs);
         match decide(&task(1), &attempt(Outcome::Exited(2)), &cfg, &q, 1000) {
             Finish::Retry { task, queue, delay_ms, next_unix } => {
-                assert_eq!((task.attempt, queue.as_str(), delay_ms, next_unix), (2, "q.retry", 5000, 1005));
+                assert_eq!((task.attempt, queue.as_str(), delay_ms, next_unix), (2, "q.retry.5s", 5000, 1005));
                 let f = task.failure.unwrap();
                 assert_eq!((f.class.as_str(), f.exit_code, f.log_tail.as_str()), ("exit", Some(2), "last line"));
             }
             other => panic!("{other:?}"),
         }
         match decide(&task(2), &attempt(Outcome::TimedOut), &cfg, &q, 0) {
-            Finish::Retry { delay_ms, task, .. } => {
-                assert_eq!((delay_ms, task.failure.unwrap().class.as_str()), (60_000, "timeout"))
+            Finish::Retry { delay_ms, task, queue, .. } => {
+                assert_eq!((delay_ms, task.failure.unwrap().class.as_str()), (60_000, "timeout"));
+                assert_eq!(queue, "q.retry.60s", "each delay has its own retry queue");
             }
             other => panic!("{other:?}"),
         }

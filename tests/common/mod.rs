@@ -6,6 +6,7 @@
 
 pub mod fake_forge;
 pub mod proxy;
+pub mod raw_queue;
 
 use agentctl::broker::{self, Broker};
 use agentctl::cli::Mode;
@@ -249,7 +250,7 @@ pub async fn delete_queues(config: &Config) {
     }
     let conn = lapin::Connection::connect(&config.broker.url, lapin::ConnectionProperties::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    for q in broker::Queues::new(&config.broker.queue).all() {
+    for q in broker::Queues::from_config(config).all() {
         let _ = ch.queue_delete(q.into(), lapin::options::QueueDeleteOptions::default()).await;
     }
     let _ = conn.close(200, "done".into()).await;
