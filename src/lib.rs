@@ -17,5 +17,6 @@ pub mod poll;
 pub mod send;
 pub mod store;
 pub mod task;
+pub mod text;
 pub mod ui;
 pub mod worker;

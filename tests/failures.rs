@@ -263,6 +263,42 @@ async fn standard_webhooks_signature_is_required_when_configured() {
     h.stop().await;
 }
 
+/// With a signing token, the signed `webhook-id` is the dedupe key: the same signed delivery
+/// sent again with a fresh (unsigned) `X-Gitlab-Event-UUID` or `Idempotency-Key` is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhook_id_is_the_dedupe_key() {
+    use agentctl::ingest::verify::standard_signature;
+    let signing = "whsec_c2lnbmluZyBrZXkgZm9yIHRlc3Rz";
+    let h =
+        Harness::start(Backend::Embedded, |c| c.gitlab.signing_token = agentctl::config::Secret::new(signing)).await;
+    let s = agentctl::send::samples::sample("gitlab:issue", "coding agent").unwrap();
+    let now = agentctl::store::unix_now();
+    let (ts, sig) = (now.to_string(), standard_signature(signing, "msg_42", now, &s.body));
+    let signed = |uuid: &'static str, idem: &'static str| {
+        let mut v = vec![
+            ("x-gitlab-event", "Issue Hook"),
+            ("x-gitlab-token", common::GITLAB_TOKEN),
+            ("webhook-id", "msg_42"),
+            ("webhook-timestamp", ts.as_str()),
+            ("webhook-signature", sig.as_str()),
+            ("x-gitlab-event-uuid", uuid),
+        ];
+        if !idem.is_empty() {
+            v.push(("idempotency-key", idem));
+        }
+        v
+    };
+    let (s1, a1) = h.post("POST", "/webhook/gitlab", &signed("uuid-a", ""), s.body.clone()).await;
+    let (s2, a2) = h.post("POST", "/webhook/gitlab", &signed("uuid-b", ""), s.body.clone()).await;
+    let (s3, a3) = h.post("POST", "/webhook/gitlab", &signed("uuid-c", "idem-c"), s.body.clone()).await;
+    assert_eq!((s1, a1["status"].as_str()), (202, Some("queued")), "{a1}");
+    assert_eq!((s2, a2["status"].as_str()), (200, Some("duplicate")), "{a2}");
+    assert_eq!((s3, a3["status"].as_str()), (200, Some("duplicate")), "{a3}");
+    assert_eq!(h.count("SELECT COUNT(*) FROM tasks"), 1);
+    assert_eq!(h.count("SELECT COUNT(*) FROM deliveries WHERE delivery_id = 'msg_42'"), 3);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_old_deliveries_but_not_unpublished_tasks() {
     let h = Harness::start(Backend::Embedded, |_| {}).await;

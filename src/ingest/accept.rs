@@ -292,6 +292,11 @@ impl Ingest {
         self.commit(record, parsed, decision, incoming.replay_of).await
     }
 
+    /// Whether deliveries on `route` must carry a Standard Webhooks signature.
+    fn signs(&self, route: Route) -> bool {
+        route == Route::Gitlab && !self.secrets.signing.is_empty()
+    }
+
     fn token_fingerprint(&self, incoming: &Incoming) -> Option<String> {
         match incoming.route {
             Route::Github => None,
@@ -324,7 +329,7 @@ impl Ingest {
         } else {
             verify::verify_token(token.expose(), headers::get(h, "x-gitlab-token"), "X-Gitlab-Token")?;
         }
-        if incoming.route == Route::Gitlab && !self.secrets.signing.is_empty() {
+        if self.signs(incoming.route) {
             let std_headers = StandardHeaders {
                 id: headers::get(h, "webhook-id"),
                 timestamp: headers::get(h, "webhook-timestamp"),
@@ -346,7 +351,7 @@ impl Ingest {
     ) -> NewDelivery {
         NewDelivery {
             route: incoming.route.as_str(),
-            delivery_id: headers::delivery_id(incoming.route, &incoming.headers),
+            delivery_id: headers::delivery_id(incoming.route, &incoming.headers, self.signs(incoming.route)),
             dedupe: false,
             event: None,
             action: None,

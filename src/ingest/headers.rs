@@ -41,14 +41,19 @@ pub fn get_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// The forge's id for this delivery, used for dedupe: GitHub `X-GitHub-Delivery`; GitLab
-/// `Idempotency-Key`, else `X-Gitlab-Event-UUID`.
-pub fn delivery_id(route: Route, headers: &HeaderMap) -> Option<String> {
+/// The forge's id for this delivery, used for dedupe: GitHub `X-GitHub-Delivery`; GitLab the
+/// Standard Webhooks `webhook-id` when `signed_webhook_id` (the signature, which covers it, is
+/// checked on this route), else `Idempotency-Key`, else `X-Gitlab-Event-UUID`. An id the
+/// signature covers comes first: a captured signed delivery sent again with a new unsigned
+/// `X-Gitlab-Event-UUID` is still the same delivery.
+pub fn delivery_id(route: Route, headers: &HeaderMap, signed_webhook_id: bool) -> Option<String> {
     let id = match route {
         Route::Github => get_str(headers, "x-github-delivery"),
-        Route::Gitlab | Route::GitlabSystem => {
-            get_str(headers, "idempotency-key").or_else(|| get_str(headers, "x-gitlab-event-uuid"))
-        }
+        Route::Gitlab | Route::GitlabSystem => signed_webhook_id
+            .then(|| get_str(headers, "webhook-id"))
+            .flatten()
+            .or_else(|| get_str(headers, "idempotency-key"))
+            .or_else(|| get_str(headers, "x-gitlab-event-uuid")),
     };
     id.map(|s| s.chars().take(200).collect())
 }
@@ -66,10 +71,14 @@ mod tests {
         let json = to_json(&h);
         assert!(!json.contains("tok\""), "{json}");
         assert!(json.contains("uuid-1"));
-        assert_eq!(delivery_id(Route::Gitlab, &h).as_deref(), Some("uuid-1"));
+        assert_eq!(delivery_id(Route::Gitlab, &h, false).as_deref(), Some("uuid-1"));
         h.insert("idempotency-key", "idem".parse().unwrap());
-        assert_eq!(delivery_id(Route::GitlabSystem, &h).as_deref(), Some("idem"));
-        assert_eq!(delivery_id(Route::Github, &h), None);
+        assert_eq!(delivery_id(Route::GitlabSystem, &h, false).as_deref(), Some("idem"));
+        assert_eq!(delivery_id(Route::Github, &h, false), None);
+        // The signed webhook-id wins, but only where the signature is checked.
+        h.insert("webhook-id", "msg_1".parse().unwrap());
+        assert_eq!(delivery_id(Route::Gitlab, &h, true).as_deref(), Some("msg_1"));
+        assert_eq!(delivery_id(Route::Gitlab, &h, false).as_deref(), Some("idem"));
         let pairs: Vec<(String, String)> = serde_json::from_str(&json).unwrap();
         assert_eq!(from_pairs(&pairs).len(), 2);
     }

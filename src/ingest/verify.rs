@@ -91,6 +91,13 @@ fn signing_key(token: &str) -> Vec<u8> {
     B64.decode(raw).unwrap_or_else(|_| raw.as_bytes().to_vec())
 }
 
+/// What is wrong with a configured signing token, if anything (config validation asks). An
+/// empty key — `whsec_` with nothing after it — would make an HMAC that anyone can compute.
+pub fn signing_token_problem(token: &str) -> Option<&'static str> {
+    (!token.is_empty() && signing_key(token).is_empty())
+        .then_some("is `whsec_` with no key after it; set the whole whsec_… value GitLab shows, or leave it empty")
+}
+
 /// The `v1,<base64>` signature for a Standard Webhooks delivery.
 pub fn standard_signature(token: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = HmacSha256::new_from_slice(&signing_key(token)).expect("HMAC takes any key length");
@@ -102,6 +109,10 @@ pub fn standard_signature(token: &str, id: &str, timestamp: i64, body: &[u8]) ->
 /// Checks a Standard Webhooks signature. `now` is `None` for a replay from the journal, where
 /// the timestamp window (an anti-replay guard for the network) does not apply.
 pub fn verify_standard(token: &str, h: &StandardHeaders<'_>, body: &[u8], now: Option<i64>) -> Result<(), VerifyError> {
+    if signing_key(token).is_empty() {
+        // Config validation refuses such a key; never accept an HMAC anyone can compute.
+        return Err(VerifyError::NoSecret);
+    }
     let id = h.id.ok_or(VerifyError::Missing("webhook-id"))?;
     let ts = h.timestamp.ok_or(VerifyError::Missing("webhook-timestamp"))?;
     let sigs = h.signature.ok_or(VerifyError::Missing("webhook-signature"))?;
@@ -109,8 +120,9 @@ pub fn verify_standard(token: &str, h: &StandardHeaders<'_>, body: &[u8], now: O
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or(VerifyError::Malformed("webhook-timestamp", "not a unix time"))?;
+    // `abs_diff`: a timestamp near i64::MIN or MAX must not overflow the subtraction.
     if let Some(now) = now
-        && (now - ts).abs() > TIMESTAMP_TOLERANCE_SECS
+        && now.abs_diff(ts) > TIMESTAMP_TOLERANCE_SECS.unsigned_abs()
     {
         return Err(VerifyError::StaleTimestamp);
     }
@@ -205,5 +217,29 @@ mod tests {
         assert!(verify_standard(&token, &headers2, BODY, Some(now)).is_ok());
         let missing = StandardHeaders { id: None, timestamp: Some(t.as_bytes()), signature: Some(s.as_bytes()) };
         assert_eq!(verify_standard(&token, &missing, BODY, Some(now)), Err(VerifyError::Missing("webhook-id")));
+    }
+
+    /// A timestamp at either end of i64 is stale, not an overflow (a panic in debug builds, a
+    /// wrapped difference that passes the window in release builds).
+    #[test]
+    fn extreme_timestamps_are_stale() {
+        let token = format!("whsec_{}", B64.encode(b"signing key bytes"));
+        for (ts, now) in [(i64::MIN, 1_700_000_000), (i64::MAX, -1), (i64::MIN, i64::MAX)] {
+            let t = ts.to_string();
+            let h = StandardHeaders { id: Some(b"m"), timestamp: Some(t.as_bytes()), signature: Some(b"v1,AAAA") };
+            assert_eq!(verify_standard(&token, &h, BODY, Some(now)), Err(VerifyError::StaleTimestamp), "{ts} at {now}");
+        }
+    }
+
+    /// `whsec_` with no key is an HMAC key of zero bytes: refused by config validation, and by
+    /// the check itself should one reach it.
+    #[test]
+    fn an_empty_signing_key_accepts_nothing() {
+        assert!(signing_token_problem("whsec_").is_some());
+        assert!(signing_token_problem("whsec_c2lnbmluZyBrZXk=").is_none());
+        assert!(signing_token_problem("").is_none(), "empty = not configured");
+        let sig = standard_signature("whsec_", "m", 1_700_000_000, BODY);
+        let h = StandardHeaders { id: Some(b"m"), timestamp: Some(b"1700000000"), signature: Some(sig.as_bytes()) };
+        assert_eq!(verify_standard("whsec_", &h, BODY, Some(1_700_000_000)), Err(VerifyError::NoSecret));
     }
 }
