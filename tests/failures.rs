@@ -9,7 +9,7 @@ use agentctl::event::Bus;
 use agentctl::ingest::Route;
 use agentctl::ingest::accept::{Incoming, Ingest};
 use agentctl::ingest::server::{self, Limits};
-use agentctl::store::{JOURNAL_FILE, Journal, RejectedBodyCaps};
+use agentctl::store::{JOURNAL_FILE, Journal, RejectedCaps};
 use common::{Backend, Harness, QueueReader, delete_queues, proxy::Proxy, test_config};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -121,7 +121,7 @@ async fn unsigned_flood_cannot_fill_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(Backend::Embedded, dir.path());
     let journal = Journal::open(&dir.path().join(JOURNAL_FILE), SyncMode::Normal).unwrap();
-    let caps = RejectedBodyCaps { per_body: 1000, total: 10_000, max_rows: 50 };
+    let caps = RejectedCaps { per_row: 1000, total: 10_000, max_rows: 50 };
     let ingest = Ingest::new(&config, journal.clone(), Bus::default()).await.unwrap().with_caps(caps);
     for i in 0..120 {
         let mut headers = hyper::HeaderMap::new();
@@ -141,7 +141,8 @@ async fn unsigned_flood_cannot_fill_the_disk() {
     let (rows, bytes, full): (i64, i64, i64) = journal
         .write(|c| {
             c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), COALESCE(SUM(body_stored), 0) FROM deliveries",
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body) + LENGTH(CAST(headers AS BLOB))), 0),
+                    COALESCE(SUM(body_stored), 0) FROM deliveries",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -149,7 +150,7 @@ async fn unsigned_flood_cannot_fill_the_disk() {
         .await
         .unwrap();
     assert!(rows <= 50, "rejected rows are capped: {rows}");
-    assert!(bytes <= 10_000, "rejected bodies are capped in total: {bytes}");
+    assert!(bytes <= 10_000, "rejected headers and bodies are capped in total: {bytes}");
     assert_eq!(full, 0, "bodies over the per-body cap are cut");
     let meta: i64 = journal
         .write(|c| c.query_row("SELECT value FROM meta WHERE key = 'rejected_rows'", [], |r| r.get(0)))

@@ -9,7 +9,7 @@ use super::{ParseError, Parsed, Route, github, gitlab};
 use crate::config::{Config, Filter, Secret};
 use crate::event::{Bus, Event, Verdict};
 use crate::forge::Found;
-use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps, StoredBody};
+use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedCaps, StoredBody};
 use crate::task::{Source, Task, new_task_id, now_rfc3339};
 use bytes::Bytes;
 use hyper::HeaderMap;
@@ -169,7 +169,7 @@ pub struct Ingest {
     queue: Arc<str>,
     journal: Journal,
     bus: Bus,
-    caps: RejectedBodyCaps,
+    caps: RejectedCaps,
     salt: Arc<[u8]>,
 }
 
@@ -203,12 +203,12 @@ impl Ingest {
             queue: config.broker.queue.as_str().into(),
             journal,
             bus,
-            caps: RejectedBodyCaps::default(),
+            caps: RejectedCaps::default(),
             salt: salt.into(),
         })
     }
 
-    pub fn with_caps(mut self, caps: RejectedBodyCaps) -> Self {
+    pub fn with_caps(mut self, caps: RejectedCaps) -> Self {
         self.caps = caps;
         self
     }
@@ -349,6 +349,15 @@ impl Ingest {
         status: u16,
         reason: String,
     ) -> NewDelivery {
+        // A rejected delivery keeps at most `per_row` bytes of headers and body together;
+        // an accepted one is kept whole (hyper bounds its head).
+        let (headers_json, body) = if status >= 400 {
+            let headers_json = headers::to_json(&incoming.headers, Some(self.caps.headers()));
+            let room = self.caps.per_row.saturating_sub(headers_json.len());
+            (headers_json, StoredBody::pack(&incoming.body, Some(room)))
+        } else {
+            (headers::to_json(&incoming.headers, None), StoredBody::pack(&incoming.body, None))
+        };
         NewDelivery {
             route: incoming.route.as_str(),
             delivery_id: headers::delivery_id(incoming.route, &incoming.headers, self.signs(incoming.route)),
@@ -357,9 +366,8 @@ impl Ingest {
             action: None,
             item: None,
             received_at: now_rfc3339(),
-            headers_json: headers::to_json(&incoming.headers),
-            // Rejected bodies are cut to the per-body cap; accepted ones are kept whole.
-            body: StoredBody::pack(&incoming.body, (status >= 400).then_some(self.caps.per_body)),
+            headers_json,
+            body,
             body_size: incoming.body.len(),
             token_fp,
             verification: verification.to_string(),

@@ -28,6 +28,12 @@ use tokio_util::sync::CancellationToken;
 /// otherwise hold a connection slot for ever.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The largest request head (request line and headers) read; a larger one is answered 431 by
+/// hyper before agentctl sees it. Forges send a couple of KB.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most header lines a request may have (431 past it).
+pub const MAX_HEADERS: usize = 100;
+
 /// How long shutdown waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -62,7 +68,12 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
