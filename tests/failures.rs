@@ -348,10 +348,16 @@ async fn a_body_that_never_finishes_is_answered_408() {
     let metrics = std::sync::Arc::new(agentctl::metrics::Metrics::new());
     let server = tokio::spawn(server::run(listener, ingest, metrics, limits, Bus::default(), stop.clone()));
 
+    // Signed-looking headers: the head check passes, and the body is awaited.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(
-            b"POST /webhook/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: issues\r\nContent-Length: 100\r\n\r\n{\"act",
+            format!(
+                "POST /webhook/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: issues\r\n\
+                 X-Hub-Signature-256: sha256={}\r\nContent-Length: 100\r\n\r\n{{\"act",
+                "0".repeat(64)
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();

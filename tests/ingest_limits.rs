@@ -73,3 +73,104 @@ async fn a_rejected_request_stores_little_whatever_its_head() {
     assert_eq!(h.count("SELECT COUNT(*) FROM deliveries"), 1, "a refused head is not journaled");
     h.stop().await;
 }
+
+/// A request the headers alone refuse is answered 401 at once, without its body being read: the
+/// client here announces 20 MB and sends none of it, and still gets its answer (bounded wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_requests_are_refused_before_their_body() {
+    let h = Harness::start(Backend::Embedded, |_| {}).await;
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("/webhook/github", &["X-GitHub-Event: issues"], "missing X-Hub-Signature-256"),
+        ("/webhook/github", &["X-GitHub-Event: issues", "X-Hub-Signature-256: sha1=00"], "malformed"),
+        ("/webhook/gitlab", &["X-Gitlab-Event: Issue Hook", "X-Gitlab-Token: wrong"], "token does not match"),
+        ("/webhook/gitlab/system", &["X-Gitlab-Event: System Hook"], "missing X-Gitlab-Token"),
+    ];
+    for (path, lines, reason) in cases {
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n{}\r\n\r\n", lines.join("\r\n"));
+        let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "{path}: answered without the body, and the connection closed: {answer}");
+        assert!(answer.starts_with("HTTP/1.1 401") && answer.contains(reason), "{path}: {answer}");
+    }
+    assert_eq!(h.count("SELECT COUNT(*) FROM deliveries WHERE verdict = 'rejected' AND http_status = 401"), 4);
+    assert_eq!(h.count("SELECT COUNT(*) FROM deliveries WHERE body IS NOT NULL AND LENGTH(body) > 64"), 0);
+    h.stop().await;
+}
+
+/// The body bytes read at once are bounded across connections: with a 1 MiB budget, a sender
+/// holding 900 KB of an unfinished body leaves too little room for a second 600 KB body, which
+/// waits briefly and is answered 503 `busy`; once the first is done, the second goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_bytes_read_at_once_are_bounded() {
+    use agentctl::ingest::server::{self, Limits};
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(Backend::Embedded, dir.path());
+    let journal =
+        agentctl::store::Journal::open(&dir.path().join(agentctl::store::JOURNAL_FILE), config.storage.sync).unwrap();
+    let bus = agentctl::event::Bus::default();
+    let ingest = agentctl::ingest::accept::Ingest::new(&config, journal, bus.clone()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let limits = Limits { body_budget_bytes: 1024 * 1024, ..Limits::from_config(&config.listen) };
+    let metrics = std::sync::Arc::new(agentctl::metrics::Metrics::new());
+    let server = tokio::spawn(server::run(listener, ingest, metrics, limits, bus, stop.clone()));
+
+    // Signed-looking headers pass the head check; the HMAC needs the whole body.
+    let head = |len: usize| {
+        format!(
+            "POST /webhook/github HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-GitHub-Event: issues\r\n\
+             X-Hub-Signature-256: sha256={}\r\nContent-Length: {len}\r\n\r\n",
+            "0".repeat(64)
+        )
+    };
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    first.write_all(head(900_001).as_bytes()).await.unwrap();
+    first.write_all(&vec![b' '; 900_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // read by the listener, held
+
+    let second = [head(600_000).into_bytes(), vec![b' '; 600_000]].concat();
+    let answer = exchange(addr, &second).await;
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains(r#""status":"busy""#), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+
+    first.write_all(b" ").await.unwrap();
+    let mut done = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut done)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&done).starts_with("HTTP/1.1 401"), "the first is checked and refused");
+    let answer = exchange(addr, &second).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "room again: {answer}");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// Thousands of idle connections (connected, nothing sent) do not keep a real delivery out: it
+/// is answered within a bounded wait, with the default cap of 1024 connections. The header
+/// timeout is set long here so the idle connections stay for the whole test, as they would if
+/// a client kept opening new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_keep_a_real_delivery_out() {
+    // This process is the clients and the listener: room for both sides of 5 000 connections.
+    agentctl::ingest::conns::raise_open_file_limit().unwrap();
+    let h = Harness::start(Backend::Embedded, |c| c.listen.header_timeout_secs = 600).await;
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let batch =
+            (0..100).map(|_| tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(h.addr)));
+        for r in futures_util::future::join_all(batch).await {
+            if let Ok(Ok(s)) = r {
+                idle.push(s);
+            }
+        }
+    }
+    let delivery = tokio::time::timeout(Duration::from_secs(5), h.send("github:issues.labeled")).await;
+    let (status, answer) = delivery.expect("a real delivery is answered while 5 000 idle connections are open");
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(idle.len(), 5000, "every idle connection was accepted");
+    drop(idle);
+    h.stop().await;
+}

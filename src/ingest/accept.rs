@@ -49,6 +49,10 @@ pub enum Answer {
     Unavailable {
         reason: String,
     },
+    /// The listener is reading as many request bodies as its byte budget allows.
+    Busy {
+        budget: usize,
+    },
 }
 
 impl Answer {
@@ -62,7 +66,7 @@ impl Answer {
             Answer::TimedOut { .. } => 408,
             Answer::NotFound => 404,
             Answer::MethodNotAllowed => 405,
-            Answer::Unavailable { .. } => 503,
+            Answer::Unavailable { .. } | Answer::Busy { .. } => 503,
         }
     }
 
@@ -85,6 +89,10 @@ impl Answer {
             }
             Answer::MethodNotAllowed => json!({"status": "method_not_allowed", "reason": "webhooks are POST requests"}),
             Answer::Unavailable { reason } => json!({"status": "unavailable", "reason": reason}),
+            Answer::Busy { budget } => json!({
+                "status": "busy",
+                "reason": format!("the listener is already reading {budget} bytes of request bodies; retry shortly")
+            }),
         }
     }
 }
@@ -290,6 +298,48 @@ impl Ingest {
         let decision = filter::decide_as(&parsed, &self.filter, self.self_users.get(parsed.source));
         let record = self.delivery(&incoming, token_fp, "ok", 200, String::new());
         self.commit(record, parsed, decision, incoming.replay_of).await
+    }
+
+    /// What can be checked from the headers alone, before a byte of the body is read, so that
+    /// an unauthenticated request costs no body read: a secret is configured for the route; on
+    /// GitHub the signature and event headers are there and well-formed (the HMAC itself needs
+    /// the body); on GitLab the token matches and, with a signing token, the Standard Webhooks
+    /// headers are there with a fresh timestamp. The error is the `verification` code to
+    /// journal the refusal with, and the answer.
+    pub fn check_head(&self, route: Route, h: &HeaderMap) -> Result<(), (&'static str, Answer)> {
+        let refuse = |e: VerifyError| (e.code(), Answer::Unauthorized { reason: e.to_string() });
+        match route {
+            Route::Github => {
+                verify::github_signature_bytes(self.secrets.github.expose(), headers::get(h, "x-hub-signature-256"))
+                    .map_err(refuse)?;
+                if headers::get_str(h, "x-github-event").is_none() {
+                    let reason = "missing X-GitHub-Event header".to_string();
+                    return Err(("not_checked", Answer::BadRequest { reason }));
+                }
+            }
+            Route::Gitlab | Route::GitlabSystem => {
+                let token = if route == Route::Gitlab { &self.secrets.gitlab } else { &self.secrets.gitlab_system };
+                verify::verify_token(token.expose(), headers::get(h, "x-gitlab-token"), "X-Gitlab-Token")
+                    .map_err(refuse)?;
+                if self.signs(route) {
+                    let std_headers = StandardHeaders {
+                        id: headers::get(h, "webhook-id"),
+                        timestamp: headers::get(h, "webhook-timestamp"),
+                        signature: headers::get(h, "webhook-signature"),
+                    };
+                    let now = Some(crate::store::unix_now());
+                    verify::check_standard_head(self.secrets.signing.expose(), &std_headers, now).map_err(refuse)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Journals a request refused by [`Ingest::check_head`], whose body was never read.
+    pub async fn reject_head(&self, route: Route, headers: HeaderMap, code: &str, answer: Answer) -> Answer {
+        let incoming = Incoming { route, headers, body: Bytes::new(), replay_of: None, stored_token_fp: None };
+        let token_fp = self.token_fingerprint(&incoming);
+        self.reject(incoming, token_fp, code, answer).await
     }
 
     /// Whether deliveries on `route` must carry a Standard Webhooks signature.

@@ -54,14 +54,20 @@ pub fn github_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-pub fn verify_github(secret: &str, header: Option<&[u8]>, body: &[u8]) -> Result<(), VerifyError> {
+/// The signature bytes of an `X-Hub-Signature-256` header: what can be checked before the
+/// body is read (a secret is configured, the header is there and well-formed).
+pub fn github_signature_bytes(secret: &str, header: Option<&[u8]>) -> Result<Vec<u8>, VerifyError> {
     const H: &str = "X-Hub-Signature-256";
     if secret.is_empty() {
         return Err(VerifyError::NoSecret);
     }
     let header = header.ok_or(VerifyError::Missing(H))?;
     let hex_sig = header.strip_prefix(b"sha256=").ok_or(VerifyError::Malformed(H, "expected the prefix sha256="))?;
-    let given = hex::decode(hex_sig).map_err(|_| VerifyError::Malformed(H, "not hex"))?;
+    hex::decode(hex_sig).map_err(|_| VerifyError::Malformed(H, "not hex"))
+}
+
+pub fn verify_github(secret: &str, header: Option<&[u8]>, body: &[u8]) -> Result<(), VerifyError> {
+    let given = github_signature_bytes(secret, header)?;
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     // verify_slice compares in constant time.
@@ -109,23 +115,7 @@ pub fn standard_signature(token: &str, id: &str, timestamp: i64, body: &[u8]) ->
 /// Checks a Standard Webhooks signature. `now` is `None` for a replay from the journal, where
 /// the timestamp window (an anti-replay guard for the network) does not apply.
 pub fn verify_standard(token: &str, h: &StandardHeaders<'_>, body: &[u8], now: Option<i64>) -> Result<(), VerifyError> {
-    if signing_key(token).is_empty() {
-        // Config validation refuses such a key; never accept an HMAC anyone can compute.
-        return Err(VerifyError::NoSecret);
-    }
-    let id = h.id.ok_or(VerifyError::Missing("webhook-id"))?;
-    let ts = h.timestamp.ok_or(VerifyError::Missing("webhook-timestamp"))?;
-    let sigs = h.signature.ok_or(VerifyError::Missing("webhook-signature"))?;
-    let ts: i64 = std::str::from_utf8(ts)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or(VerifyError::Malformed("webhook-timestamp", "not a unix time"))?;
-    // `abs_diff`: a timestamp near i64::MIN or MAX must not overflow the subtraction.
-    if let Some(now) = now
-        && now.abs_diff(ts) > TIMESTAMP_TOLERANCE_SECS.unsigned_abs()
-    {
-        return Err(VerifyError::StaleTimestamp);
-    }
+    let (id, ts, sigs) = check_standard_head(token, h, now)?;
     let mut mac = HmacSha256::new_from_slice(&signing_key(token)).expect("HMAC takes any key length");
     mac.update(id);
     mac.update(format!(".{ts}.").as_bytes());
@@ -148,6 +138,34 @@ pub fn verify_standard(token: &str, h: &StandardHeaders<'_>, body: &[u8], now: O
     } else {
         Err(VerifyError::Malformed("webhook-signature", "expected v1,<base64>"))
     }
+}
+
+/// What can be checked of a Standard Webhooks delivery before its body is read: a key is
+/// configured, the three headers are there, and the timestamp is a unix time within the window
+/// (`now` = `None` skips the window, for replays). Returns the id, timestamp and signatures.
+pub fn check_standard_head<'a>(
+    token: &str,
+    h: &StandardHeaders<'a>,
+    now: Option<i64>,
+) -> Result<(&'a [u8], i64, &'a [u8]), VerifyError> {
+    if signing_key(token).is_empty() {
+        // Config validation refuses such a key; never accept an HMAC anyone can compute.
+        return Err(VerifyError::NoSecret);
+    }
+    let id = h.id.ok_or(VerifyError::Missing("webhook-id"))?;
+    let ts = h.timestamp.ok_or(VerifyError::Missing("webhook-timestamp"))?;
+    let sigs = h.signature.ok_or(VerifyError::Missing("webhook-signature"))?;
+    let ts: i64 = std::str::from_utf8(ts)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or(VerifyError::Malformed("webhook-timestamp", "not a unix time"))?;
+    // `abs_diff`: a timestamp near i64::MIN or MAX must not overflow the subtraction.
+    if let Some(now) = now
+        && now.abs_diff(ts) > TIMESTAMP_TOLERANCE_SECS.unsigned_abs()
+    {
+        return Err(VerifyError::StaleTimestamp);
+    }
+    Ok((id, ts, sigs))
 }
 
 /// A salted digest of a presented token, kept in the journal instead of the token so that a
