@@ -412,7 +412,8 @@ impl Ingest {
             route: incoming.route.as_str(),
             delivery_id: headers::delivery_id(incoming.route, &incoming.headers, self.signs(incoming.route)),
             dedupe: false,
-            event: None,
+            // As the (unverified) header names it; a verified delivery's parsed event replaces it.
+            event: headers::event(incoming.route, &incoming.headers),
             action: None,
             item: None,
             received_at: now_rfc3339(),

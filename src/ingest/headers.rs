@@ -110,6 +110,16 @@ pub fn delivery_id(route: Route, headers: &HeaderMap, signed_webhook_id: bool) -
     id.map(|s| s.chars().take(200).collect())
 }
 
+/// The event a delivery's header names (`X-GitHub-Event`, `X-Gitlab-Event`), cut to 64
+/// characters: all a rejected delivery can say of itself.
+pub fn event(route: Route, headers: &HeaderMap) -> Option<String> {
+    let name = match route {
+        Route::Github => "x-github-event",
+        Route::Gitlab | Route::GitlabSystem => "x-gitlab-event",
+    };
+    get_str(headers, name).map(|s| s.chars().take(64).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

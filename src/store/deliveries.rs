@@ -355,6 +355,61 @@ pub fn list_deliveries(c: &Connection, failed_only: bool, limit: usize) -> rusql
     c.prepare(&sql)?.query_map([limit as i64], summary)?.collect()
 }
 
+/// A delivery and the rows that followed it under the same forge delivery id: its duplicates
+/// and its replays, oldest first.
+#[derive(Debug, Clone)]
+pub struct DeliveryGroup {
+    pub head: DeliverySummary,
+    pub followers: Vec<DeliverySummary>,
+}
+
+/// Whether a row follows another one (a duplicate or a replay) rather than being a delivery of
+/// its own; only a duplicate whose delivery id was seen before counts (a webhook deduped
+/// against the poller's finding for its item stands on its own).
+const IS_FOLLOWER: &str = "(d.replay_of IS NOT NULL OR (d.verdict = 'duplicate' AND d.delivery_id IS NOT NULL
+     AND EXISTS (SELECT 1 FROM deliveries o WHERE o.delivery_id = d.delivery_id AND o.route = d.route AND o.id < d.id)))";
+
+/// The most followers shown under one delivery.
+const FOLLOWERS_SHOWN: i64 = 50;
+
+/// Newest first, like [`list_deliveries`], but only deliveries of their own, each with the
+/// duplicates and replays that followed it.
+pub fn list_grouped(c: &Connection, failed_only: bool, limit: usize) -> rusqlite::Result<Vec<DeliveryGroup>> {
+    let filter = if failed_only { "AND d.verdict = 'rejected'" } else { "" };
+    let columns = SUMMARY_COLUMNS.split(", ").map(|col| format!("d.{col}")).collect::<Vec<_>>().join(", ");
+    let sql =
+        format!("SELECT {columns} FROM deliveries d WHERE NOT {IS_FOLLOWER} {filter} ORDER BY d.id DESC LIMIT ?1");
+    let heads: Vec<DeliverySummary> = c.prepare(&sql)?.query_map([limit as i64], summary)?.collect::<Result<_, _>>()?;
+    heads.into_iter().map(|head| Ok(DeliveryGroup { followers: followers(c, &head)?, head })).collect()
+}
+
+/// The duplicates and replays of `head`: rows with its forge delivery id after it (up to the
+/// next delivery of its own with that id), and replays of it.
+pub fn followers(c: &Connection, head: &DeliverySummary) -> rusqlite::Result<Vec<DeliverySummary>> {
+    let columns = SUMMARY_COLUMNS.split(", ").map(|col| format!("d.{col}")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT {columns} FROM deliveries d
+         WHERE d.id > ?1 AND {IS_FOLLOWER}
+           AND (d.replay_of = ?1 OR (d.delivery_id = ?2 AND d.route = ?3 AND d.id < COALESCE(
+                (SELECT MIN(n.id) FROM deliveries n WHERE n.delivery_id = ?2 AND n.route = ?3 AND n.id > ?1
+                   AND n.replay_of IS NULL AND n.verdict != 'duplicate'), 9223372036854775807)))
+         ORDER BY d.id LIMIT ?4"
+    );
+    c.prepare(&sql)?.query_map(params![head.id, head.delivery_id, head.route, FOLLOWERS_SHOWN], summary)?.collect()
+}
+
+/// The journal row a forge delivery id names: the first delivery of its own with that id (not
+/// a duplicate or a replay), else the first row with it.
+pub fn find_by_forge_id(c: &Connection, forge_id: &str) -> rusqlite::Result<Option<i64>> {
+    c.query_row(
+        "SELECT id FROM deliveries WHERE delivery_id = ?1
+         ORDER BY (replay_of IS NOT NULL OR verdict = 'duplicate'), id LIMIT 1",
+        [forge_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 pub fn load_delivery(c: &Connection, id: i64) -> rusqlite::Result<Option<DeliveryRow>> {
     let sql = format!(
         "SELECT {SUMMARY_COLUMNS}, headers, body, body_size, body_stored, token_fp, verification
