@@ -93,6 +93,13 @@ pub async fn run(mut config: Config, mode: Mode, bus: Bus, shutdown: Cancellatio
     let listener = if !has_listener {
         None
     } else {
+        // The cap on connections (listen.max_connections), not a default soft limit of 1024
+        // file descriptors, should decide how many clients are served.
+        match crate::ingest::conns::raise_open_file_limit() {
+            Ok((old, new)) if new > old => tracing::info!("Open-file limit raised from {old} to {new}"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
+        }
         let addr = config.listen.socket_addr()?;
         Some(
             TcpListener::bind(addr)

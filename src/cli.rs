@@ -133,8 +133,10 @@ pub enum DeliveriesCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// One delivery: headers (secrets never stored), payload, decision.
-    Show { id: i64 },
+    /// One delivery: headers (secrets never stored), payload, decision. ID is the journal's
+    /// row number or the forge's delivery id (X-GitHub-Delivery, GitLab's idempotency key).
+    Show { id: String },
     /// Run a stored delivery through verification (today's secrets), filter and queue again.
-    Replay { id: i64 },
+    /// ID as for show; a forge id names its first delivery, not a duplicate or replay.
+    Replay { id: String },
 }

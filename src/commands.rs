@@ -7,6 +7,8 @@ use crate::event::Bus;
 use crate::{app, headless, ops, send};
 use anyhow::{Context, bail};
 use std::sync::Arc;
+
+mod deliveries;
 use tokio_util::sync::CancellationToken;
 
 /// Reads `./.env` if present (it never overrides variables already set).
@@ -143,59 +145,20 @@ async fn send_command(mut config: Config, args: &SendArgs) -> anyhow::Result<()>
 async fn deliveries_command(config: Config, cmd: &DeliveriesCommand) -> anyhow::Result<()> {
     match cmd {
         DeliveriesCommand::List { failed, limit } => {
-            let rows = ops::list(&config, *failed, *limit)?;
-            println!(
-                "{:>7}  {:<20}  {:<13}  {:<28}  {:<24}  {:<9}  REASON",
-                "ID", "RECEIVED", "ROUTE", "EVENT", "ITEM", "VERDICT"
-            );
-            for r in rows {
-                let event = match (&r.event, &r.action) {
-                    (Some(e), Some(a)) => format!("{e}.{a}"),
-                    (Some(e), None) => e.clone(),
-                    _ => "-".into(),
-                };
-                let replay = r.replay_of.map(|o| format!(" [replay of {o}]")).unwrap_or_default();
-                println!(
-                    "{:>7}  {:<20}  {:<13}  {:<28}  {:<24}  {:<9}  {}{replay}",
-                    r.id,
-                    r.received_at.get(..19).unwrap_or(&r.received_at),
-                    r.route,
-                    event,
-                    r.item.as_deref().unwrap_or("-"),
-                    r.verdict,
-                    r.reason
-                );
-            }
+            print!("{}", deliveries::render_list(&ops::list_groups(&config, *failed, *limit)?));
             Ok(())
         }
         DeliveriesCommand::Show { id } => {
-            let row = ops::show(&config, *id)?;
-            println!("{}", serde_json::to_string_pretty(&row.summary)?);
-            println!("verification: {}", row.verification);
-            println!("headers:");
-            for (k, v) in &row.headers {
-                println!("  {k}: {v}");
-            }
-            match (&row.body, row.body_stored) {
-                (Some(body), stored) => {
-                    if !stored {
-                        println!("payload (first {} of {} bytes):", body.len(), row.body_size);
-                    } else {
-                        println!("payload ({} bytes):", row.body_size);
-                    }
-                    match serde_json::from_slice::<serde_json::Value>(body) {
-                        Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
-                        Err(_) => println!("{}", String::from_utf8_lossy(body)),
-                    }
-                }
-                (None, _) => println!("payload: not kept ({} bytes; rejected bodies are capped)", row.body_size),
-            }
+            let row = ops::show(&config, ops::resolve_delivery(&config, id)?)?;
+            let followers = ops::followers(&config, &row.summary)?;
+            print!("{}", deliveries::render_show(&row, &followers));
             Ok(())
         }
         DeliveriesCommand::Replay { id } => {
-            let replayed = ops::replay(config, *id, Bus::default()).await?;
+            let id = ops::resolve_delivery(&config, id)?;
+            let replayed = ops::replay(config, id, Bus::default()).await?;
             let answer = &replayed.answer;
-            println!("{} {}", answer.status(), answer.to_json());
+            println!("{} {}", answer.status(), crate::text::for_terminal_line(&answer.to_json().to_string()));
             if matches!(answer, crate::ingest::accept::Answer::Queued { .. }) {
                 if replayed.published_here {
                     println!("published to the broker");
@@ -233,7 +196,9 @@ async fn jobs_command(config: Config, cmd: &JobsCommand) -> anyhow::Result<()> {
                     _ => j.failure.clone().unwrap_or_default(),
                 };
                 let pct = j.progress.map(|p| format!("{p}%")).unwrap_or_default();
-                println!("{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  {detail}", j.id, j.state, j.item, j.attempt, pct);
+                // Progress messages and failures carry handler output: no control characters.
+                let (item, detail) = (crate::text::for_terminal_line(&j.item), crate::text::for_terminal_line(&detail));
+                println!("{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  {detail}", j.id, j.state, item, j.attempt, pct);
             }
             return Ok(());
         }

@@ -11,7 +11,8 @@ use crate::ingest::{Route, headers};
 use crate::store::label_ops;
 use crate::store::tasks::{self, Dropped};
 use crate::store::{
-    DeliveryRow, DeliverySummary, JOURNAL_FILE, Journal, list_deliveries, load_delivery, pending_for_task,
+    DeliveryGroup, DeliveryRow, DeliverySummary, JOURNAL_FILE, Journal, find_by_forge_id, list_deliveries,
+    list_grouped, load_delivery, pending_for_task,
 };
 use anyhow::{Context, bail};
 use std::path::PathBuf;
@@ -30,6 +31,31 @@ fn open_reader(config: &Config) -> anyhow::Result<rusqlite::Connection> {
 
 pub fn list(config: &Config, failed: bool, limit: usize) -> anyhow::Result<Vec<DeliverySummary>> {
     Ok(list_deliveries(&open_reader(config)?, failed, limit)?)
+}
+
+/// Deliveries of their own, newest first, each with its duplicates and replays.
+pub fn list_groups(config: &Config, failed: bool, limit: usize) -> anyhow::Result<Vec<DeliveryGroup>> {
+    Ok(list_grouped(&open_reader(config)?, failed, limit)?)
+}
+
+/// The journal row `id` names: a row number, or the forge's delivery id (`X-GitHub-Delivery`,
+/// GitLab's idempotency key), which names its first delivery (not a duplicate or a replay). A
+/// number that is no row is tried as a forge id too.
+pub fn resolve_delivery(config: &Config, id: &str) -> anyhow::Result<i64> {
+    let c = open_reader(config)?;
+    let id = id.trim();
+    if let Ok(n) = id.parse::<i64>()
+        && load_delivery(&c, n)?.is_some()
+    {
+        return Ok(n);
+    }
+    find_by_forge_id(&c, id)?
+        .with_context(|| format!("no delivery '{id}' in the journal (neither a row number nor a forge delivery id)"))
+}
+
+/// The duplicates and replays that followed delivery `row`.
+pub fn followers(config: &Config, row: &DeliverySummary) -> anyhow::Result<Vec<DeliverySummary>> {
+    Ok(crate::store::followers(&open_reader(config)?, row)?)
 }
 
 pub fn show(config: &Config, id: i64) -> anyhow::Result<DeliveryRow> {

@@ -9,7 +9,7 @@ use agentctl::event::Bus;
 use agentctl::ingest::Route;
 use agentctl::ingest::accept::{Incoming, Ingest};
 use agentctl::ingest::server::{self, Limits};
-use agentctl::store::{JOURNAL_FILE, Journal, RejectedBodyCaps};
+use agentctl::store::{JOURNAL_FILE, Journal, RejectedCaps};
 use common::{Backend, Harness, QueueReader, delete_queues, proxy::Proxy, test_config};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -121,7 +121,7 @@ async fn unsigned_flood_cannot_fill_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(Backend::Embedded, dir.path());
     let journal = Journal::open(&dir.path().join(JOURNAL_FILE), SyncMode::Normal).unwrap();
-    let caps = RejectedBodyCaps { per_body: 1000, total: 10_000, max_rows: 50 };
+    let caps = RejectedCaps { per_row: 1000, total: 10_000, max_rows: 50 };
     let ingest = Ingest::new(&config, journal.clone(), Bus::default()).await.unwrap().with_caps(caps);
     for i in 0..120 {
         let mut headers = hyper::HeaderMap::new();
@@ -141,7 +141,8 @@ async fn unsigned_flood_cannot_fill_the_disk() {
     let (rows, bytes, full): (i64, i64, i64) = journal
         .write(|c| {
             c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), COALESCE(SUM(body_stored), 0) FROM deliveries",
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body) + LENGTH(CAST(headers AS BLOB))), 0),
+                    COALESCE(SUM(body_stored), 0) FROM deliveries",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -149,7 +150,7 @@ async fn unsigned_flood_cannot_fill_the_disk() {
         .await
         .unwrap();
     assert!(rows <= 50, "rejected rows are capped: {rows}");
-    assert!(bytes <= 10_000, "rejected bodies are capped in total: {bytes}");
+    assert!(bytes <= 10_000, "rejected headers and bodies are capped in total: {bytes}");
     assert_eq!(full, 0, "bodies over the per-body cap are cut");
     let meta: i64 = journal
         .write(|c| c.query_row("SELECT value FROM meta WHERE key = 'rejected_rows'", [], |r| r.get(0)))
@@ -263,6 +264,42 @@ async fn standard_webhooks_signature_is_required_when_configured() {
     h.stop().await;
 }
 
+/// With a signing token, the signed `webhook-id` is the dedupe key: the same signed delivery
+/// sent again with a fresh (unsigned) `X-Gitlab-Event-UUID` or `Idempotency-Key` is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhook_id_is_the_dedupe_key() {
+    use agentctl::ingest::verify::standard_signature;
+    let signing = "whsec_c2lnbmluZyBrZXkgZm9yIHRlc3Rz";
+    let h =
+        Harness::start(Backend::Embedded, |c| c.gitlab.signing_token = agentctl::config::Secret::new(signing)).await;
+    let s = agentctl::send::samples::sample("gitlab:issue", "coding agent").unwrap();
+    let now = agentctl::store::unix_now();
+    let (ts, sig) = (now.to_string(), standard_signature(signing, "msg_42", now, &s.body));
+    let signed = |uuid: &'static str, idem: &'static str| {
+        let mut v = vec![
+            ("x-gitlab-event", "Issue Hook"),
+            ("x-gitlab-token", common::GITLAB_TOKEN),
+            ("webhook-id", "msg_42"),
+            ("webhook-timestamp", ts.as_str()),
+            ("webhook-signature", sig.as_str()),
+            ("x-gitlab-event-uuid", uuid),
+        ];
+        if !idem.is_empty() {
+            v.push(("idempotency-key", idem));
+        }
+        v
+    };
+    let (s1, a1) = h.post("POST", "/webhook/gitlab", &signed("uuid-a", ""), s.body.clone()).await;
+    let (s2, a2) = h.post("POST", "/webhook/gitlab", &signed("uuid-b", ""), s.body.clone()).await;
+    let (s3, a3) = h.post("POST", "/webhook/gitlab", &signed("uuid-c", "idem-c"), s.body.clone()).await;
+    assert_eq!((s1, a1["status"].as_str()), (202, Some("queued")), "{a1}");
+    assert_eq!((s2, a2["status"].as_str()), (200, Some("duplicate")), "{a2}");
+    assert_eq!((s3, a3["status"].as_str()), (200, Some("duplicate")), "{a3}");
+    assert_eq!(h.count("SELECT COUNT(*) FROM tasks"), 1);
+    assert_eq!(h.count("SELECT COUNT(*) FROM deliveries WHERE delivery_id = 'msg_42'"), 3);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_old_deliveries_but_not_unpublished_tasks() {
     let h = Harness::start(Backend::Embedded, |_| {}).await;
@@ -311,10 +348,16 @@ async fn a_body_that_never_finishes_is_answered_408() {
     let metrics = std::sync::Arc::new(agentctl::metrics::Metrics::new());
     let server = tokio::spawn(server::run(listener, ingest, metrics, limits, Bus::default(), stop.clone()));
 
+    // Signed-looking headers: the head check passes, and the body is awaited.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(
-            b"POST /webhook/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: issues\r\nContent-Length: 100\r\n\r\n{\"act",
+            format!(
+                "POST /webhook/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: issues\r\n\
+                 X-Hub-Signature-256: sha256={}\r\nContent-Length: 100\r\n\r\n{{\"act",
+                "0".repeat(64)
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();

@@ -269,3 +269,39 @@ async fn metrics_and_readiness() {
     h.stop().await;
     delete_queues(&config).await;
 }
+
+/// `deliveries show|replay` take the forge's delivery id as well as the row number; it names
+/// the first delivery, not its duplicates or replays, which `list` shows under it. A rejected
+/// delivery lists the event its header claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_by_forge_id() {
+    use agentctl::ops;
+    let h = Harness::start(Backend::Embedded, |_| {}).await;
+    let (headers, body) = signed_issue("forge-1");
+    assert_eq!(post_pairs(&h, "/webhook/github", &headers, body.clone()).await.0, 202);
+    assert_eq!(post_pairs(&h, "/webhook/github", &headers, body.clone()).await.0, 200);
+    let (mut unsigned, _) = signed_issue("forge-2");
+    unsigned.retain(|(k, _)| k != "x-hub-signature-256");
+    assert_eq!(post_pairs(&h, "/webhook/github", &unsigned, body.clone()).await.0, 401);
+    let (config, _dir) = h.stop().await;
+
+    let first = ops::resolve_delivery(&config, "forge-1").unwrap();
+    assert_eq!(first, 1, "the forge id names the original, not its duplicate");
+    let replayed = ops::replay(config.clone(), first, agentctl::event::Bus::default()).await.unwrap();
+    assert!(matches!(replayed.answer, agentctl::ingest::accept::Answer::Queued { .. }), "{:?}", replayed.answer);
+    assert_eq!(ops::resolve_delivery(&config, "forge-1").unwrap(), 1, "nor its replay");
+    assert_eq!(ops::resolve_delivery(&config, "3").unwrap(), 3, "row numbers still work");
+    assert!(ops::resolve_delivery(&config, "no-such-id").is_err());
+
+    let groups = ops::list_groups(&config, false, 10).unwrap();
+    assert_eq!(groups.len(), 2, "two deliveries of their own: {groups:?}");
+    let (rejected, original) = (&groups[0], &groups[1]);
+    assert_eq!(original.head.id, 1);
+    let under: Vec<(i64, &str, Option<i64>)> =
+        original.followers.iter().map(|f| (f.id, f.verdict.as_str(), f.replay_of)).collect();
+    assert_eq!(under, vec![(2, "duplicate", None), (4, "queued", Some(1))]);
+    assert_eq!(rejected.head.delivery_id.as_deref(), Some("forge-2"));
+    assert_eq!((rejected.head.verdict.as_str(), rejected.head.event.as_deref()), ("rejected", Some("issues")));
+    let shown = ops::show(&config, ops::resolve_delivery(&config, "forge-2").unwrap()).unwrap();
+    assert_eq!(shown.summary.id, 3);
+}

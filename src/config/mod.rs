@@ -354,6 +354,9 @@ impl Config {
         if self.listen.max_connections == 0 {
             return bad("listen.max_connections", "must be greater than 0");
         }
+        if let Some(problem) = crate::ingest::verify::signing_token_problem(self.gitlab.signing_token.expose()) {
+            return bad("gitlab.signing_token", problem);
+        }
         if self.filter.labels.iter().all(|l| l.trim().is_empty()) {
             return bad("filter.labels", "needs at least one label, e.g. [\"coding agent\"]");
         }
@@ -456,6 +459,16 @@ mod tests {
         }
         let default = Worker::default().work_dir();
         assert!(default.ends_with("agentctl/work") && !default.starts_with(Storage::default().data_dir()));
+    }
+
+    #[test]
+    fn an_empty_whsec_signing_token_is_an_error() {
+        let mut c = Config::default();
+        c.gitlab.signing_token = Secret::new("whsec_");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("gitlab.signing_token"), "{err}");
+        c.gitlab.signing_token = Secret::new("whsec_c2lnbmluZyBrZXk=");
+        c.validate().unwrap();
     }
 
     #[test]

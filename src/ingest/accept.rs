@@ -9,7 +9,7 @@ use super::{ParseError, Parsed, Route, github, gitlab};
 use crate::config::{Config, Filter, Secret};
 use crate::event::{Bus, Event, Verdict};
 use crate::forge::Found;
-use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedBodyCaps, StoredBody};
+use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedCaps, StoredBody};
 use crate::task::{Source, Task, new_task_id, now_rfc3339};
 use bytes::Bytes;
 use hyper::HeaderMap;
@@ -49,6 +49,10 @@ pub enum Answer {
     Unavailable {
         reason: String,
     },
+    /// The listener is reading as many request bodies as its byte budget allows.
+    Busy {
+        budget: usize,
+    },
 }
 
 impl Answer {
@@ -62,7 +66,7 @@ impl Answer {
             Answer::TimedOut { .. } => 408,
             Answer::NotFound => 404,
             Answer::MethodNotAllowed => 405,
-            Answer::Unavailable { .. } => 503,
+            Answer::Unavailable { .. } | Answer::Busy { .. } => 503,
         }
     }
 
@@ -85,6 +89,10 @@ impl Answer {
             }
             Answer::MethodNotAllowed => json!({"status": "method_not_allowed", "reason": "webhooks are POST requests"}),
             Answer::Unavailable { reason } => json!({"status": "unavailable", "reason": reason}),
+            Answer::Busy { budget } => json!({
+                "status": "busy",
+                "reason": format!("the listener is already reading {budget} bytes of request bodies; retry shortly")
+            }),
         }
     }
 }
@@ -168,7 +176,7 @@ pub struct Ingest {
     queue: Arc<str>,
     journal: Journal,
     bus: Bus,
-    caps: RejectedBodyCaps,
+    caps: RejectedCaps,
     salt: Arc<[u8]>,
 }
 
@@ -202,12 +210,12 @@ impl Ingest {
             queue: config.broker.queue.as_str().into(),
             journal,
             bus,
-            caps: RejectedBodyCaps::default(),
+            caps: RejectedCaps::default(),
             salt: salt.into(),
         })
     }
 
-    pub fn with_caps(mut self, caps: RejectedBodyCaps) -> Self {
+    pub fn with_caps(mut self, caps: RejectedCaps) -> Self {
         self.caps = caps;
         self
     }
@@ -291,6 +299,53 @@ impl Ingest {
         self.commit(record, parsed, decision, incoming.replay_of).await
     }
 
+    /// What can be checked from the headers alone, before a byte of the body is read, so that
+    /// an unauthenticated request costs no body read: a secret is configured for the route; on
+    /// GitHub the signature and event headers are there and well-formed (the HMAC itself needs
+    /// the body); on GitLab the token matches and, with a signing token, the Standard Webhooks
+    /// headers are there with a fresh timestamp. The error is the `verification` code to
+    /// journal the refusal with, and the answer.
+    pub fn check_head(&self, route: Route, h: &HeaderMap) -> Result<(), (&'static str, Answer)> {
+        let refuse = |e: VerifyError| (e.code(), Answer::Unauthorized { reason: e.to_string() });
+        match route {
+            Route::Github => {
+                verify::github_signature_bytes(self.secrets.github.expose(), headers::get(h, "x-hub-signature-256"))
+                    .map_err(refuse)?;
+                if headers::get_str(h, "x-github-event").is_none() {
+                    let reason = "missing X-GitHub-Event header".to_string();
+                    return Err(("not_checked", Answer::BadRequest { reason }));
+                }
+            }
+            Route::Gitlab | Route::GitlabSystem => {
+                let token = if route == Route::Gitlab { &self.secrets.gitlab } else { &self.secrets.gitlab_system };
+                verify::verify_token(token.expose(), headers::get(h, "x-gitlab-token"), "X-Gitlab-Token")
+                    .map_err(refuse)?;
+                if self.signs(route) {
+                    let std_headers = StandardHeaders {
+                        id: headers::get(h, "webhook-id"),
+                        timestamp: headers::get(h, "webhook-timestamp"),
+                        signature: headers::get(h, "webhook-signature"),
+                    };
+                    let now = Some(crate::store::unix_now());
+                    verify::check_standard_head(self.secrets.signing.expose(), &std_headers, now).map_err(refuse)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Journals a request refused by [`Ingest::check_head`], whose body was never read.
+    pub async fn reject_head(&self, route: Route, headers: HeaderMap, code: &str, answer: Answer) -> Answer {
+        let incoming = Incoming { route, headers, body: Bytes::new(), replay_of: None, stored_token_fp: None };
+        let token_fp = self.token_fingerprint(&incoming);
+        self.reject(incoming, token_fp, code, answer).await
+    }
+
+    /// Whether deliveries on `route` must carry a Standard Webhooks signature.
+    fn signs(&self, route: Route) -> bool {
+        route == Route::Gitlab && !self.secrets.signing.is_empty()
+    }
+
     fn token_fingerprint(&self, incoming: &Incoming) -> Option<String> {
         match incoming.route {
             Route::Github => None,
@@ -323,7 +378,7 @@ impl Ingest {
         } else {
             verify::verify_token(token.expose(), headers::get(h, "x-gitlab-token"), "X-Gitlab-Token")?;
         }
-        if incoming.route == Route::Gitlab && !self.secrets.signing.is_empty() {
+        if self.signs(incoming.route) {
             let std_headers = StandardHeaders {
                 id: headers::get(h, "webhook-id"),
                 timestamp: headers::get(h, "webhook-timestamp"),
@@ -343,17 +398,26 @@ impl Ingest {
         status: u16,
         reason: String,
     ) -> NewDelivery {
+        // A rejected delivery keeps at most `per_row` bytes of headers and body together;
+        // an accepted one is kept whole (hyper bounds its head).
+        let (headers_json, body) = if status >= 400 {
+            let headers_json = headers::to_json(&incoming.headers, Some(self.caps.headers()));
+            let room = self.caps.per_row.saturating_sub(headers_json.len());
+            (headers_json, StoredBody::pack(&incoming.body, Some(room)))
+        } else {
+            (headers::to_json(&incoming.headers, None), StoredBody::pack(&incoming.body, None))
+        };
         NewDelivery {
             route: incoming.route.as_str(),
-            delivery_id: headers::delivery_id(incoming.route, &incoming.headers),
+            delivery_id: headers::delivery_id(incoming.route, &incoming.headers, self.signs(incoming.route)),
             dedupe: false,
-            event: None,
+            // As the (unverified) header names it; a verified delivery's parsed event replaces it.
+            event: headers::event(incoming.route, &incoming.headers),
             action: None,
             item: None,
             received_at: now_rfc3339(),
-            headers_json: headers::to_json(&incoming.headers),
-            // Rejected bodies are cut to the per-body cap; accepted ones are kept whole.
-            body: StoredBody::pack(&incoming.body, (status >= 400).then_some(self.caps.per_body)),
+            headers_json,
+            body,
             body_size: incoming.body.len(),
             token_fp,
             verification: verification.to_string(),

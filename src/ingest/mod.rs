@@ -4,6 +4,8 @@
 //! delivery through all of that into the journal (shared by the listener and replays).
 
 pub mod accept;
+pub mod body;
+pub mod conns;
 pub mod filter;
 pub mod github;
 pub mod gitlab;

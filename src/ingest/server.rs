@@ -1,5 +1,7 @@
-//! The webhook listener (hyper 1, HTTP/1.1): routes, body limit, header-read timeout, a cap on
-//! open connections, keep-alive, and graceful shutdown that lets in-flight requests finish.
+//! The webhook listener (hyper 1, HTTP/1.1): routes, a bounded request head, checks of the
+//! headers before any body is read, body limits (per request, and a byte budget across all
+//! connections), header-read timeout, a cap on open connections that sheds idle ones first
+//! (see `conns`), keep-alive, and graceful shutdown that lets in-flight requests finish.
 //! `run(listener, …, shutdown)` takes a bound listener so tests can bind `127.0.0.1:0`.
 //!
 //! Each delivery is handled in its own spawned task: hyper drops a request's future when the
@@ -7,10 +9,12 @@
 
 use super::Route;
 use super::accept::{Answer, Incoming, Ingest};
+use super::body::{self, BodyBudget};
+use super::conns::Conns;
 use crate::event::{Bus, Event};
 use crate::metrics::Metrics;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming as Body;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,12 +25,17 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// How long a client may take to send a body once its headers are in. A slow sender would
 /// otherwise hold a connection slot for ever.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest request head (request line and headers) read; a larger one is answered 431 by
+/// hyper before agentctl sees it. Forges send a couple of KB.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most header lines a request may have (431 past it).
+pub const MAX_HEADERS: usize = 100;
 
 /// How long shutdown waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -37,7 +46,12 @@ pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// Body bytes read at once across all connections (see `body`).
+    pub body_budget_bytes: usize,
 }
+
+/// The default body budget: a few of the largest bodies, and never less than one.
+const BODY_BUDGET: u64 = 64 * 1024 * 1024;
 
 impl Limits {
     pub fn from_config(c: &crate::config::Listen) -> Self {
@@ -46,6 +60,7 @@ impl Limits {
             max_connections: c.max_connections as usize,
             header_timeout: Duration::from_secs(c.header_timeout_secs),
             body_timeout: BODY_TIMEOUT,
+            body_budget_bytes: BODY_BUDGET.max(c.max_body_bytes) as usize,
         }
     }
 }
@@ -59,15 +74,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     bus.emit(Event::ListenerStarted { addr: listener.local_addr()?.to_string() });
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let conns = Conns::new(limits.max_connections);
+    let budget = BodyBudget::new(limits.body_budget_bytes);
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = shutdown.cancelled() => break,
-        };
+        // Accept first, then find the connection a slot: at the cap an idle connection is
+        // closed for it, so idle clients cannot leave a real delivery in the backlog.
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => stream,
@@ -80,13 +99,28 @@ pub async fn run(
             },
             _ = shutdown.cancelled() => break,
         };
+        let admitted = tokio::select! {
+            a = conns.admit() => a,
+            _ = shutdown.cancelled() => break,
+        };
         let _ = stream.set_nodelay(true);
-        let (ingest, metrics) = (ingest.clone(), metrics.clone());
-        let svc = service_fn(move |req| serve(req, ingest.clone(), metrics.clone(), limits));
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let (ingest, metrics, budget, conn) = (ingest.clone(), metrics.clone(), budget.clone(), admitted.conn.clone());
+        let svc = service_fn(move |req| {
+            let busy = conn.request();
+            let (ingest, metrics, budget) = (ingest.clone(), metrics.clone(), budget.clone());
+            async move {
+                let res = serve(req, ingest, metrics, limits, budget).await;
+                drop(busy);
+                res
+            }
+        });
+        let served = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
+            tokio::select! {
+                _ = served => {}
+                _ = admitted.conn.close.cancelled() => {}
+            }
+            drop(admitted);
         });
     }
     drop(listener);
@@ -145,6 +179,7 @@ async fn serve(
     ingest: Ingest,
     metrics: Arc<Metrics>,
     limits: Limits,
+    budget: BodyBudget,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
     let route = match req.uri().path() {
@@ -163,20 +198,22 @@ async fn serve(
         return Ok(respond(&Answer::MethodNotAllowed));
     }
     let (parts, body) = req.into_parts();
-    let too_large = || Answer::TooLarge { limit: limits.max_body_bytes };
+    // What the headers alone can refuse is refused before a byte of the body is read.
+    if let Err((code, answer)) = ingest.check_head(route, &parts.headers) {
+        let task = tokio::spawn(async move { ingest.reject_head(route, parts.headers, code, answer).await });
+        let answer = task.await.unwrap_or_else(|e| Answer::Unavailable { reason: format!("the handler failed: {e}") });
+        return Ok(closing(respond(&answer)));
+    }
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let body = if declared.is_some_and(|n| n > limits.max_body_bytes) {
-        Err(too_large())
+    let read = if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        Err(Answer::TooLarge { limit: limits.max_body_bytes })
     } else {
-        match tokio::time::timeout(limits.body_timeout, Limited::new(body, limits.max_body_bytes as usize).collect())
-            .await
-        {
-            Ok(Ok(b)) => Ok(b.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-            Ok(Err(e)) => Err(Answer::BadRequest { reason: format!("could not read the body: {e}") }),
-            Err(_) => Err(Answer::TimedOut { secs: limits.body_timeout.as_secs() }),
-        }
+        body::read(body, limits.max_body_bytes, limits.body_timeout, &budget).await
+    };
+    let (body, held) = match read {
+        Ok((body, held)) => (Ok(body), Some(held)),
+        Err(answer) => (Err(answer), None),
     };
     let incoming = Incoming {
         route,
@@ -186,17 +223,29 @@ async fn serve(
         stored_token_fp: None,
     };
     let task = tokio::spawn(async move {
-        match body {
+        let answer = match body {
             Ok(_) => ingest.handle(incoming).await,
             Err(answer) => ingest.reject(incoming, None, "not_checked", answer).await,
-        }
+        };
+        // The body's share of the budget is given back once the delivery is handled.
+        drop(held);
+        answer
     });
     let answer =
         task.await.unwrap_or_else(|e| Answer::Unavailable { reason: format!("the delivery handler failed: {e}") });
     let mut res = respond(&answer);
-    if matches!(answer.status(), 408 | 413) {
+    if let Answer::Busy { .. } = answer {
+        res.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    if matches!(answer, Answer::TooLarge { .. } | Answer::TimedOut { .. } | Answer::Busy { .. }) {
         // The rest of the body was not read; the connection cannot be reused.
-        res.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        res = closing(res);
     }
     Ok(res)
+}
+
+/// The answer closes the connection: the body was not (wholly) read.
+fn closing(mut res: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    res.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    res
 }

@@ -54,14 +54,20 @@ pub fn github_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-pub fn verify_github(secret: &str, header: Option<&[u8]>, body: &[u8]) -> Result<(), VerifyError> {
+/// The signature bytes of an `X-Hub-Signature-256` header: what can be checked before the
+/// body is read (a secret is configured, the header is there and well-formed).
+pub fn github_signature_bytes(secret: &str, header: Option<&[u8]>) -> Result<Vec<u8>, VerifyError> {
     const H: &str = "X-Hub-Signature-256";
     if secret.is_empty() {
         return Err(VerifyError::NoSecret);
     }
     let header = header.ok_or(VerifyError::Missing(H))?;
     let hex_sig = header.strip_prefix(b"sha256=").ok_or(VerifyError::Malformed(H, "expected the prefix sha256="))?;
-    let given = hex::decode(hex_sig).map_err(|_| VerifyError::Malformed(H, "not hex"))?;
+    hex::decode(hex_sig).map_err(|_| VerifyError::Malformed(H, "not hex"))
+}
+
+pub fn verify_github(secret: &str, header: Option<&[u8]>, body: &[u8]) -> Result<(), VerifyError> {
+    let given = github_signature_bytes(secret, header)?;
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     // verify_slice compares in constant time.
@@ -91,6 +97,13 @@ fn signing_key(token: &str) -> Vec<u8> {
     B64.decode(raw).unwrap_or_else(|_| raw.as_bytes().to_vec())
 }
 
+/// What is wrong with a configured signing token, if anything (config validation asks). An
+/// empty key — `whsec_` with nothing after it — would make an HMAC that anyone can compute.
+pub fn signing_token_problem(token: &str) -> Option<&'static str> {
+    (!token.is_empty() && signing_key(token).is_empty())
+        .then_some("is `whsec_` with no key after it; set the whole whsec_… value GitLab shows, or leave it empty")
+}
+
 /// The `v1,<base64>` signature for a Standard Webhooks delivery.
 pub fn standard_signature(token: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = HmacSha256::new_from_slice(&signing_key(token)).expect("HMAC takes any key length");
@@ -102,18 +115,7 @@ pub fn standard_signature(token: &str, id: &str, timestamp: i64, body: &[u8]) ->
 /// Checks a Standard Webhooks signature. `now` is `None` for a replay from the journal, where
 /// the timestamp window (an anti-replay guard for the network) does not apply.
 pub fn verify_standard(token: &str, h: &StandardHeaders<'_>, body: &[u8], now: Option<i64>) -> Result<(), VerifyError> {
-    let id = h.id.ok_or(VerifyError::Missing("webhook-id"))?;
-    let ts = h.timestamp.ok_or(VerifyError::Missing("webhook-timestamp"))?;
-    let sigs = h.signature.ok_or(VerifyError::Missing("webhook-signature"))?;
-    let ts: i64 = std::str::from_utf8(ts)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or(VerifyError::Malformed("webhook-timestamp", "not a unix time"))?;
-    if let Some(now) = now
-        && (now - ts).abs() > TIMESTAMP_TOLERANCE_SECS
-    {
-        return Err(VerifyError::StaleTimestamp);
-    }
+    let (id, ts, sigs) = check_standard_head(token, h, now)?;
     let mut mac = HmacSha256::new_from_slice(&signing_key(token)).expect("HMAC takes any key length");
     mac.update(id);
     mac.update(format!(".{ts}.").as_bytes());
@@ -136,6 +138,34 @@ pub fn verify_standard(token: &str, h: &StandardHeaders<'_>, body: &[u8], now: O
     } else {
         Err(VerifyError::Malformed("webhook-signature", "expected v1,<base64>"))
     }
+}
+
+/// What can be checked of a Standard Webhooks delivery before its body is read: a key is
+/// configured, the three headers are there, and the timestamp is a unix time within the window
+/// (`now` = `None` skips the window, for replays). Returns the id, timestamp and signatures.
+pub fn check_standard_head<'a>(
+    token: &str,
+    h: &StandardHeaders<'a>,
+    now: Option<i64>,
+) -> Result<(&'a [u8], i64, &'a [u8]), VerifyError> {
+    if signing_key(token).is_empty() {
+        // Config validation refuses such a key; never accept an HMAC anyone can compute.
+        return Err(VerifyError::NoSecret);
+    }
+    let id = h.id.ok_or(VerifyError::Missing("webhook-id"))?;
+    let ts = h.timestamp.ok_or(VerifyError::Missing("webhook-timestamp"))?;
+    let sigs = h.signature.ok_or(VerifyError::Missing("webhook-signature"))?;
+    let ts: i64 = std::str::from_utf8(ts)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or(VerifyError::Malformed("webhook-timestamp", "not a unix time"))?;
+    // `abs_diff`: a timestamp near i64::MIN or MAX must not overflow the subtraction.
+    if let Some(now) = now
+        && now.abs_diff(ts) > TIMESTAMP_TOLERANCE_SECS.unsigned_abs()
+    {
+        return Err(VerifyError::StaleTimestamp);
+    }
+    Ok((id, ts, sigs))
 }
 
 /// A salted digest of a presented token, kept in the journal instead of the token so that a
@@ -205,5 +235,29 @@ mod tests {
         assert!(verify_standard(&token, &headers2, BODY, Some(now)).is_ok());
         let missing = StandardHeaders { id: None, timestamp: Some(t.as_bytes()), signature: Some(s.as_bytes()) };
         assert_eq!(verify_standard(&token, &missing, BODY, Some(now)), Err(VerifyError::Missing("webhook-id")));
+    }
+
+    /// A timestamp at either end of i64 is stale, not an overflow (a panic in debug builds, a
+    /// wrapped difference that passes the window in release builds).
+    #[test]
+    fn extreme_timestamps_are_stale() {
+        let token = format!("whsec_{}", B64.encode(b"signing key bytes"));
+        for (ts, now) in [(i64::MIN, 1_700_000_000), (i64::MAX, -1), (i64::MIN, i64::MAX)] {
+            let t = ts.to_string();
+            let h = StandardHeaders { id: Some(b"m"), timestamp: Some(t.as_bytes()), signature: Some(b"v1,AAAA") };
+            assert_eq!(verify_standard(&token, &h, BODY, Some(now)), Err(VerifyError::StaleTimestamp), "{ts} at {now}");
+        }
+    }
+
+    /// `whsec_` with no key is an HMAC key of zero bytes: refused by config validation, and by
+    /// the check itself should one reach it.
+    #[test]
+    fn an_empty_signing_key_accepts_nothing() {
+        assert!(signing_token_problem("whsec_").is_some());
+        assert!(signing_token_problem("whsec_c2lnbmluZyBrZXk=").is_none());
+        assert!(signing_token_problem("").is_none(), "empty = not configured");
+        let sig = standard_signature("whsec_", "m", 1_700_000_000, BODY);
+        let h = StandardHeaders { id: Some(b"m"), timestamp: Some(b"1700000000"), signature: Some(sig.as_bytes()) };
+        assert_eq!(verify_standard("whsec_", &h, BODY, Some(1_700_000_000)), Err(VerifyError::NoSecret));
     }
 }

@@ -5,21 +5,39 @@ use super::body::{StoredBody, unpack};
 use super::unix_now;
 use rusqlite::{Connection, OptionalExtension, params};
 
-/// What a rejected delivery may keep of its body, so that unauthenticated traffic cannot fill
-/// the disk: each body is cut to `per_body`, and once rejected bodies total `total` bytes,
-/// further ones keep only their metadata. Past `max_rows` rejected rows, the oldest go.
+/// What rejected deliveries may keep, so that unauthenticated traffic cannot fill the disk. A
+/// row keeps at most `per_row` bytes of headers and body together (its headers at most a quarter
+/// of that). Rejected rows together keep at most `total` bytes of headers and bodies and at most
+/// `max_rows` rows: past either, each new rejected row removes up to [`PRUNE_PER_INSERT`] of the
+/// oldest ones (bounded work per delivery, whatever the backlog), and a row that still does not
+/// fit under `total` keeps only its metadata.
 #[derive(Debug, Clone, Copy)]
-pub struct RejectedBodyCaps {
-    pub per_body: usize,
+pub struct RejectedCaps {
+    pub per_row: usize,
     pub total: i64,
     pub max_rows: i64,
 }
 
-impl Default for RejectedBodyCaps {
-    fn default() -> Self {
-        RejectedBodyCaps { per_body: 64 * 1024, total: 64 * 1024 * 1024, max_rows: 100_000 }
+impl RejectedCaps {
+    /// The most a rejected row's headers (as stored JSON) may take of `per_row`.
+    pub fn headers(&self) -> usize {
+        self.per_row / 4
     }
 }
+
+impl Default for RejectedCaps {
+    fn default() -> Self {
+        RejectedCaps { per_row: 64 * 1024, total: 64 * 1024 * 1024, max_rows: 100_000 }
+    }
+}
+
+/// Oldest rejected rows removed per rejected insert while over a cap: more than the one row an
+/// insert adds, so a backlog over the caps (after they were lowered) shrinks, and few enough
+/// that the insert stays cheap for the writer every delivery waits on.
+pub const PRUNE_PER_INSERT: usize = 4;
+
+/// What a stored row takes on disk for the rejected-row byte cap: its headers and its body.
+pub(super) const STORED_BYTES: &str = "COALESCE(LENGTH(body), 0) + LENGTH(CAST(headers AS BLOB))";
 
 /// A task created by a delivery, with its outbox message.
 #[derive(Debug, Clone)]
@@ -84,7 +102,7 @@ pub enum Recorded {
 
 impl NewDelivery {
     /// Records the delivery; call inside a journal write.
-    pub fn insert(self, c: &Connection, caps: RejectedBodyCaps) -> rusqlite::Result<Recorded> {
+    pub fn insert(self, c: &Connection, caps: RejectedCaps) -> rusqlite::Result<Recorded> {
         let dedupe_key = match (&self.delivery_id, self.dedupe) {
             (Some(id), true) => Some(format!("{}:{id}", self.route)),
             _ => None,
@@ -114,7 +132,7 @@ impl NewDelivery {
                 let journal_id = self.insert_row(
                     c,
                     None,
-                    None,
+                    StoredParts { headers: &self.headers_json, body: None },
                     "duplicate",
                     &format!("delivery id seen before as journal entry {original}"),
                     task_id.as_deref(),
@@ -130,17 +148,24 @@ impl NewDelivery {
             && let Some((original, task_id)) = polled_task_not_started(c, &t.item_key)?
         {
             let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
-            let journal_id = self.insert_row(c, dedupe_key.as_deref(), None, "duplicate", &why, Some(&task_id))?;
+            let parts = StoredParts { headers: &self.headers_json, body: None };
+            let journal_id = self.insert_row(c, dedupe_key.as_deref(), parts, "duplicate", &why, Some(&task_id))?;
             return Ok(Recorded::Duplicate { journal_id, original, task_id: Some(task_id) });
         }
-        let body = if self.verdict == "rejected" {
-            rejected_body(c, &self.body.packed, caps)?
+        let (headers, body) = if self.verdict == "rejected" {
+            self.rejected_room(c, caps)?
         } else {
-            Some(&self.body.packed[..])
+            (self.headers_json.as_str(), Some(&self.body.packed[..]))
         };
         let task_id = self.task.as_ref().map(|t| t.id.clone());
-        let journal_id =
-            self.insert_row(c, dedupe_key.as_deref(), body, self.verdict, &self.reason, task_id.as_deref())?;
+        let journal_id = self.insert_row(
+            c,
+            dedupe_key.as_deref(),
+            StoredParts { headers, body },
+            self.verdict,
+            &self.reason,
+            task_id.as_deref(),
+        )?;
         if let Some(task) = &self.task {
             let now = unix_now();
             c.prepare_cached(
@@ -156,17 +181,47 @@ impl NewDelivery {
                 super::label_ops::push(c, &task.id, super::label_ops::LabelOp::Accepted, None)?;
             }
         }
-        if self.verdict == "rejected" {
-            prune_rejected(c, caps)?;
-        }
         Ok(Recorded::Stored { journal_id, task_id })
+    }
+
+    /// What a rejected row keeps: its headers and body when they fit under the caps (after
+    /// removing a few of the oldest rejected rows if needed), else only its metadata. Keeps the
+    /// running row and byte counts in `meta`, so no insert ever counts the table.
+    fn rejected_room(&self, c: &Connection, caps: RejectedCaps) -> rusqlite::Result<(&str, Option<&[u8]>)> {
+        let (mut rows, mut bytes) = rejected_counts(c)?;
+        let wanted = (self.headers_json.len() + self.body.packed.len()) as i64;
+        let mut removed = 0;
+        while removed < PRUNE_PER_INSERT && (rows >= caps.max_rows || bytes + wanted > caps.total) {
+            let Some(freed) = c
+                .prepare_cached(&format!(
+                    "DELETE FROM deliveries WHERE id =
+                       (SELECT id FROM deliveries WHERE verdict = 'rejected' ORDER BY id LIMIT 1)
+                     RETURNING {STORED_BYTES}"
+                ))?
+                .query_row([], |r| r.get::<_, i64>(0))
+                .optional()?
+            else {
+                break;
+            };
+            rows -= 1;
+            bytes -= freed;
+            removed += 1;
+        }
+        let (headers, body) = if bytes + wanted <= caps.total {
+            (self.headers_json.as_str(), Some(&self.body.packed[..]))
+        } else {
+            ("[]", None)
+        };
+        let kept = (headers.len() + body.map_or(0, <[u8]>::len)) as i64;
+        set_rejected_counts(c, rows.max(0) + 1, (bytes + kept).max(0))?;
+        Ok((headers, body))
     }
 
     fn insert_row(
         &self,
         c: &Connection,
         dedupe_key: Option<&str>,
-        body: Option<&[u8]>,
+        StoredParts { headers, body }: StoredParts<'_>,
         verdict: &str,
         reason: &str,
         task_id: Option<&str>,
@@ -186,7 +241,7 @@ impl NewDelivery {
             self.item,
             self.received_at,
             unix_now(),
-            self.headers_json,
+            headers,
             body,
             self.body_size as i64,
             body.is_some() && self.body.complete,
@@ -215,49 +270,37 @@ const POLLED_TASK_NOT_STARTED: &str = "SELECT d.id, t.id FROM tasks t JOIN deliv
      WHERE t.item_key = ?1 AND t.state IN ('queued', 'waiting', 'retrying') AND d.route = 'poll'
      ORDER BY d.id LIMIT 1";
 
-/// Whether a rejected body (already cut to `per_body` and packed) fits under the total cap;
-/// updates the running total in `meta`.
-fn rejected_body<'b>(c: &Connection, kept: &'b [u8], caps: RejectedBodyCaps) -> rusqlite::Result<Option<&'b [u8]>> {
-    let total: i64 = c
-        .prepare_cached("SELECT value FROM meta WHERE key = 'rejected_body_bytes'")?
-        .query_row([], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
-    if total + kept.len() as i64 > caps.total {
-        return Ok(None);
-    }
-    c.prepare_cached(
-        "INSERT INTO meta (key, value) VALUES ('rejected_body_bytes', ?1)
-         ON CONFLICT(key) DO UPDATE SET value = value + ?1",
-    )?
-    .execute([kept.len() as i64])?;
-    Ok(Some(kept))
+/// The headers JSON and the packed body a row is written with.
+struct StoredParts<'a> {
+    headers: &'a str,
+    body: Option<&'a [u8]>,
 }
 
-/// Keeps at most `max_rows` rejected deliveries, dropping the oldest in chunks.
-fn prune_rejected(c: &Connection, caps: RejectedBodyCaps) -> rusqlite::Result<()> {
-    let n: i64 = c
-        .prepare_cached(
-            "INSERT INTO meta (key, value) VALUES ('rejected_rows', 1)
-             ON CONFLICT(key) DO UPDATE SET value = value + 1 RETURNING value",
-        )?
-        .query_row([], |r| r.get(0))?;
-    if n <= caps.max_rows {
+/// The running count of rejected rows and of the bytes they keep.
+fn rejected_counts(c: &Connection) -> rusqlite::Result<(i64, i64)> {
+    let get = |key: &str| -> rusqlite::Result<i64> {
+        Ok(c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    };
+    Ok((get("rejected_rows")?, get("rejected_bytes")?))
+}
+
+fn set_rejected_counts(c: &Connection, rows: i64, bytes: i64) -> rusqlite::Result<()> {
+    let mut set = c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+    set.execute(params!["rejected_rows", rows])?;
+    set.execute(params!["rejected_bytes", bytes])?;
+    Ok(())
+}
+
+/// Rejected rows removed elsewhere (retention): takes them off the running counts.
+pub(super) fn forget_rejected(c: &Connection, rows: i64, bytes: i64) -> rusqlite::Result<()> {
+    if rows == 0 {
         return Ok(());
     }
-    let chunk = (caps.max_rows / 10).max(1);
-    let freed: i64 = c.query_row(
-        "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM (SELECT body FROM deliveries WHERE verdict = 'rejected' ORDER BY id LIMIT ?1)",
-        [chunk],
-        |r| r.get(0),
-    )?;
-    let deleted = c.execute(
-        "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE verdict = 'rejected' ORDER BY id LIMIT ?1)",
-        [chunk],
-    )?;
-    c.execute("UPDATE meta SET value = value - ?1 WHERE key = 'rejected_rows'", [deleted as i64])?;
-    c.execute("UPDATE meta SET value = MAX(0, value - ?1) WHERE key = 'rejected_body_bytes'", [freed])?;
-    Ok(())
+    let (r, b) = rejected_counts(c)?;
+    set_rejected_counts(c, (r - rows).max(0), (b - bytes).max(0))
 }
 
 /// One line of `agentctl deliveries list`.
@@ -317,6 +360,61 @@ pub fn list_deliveries(c: &Connection, failed_only: bool, limit: usize) -> rusql
     c.prepare(&sql)?.query_map([limit as i64], summary)?.collect()
 }
 
+/// A delivery and the rows that followed it under the same forge delivery id: its duplicates
+/// and its replays, oldest first.
+#[derive(Debug, Clone)]
+pub struct DeliveryGroup {
+    pub head: DeliverySummary,
+    pub followers: Vec<DeliverySummary>,
+}
+
+/// Whether a row follows another one (a duplicate or a replay) rather than being a delivery of
+/// its own; only a duplicate whose delivery id was seen before counts (a webhook deduped
+/// against the poller's finding for its item stands on its own).
+const IS_FOLLOWER: &str = "(d.replay_of IS NOT NULL OR (d.verdict = 'duplicate' AND d.delivery_id IS NOT NULL
+     AND EXISTS (SELECT 1 FROM deliveries o WHERE o.delivery_id = d.delivery_id AND o.route = d.route AND o.id < d.id)))";
+
+/// The most followers shown under one delivery.
+const FOLLOWERS_SHOWN: i64 = 50;
+
+/// Newest first, like [`list_deliveries`], but only deliveries of their own, each with the
+/// duplicates and replays that followed it.
+pub fn list_grouped(c: &Connection, failed_only: bool, limit: usize) -> rusqlite::Result<Vec<DeliveryGroup>> {
+    let filter = if failed_only { "AND d.verdict = 'rejected'" } else { "" };
+    let columns = SUMMARY_COLUMNS.split(", ").map(|col| format!("d.{col}")).collect::<Vec<_>>().join(", ");
+    let sql =
+        format!("SELECT {columns} FROM deliveries d WHERE NOT {IS_FOLLOWER} {filter} ORDER BY d.id DESC LIMIT ?1");
+    let heads: Vec<DeliverySummary> = c.prepare(&sql)?.query_map([limit as i64], summary)?.collect::<Result<_, _>>()?;
+    heads.into_iter().map(|head| Ok(DeliveryGroup { followers: followers(c, &head)?, head })).collect()
+}
+
+/// The duplicates and replays of `head`: rows with its forge delivery id after it (up to the
+/// next delivery of its own with that id), and replays of it.
+pub fn followers(c: &Connection, head: &DeliverySummary) -> rusqlite::Result<Vec<DeliverySummary>> {
+    let columns = SUMMARY_COLUMNS.split(", ").map(|col| format!("d.{col}")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT {columns} FROM deliveries d
+         WHERE d.id > ?1 AND {IS_FOLLOWER}
+           AND (d.replay_of = ?1 OR (d.delivery_id = ?2 AND d.route = ?3 AND d.id < COALESCE(
+                (SELECT MIN(n.id) FROM deliveries n WHERE n.delivery_id = ?2 AND n.route = ?3 AND n.id > ?1
+                   AND n.replay_of IS NULL AND n.verdict != 'duplicate'), 9223372036854775807)))
+         ORDER BY d.id LIMIT ?4"
+    );
+    c.prepare(&sql)?.query_map(params![head.id, head.delivery_id, head.route, FOLLOWERS_SHOWN], summary)?.collect()
+}
+
+/// The journal row a forge delivery id names: the first delivery of its own with that id (not
+/// a duplicate or a replay), else the first row with it.
+pub fn find_by_forge_id(c: &Connection, forge_id: &str) -> rusqlite::Result<Option<i64>> {
+    c.query_row(
+        "SELECT id FROM deliveries WHERE delivery_id = ?1
+         ORDER BY (replay_of IS NOT NULL OR verdict = 'duplicate'), id LIMIT 1",
+        [forge_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 pub fn load_delivery(c: &Connection, id: i64) -> rusqlite::Result<Option<DeliveryRow>> {
     let sql = format!(
         "SELECT {SUMMARY_COLUMNS}, headers, body, body_size, body_stored, token_fp, verification
@@ -340,7 +438,75 @@ pub fn load_delivery(c: &Connection, id: i64) -> rusqlite::Result<Option<Deliver
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::SyncMode;
+
+    fn delivery(i: usize, verdict: &'static str, body: &[u8]) -> NewDelivery {
+        NewDelivery {
+            route: "github",
+            delivery_id: Some(format!("d-{i}")),
+            dedupe: verdict != "rejected",
+            event: Some("issues".into()),
+            action: None,
+            item: None,
+            received_at: "2026-12-01T00:00:00Z".into(),
+            headers_json: r#"[["x-github-event","issues"]]"#.into(),
+            body: StoredBody::pack(body, None),
+            body_size: body.len(),
+            token_fp: None,
+            verification: if verdict == "rejected" { "bad_signature" } else { "ok" }.into(),
+            verdict,
+            reason: String::new(),
+            http_status: if verdict == "rejected" { 401 } else { 200 },
+            replay_of: None,
+            task: None,
+            only_new: false,
+        }
+    }
+
+    /// Rows changed (inserted, updated, deleted) by one insert.
+    fn touched(c: &Connection, d: NewDelivery, caps: RejectedCaps) -> i64 {
+        let before = c.total_changes();
+        d.insert(c, caps).unwrap();
+        (c.total_changes() - before) as i64
+    }
+
+    /// A rejected backlog at (or far over) its caps costs each new delivery a bounded number of
+    /// row changes — never a sweep of the backlog inside the writer's batch that accepted
+    /// deliveries wait on — and the backlog still shrinks back under the caps.
+    #[test]
+    fn pruning_rejected_rows_is_bounded_work_per_insert() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::store::connect(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
+        let roomy = RejectedCaps { per_row: 64 * 1024, total: i64::MAX, max_rows: 5000 };
+        c.execute_batch("BEGIN").unwrap();
+        for i in 0..5000 {
+            delivery(i, "rejected", b"unsigned").insert(&c, roomy).unwrap();
+        }
+        // At the row cap: one in, at most PRUNE_PER_INSERT out, and the two counters.
+        let bound = 1 + PRUNE_PER_INSERT as i64 + 2;
+        let n = touched(&c, delivery(5000, "rejected", b"unsigned"), roomy);
+        assert!(n <= bound, "a rejected insert at the cap changed {n} rows");
+        let n = touched(&c, delivery(5001, "ignored", b"{}"), roomy);
+        assert!(n <= 1, "an accepted delivery's insert never prunes: {n} rows");
+
+        // The caps lowered far under the backlog: still bounded per insert, and it shrinks.
+        let tight = RejectedCaps { max_rows: 1000, ..roomy };
+        for i in 0..3000 {
+            let n = touched(&c, delivery(6000 + i, "rejected", b"unsigned"), tight);
+            assert!(n <= bound, "insert {i} changed {n} rows");
+        }
+        let rows: i64 =
+            c.query_row("SELECT COUNT(*) FROM deliveries WHERE verdict = 'rejected'", [], |r| r.get(0)).unwrap();
+        assert!(rows <= 1000, "{rows}");
+        assert_eq!(rejected_counts(&c).unwrap().0, rows, "the running count matches the table");
+        let bytes: i64 = c
+            .query_row(&format!("SELECT SUM({STORED_BYTES}) FROM deliveries WHERE verdict = 'rejected'"), [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rejected_counts(&c).unwrap().1, bytes, "the running byte count matches the table");
+    }
 
     /// Every webhook that makes a task asks whether the poller queued its item; that question
     /// must be answered from poll deliveries alone, never by walking the item's earlier tasks.

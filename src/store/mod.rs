@@ -17,7 +17,8 @@ mod writer;
 
 pub use body::StoredBody;
 pub use deliveries::{
-    DeliveryRow, DeliverySummary, NewDelivery, NewTask, Recorded, RejectedBodyCaps, list_deliveries, load_delivery,
+    DeliveryGroup, DeliveryRow, DeliverySummary, NewDelivery, NewTask, PRUNE_PER_INSERT, Recorded, RejectedCaps,
+    find_by_forge_id, followers, list_deliveries, list_grouped, load_delivery,
 };
 pub use outbox::{OutboxRow, mark_published, pending_for_task, pending_outbox, pending_outbox_count};
 pub use writer::Journal;

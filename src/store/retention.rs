@@ -2,6 +2,7 @@
 //! finished tasks and published outbox rows. Unpublished outbox rows, and tasks that are still
 //! running, waiting, retrying, dead or dropped, are never removed.
 
+use super::deliveries::{STORED_BYTES, forget_rejected};
 use super::{Journal, unix_now};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -54,22 +55,23 @@ pub async fn sweep(journal: &Journal, cutoff: i64) -> Result<usize, super::Store
                 )?;
                 // Label operations whose task went (done, or given up long ago).
                 c.execute("DELETE FROM label_ops WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
-                let n = c.execute(
+                // Each removed rejected row comes off the running counts of the rejected-row
+                // caps; nothing here counts the table.
+                let (mut n, mut rejected, mut bytes) = (0, 0, 0);
+                let mut delete = c.prepare_cached(&format!(
                     "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE received_unix < ?1
-                       AND (task_id IS NULL OR task_id NOT IN (SELECT id FROM tasks)) LIMIT ?2)",
-                    (cutoff, CHUNK),
-                )?;
-                // Recount what rejected rows hold, for the rejected-body cap.
-                c.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) SELECT 'rejected_body_bytes', COALESCE(SUM(LENGTH(body)), 0)
-                       FROM deliveries WHERE verdict = 'rejected'",
-                    [],
-                )?;
-                c.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) SELECT 'rejected_rows', COUNT(*)
-                       FROM deliveries WHERE verdict = 'rejected'",
-                    [],
-                )?;
+                       AND (task_id IS NULL OR task_id NOT IN (SELECT id FROM tasks)) LIMIT ?2)
+                     RETURNING verdict = 'rejected', {STORED_BYTES}"
+                ))?;
+                let mut removed = delete.query((cutoff, CHUNK))?;
+                while let Some(r) = removed.next()? {
+                    n += 1;
+                    if r.get::<_, bool>(0)? {
+                        rejected += 1;
+                        bytes += r.get::<_, i64>(1)?;
+                    }
+                }
+                forget_rejected(c, rejected, bytes)?;
                 Ok(n)
             })
             .await?;

@@ -139,6 +139,19 @@ UPDATE tasks SET item_key = CASE
 WHERE json_valid(payload) OR source = 'github';
 CREATE INDEX tasks_item_key ON tasks(item_key, state);
 "#,
+    // 7: Rejected rows' cap counts headers and body together (see deliveries.rs), counted once here
+    // and kept current by every insert and delete after; `deliveries show|replay` and `list`
+    // find a delivery, its duplicates and its replays by the forge's delivery id.
+    r#"
+INSERT OR REPLACE INTO meta (key, value)
+    SELECT 'rejected_bytes', COALESCE(SUM(COALESCE(LENGTH(body), 0) + LENGTH(CAST(headers AS BLOB))), 0)
+    FROM deliveries WHERE verdict = 'rejected' HAVING COUNT(*) > 0;
+INSERT OR REPLACE INTO meta (key, value)
+    SELECT 'rejected_rows', COUNT(*) FROM deliveries WHERE verdict = 'rejected' HAVING COUNT(*) > 0;
+DELETE FROM meta WHERE key = 'rejected_body_bytes';
+CREATE INDEX deliveries_forge_id ON deliveries(delivery_id) WHERE delivery_id IS NOT NULL;
+CREATE INDEX deliveries_replay_of ON deliveries(replay_of) WHERE replay_of IS NOT NULL;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -145,7 +145,7 @@ pub struct Tail {
 
 impl Tail {
     pub fn push(&mut self, line: &str) {
-        let clean = crate::text::strip_controls(line);
+        let clean = crate::text::for_terminal(line);
         let kept = if clean.len() > TAIL_LINE_MAX {
             let mut end = TAIL_LINE_MAX;
             while !clean.is_char_boundary(end) {

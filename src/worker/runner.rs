@@ -109,7 +109,7 @@ pub async fn run(
     let started = Instant::now();
     // The reason reaches terminals (jobs list, the console) and the forge: no escapes.
     let failed = |why: String| Attempt {
-        outcome: Outcome::FailedToStart(crate::text::strip_controls(&why).into_owned()),
+        outcome: Outcome::FailedToStart(crate::text::for_terminal_line(&why).into_owned()),
         duration: started.elapsed(),
         log_tail: String::new(),
     };
@@ -357,7 +357,7 @@ async fn consume_lines(mut rx: mpsc::Receiver<String>, path: PathBuf, task: Task
         if sent_in_window < LOG_EVENTS_PER_SEC {
             sent_in_window += 1;
             // Log events reach terminals (the console, headless log lines): no escapes.
-            let line = crate::text::strip_controls(&line).into_owned();
+            let line = crate::text::for_terminal(&line).into_owned();
             bus.emit(Event::TaskLog { task_id: task.id.clone(), line });
         } else {
             dropped += 1;

@@ -3,7 +3,7 @@
 
 use super::Scene;
 use super::jobs::{detail, elapsed, state_style};
-use crate::text::strip_controls;
+use crate::text::for_terminal;
 use crate::ui::console::Detail;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -63,7 +63,7 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
     // Handler output may carry escape sequences: drawn raw they would move the cursor or
     // rewrite the screen.
     let shown: Vec<Line> =
-        text.iter().skip(top).take(height).map(|l| Line::from(strip_controls(l).into_owned())).collect();
+        text.iter().skip(top).take(height).map(|l| Line::from(for_terminal(l).into_owned())).collect();
     let follow = if scroll.is_none() { "following" } else { "G to follow" };
     let title = format!(" log: {} lines, {follow} ", text.len());
     frame.render_widget(Paragraph::new(shown).block(Block::new().borders(Borders::ALL).title(title)), log);
