@@ -176,7 +176,8 @@ impl Broker for EmbeddedBroker {
         }
         Ok(Box::new(EmbeddedConsumer {
             journal: self.journal.clone(),
-            queues: serde_json::to_string(&queues).expect("names serialize"),
+            take_next: take_next_sql(queues.len()).into(),
+            queues: queues.into(),
             owner,
             published: self.published.clone(),
             permits: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
@@ -207,10 +208,34 @@ async fn renew_leases(journal: Journal, owner: String, cancel: CancellationToken
     }
 }
 
+/// Leases the earliest due message of `n` queues (parameters `?4`…): each queue's first due
+/// message is found by its own ordered index seek (`queue_ready`), and the earliest of those
+/// wins, so a backlog costs one seek per queue, not a sort of every due message.
+fn take_next_sql(n: usize) -> String {
+    let firsts: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "SELECT * FROM (SELECT id, visible_ms FROM queue_messages
+                   WHERE queue = ?{} AND visible_ms <= ?3 AND (lease_until_ms IS NULL OR lease_until_ms < ?3)
+                   ORDER BY visible_ms, id LIMIT 1)",
+                i + 4
+            )
+        })
+        .collect();
+    format!(
+        "UPDATE queue_messages
+         SET lease_owner = ?1, lease_until_ms = ?2, delivery_count = delivery_count + 1
+         WHERE id = (SELECT id FROM ({}) ORDER BY visible_ms, id LIMIT 1)
+         RETURNING id, body, delivery_count",
+        firsts.join(" UNION ALL ")
+    )
+}
+
 struct EmbeddedConsumer {
     journal: Journal,
-    /// The queues it takes from, as a JSON array (for `json_each`).
-    queues: String,
+    /// The queues it takes from: its own, and for the main queue the retry queues.
+    queues: Arc<[String]>,
+    take_next: Arc<str>,
     owner: String,
     published: Arc<Notify>,
     permits: Arc<Semaphore>,
@@ -223,24 +248,19 @@ impl Consumer for EmbeddedConsumer {
         let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         loop {
             let woken = self.published.notified();
-            let (queue, owner) = (self.queues.clone(), self.owner.clone());
+            let (queues, sql, owner) = (self.queues.clone(), self.take_next.clone(), self.owner.clone());
             let claimed = self
                 .journal
                 .write(move |c| {
                     let now = unix_now_ms();
-                    c.prepare_cached(
-                        "UPDATE queue_messages
-                         SET lease_owner = ?1, lease_until_ms = ?2, delivery_count = delivery_count + 1
-                         WHERE id = (SELECT id FROM queue_messages
-                                     WHERE queue IN (SELECT value FROM json_each(?3)) AND visible_ms <= ?4
-                                       AND (lease_until_ms IS NULL OR lease_until_ms < ?4)
-                                     ORDER BY visible_ms, id LIMIT 1)
-                         RETURNING id, body, delivery_count",
-                    )?
-                    .query_row((&owner, now + LEASE_MS, &queue, now), |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
-                    })
-                    .optional()
+                    let mut params: Vec<rusqlite::types::Value> =
+                        vec![owner.into(), (now + LEASE_MS).into(), now.into()];
+                    params.extend(queues.iter().map(|q| q.clone().into()));
+                    c.prepare_cached(&sql)?
+                        .query_row(rusqlite::params_from_iter(params), |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+                        })
+                        .optional()
                 })
                 .await
                 .map_err(store_err)?;
@@ -288,5 +308,25 @@ impl Acker for EmbeddedAcker {
             .await
             .map(|_| ())
             .map_err(store_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn taking_the_next_message_seeks_each_queue_instead_of_sorting_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::store::connect(&dir.path().join("j.db"), crate::config::SyncMode::Normal).unwrap();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", super::take_next_sql(3)))
+            .unwrap()
+            .query_map(rusqlite::params!["me", 1, 0, "q", "q.retry.1s", "q.retry.9s"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(plan.iter().filter(|p| p.contains("queue_ready")).count(), 3, "{plan:?}");
+        assert!(!plan.iter().any(|p| p.starts_with("SCAN queue_messages")), "{plan:?}");
+        // Only the outer pick among the queues' first messages sorts (at most one row per queue).
+        assert!(plan.iter().filter(|p| p.contains("TEMP B-TREE")).count() <= 1, "{plan:?}");
     }
 }

@@ -130,7 +130,7 @@ pub async fn run(
     let json = task.to_json();
     let task_file = dir.join("task.json");
     if let Err(e) =
-        private_dir(&places.work_root).and_then(|_| private_dir(&dir)).and(std::fs::write(&task_file, &json))
+        private_dir(&places.work_root).and_then(|_| private_dir(&dir)).and_then(|_| std::fs::write(&task_file, &json))
     {
         return failed(format!("cannot prepare the working directory {}: {e}", dir.display()));
     }
