@@ -50,7 +50,7 @@ pub fn resolve_delivery(config: &Config, id: &str) -> anyhow::Result<i64> {
         return Ok(n);
     }
     find_by_forge_id(&c, id)?
-        .with_context(|| format!("no delivery '{id}' in the journal (neither a row number nor a forge delivery id)"))
+        .with_context(|| format!("no delivery {id} in the journal (neither a row number nor a forge delivery id)"))
 }
 
 /// The duplicates and replays that followed delivery `row`.

@@ -160,7 +160,7 @@ async fn idle_connections_do_not_keep_a_real_delivery_out() {
     let mut idle = Vec::new();
     for _ in 0..50 {
         let batch =
-            (0..100).map(|_| tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(h.addr)));
+            (0..100).map(|_| tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(h.addr)));
         for r in futures_util::future::join_all(batch).await {
             if let Ok(Ok(s)) = r {
                 idle.push(s);

@@ -100,13 +100,13 @@ impl Conns {
 /// (not the file-descriptor limit, often 1024) decides how many clients are served. Returns the
 /// (old, new) soft limits.
 #[cfg(unix)]
-pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+pub fn raise_open_file_limit() -> std::io::Result<(libc::rlim_t, libc::rlim_t)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let old = lim.rlim_cur as u64;
+    let old = lim.rlim_cur;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: as above.
@@ -114,7 +114,7 @@ pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok((old, lim.rlim_cur as u64))
+    Ok((old, lim.rlim_cur))
 }
 
 #[cfg(test)]
