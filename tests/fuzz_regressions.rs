@@ -6,6 +6,8 @@ use agentctl::ingest::verify::{StandardHeaders, VerifyError, standard_signature,
 /// verify_standard computed `(now - ts).abs()`, which overflows (a panic in a debug build, a
 /// wrapped and so wrong window in release) for a timestamp far from now: here a sender's
 /// `webhook-timestamp: -1` against a clock at `i64::MAX`, and `i64::MIN` against a real clock.
+/// Found by the property test and, independently, by the `verify_standard` fuzz target (its
+/// input is kept as `fuzz/corpus/verify_standard/overflow-i64-min.bin`).
 #[test]
 fn an_extreme_standard_webhooks_timestamp_is_stale_not_a_panic() {
     let token = "whsec_c2lnbmluZyBrZXkgYnl0ZXM=";
