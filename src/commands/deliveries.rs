@@ -20,16 +20,6 @@ fn cell(text: &str, width: usize) -> String {
     cut
 }
 
-/// The event column: a rejected delivery's event is what its header claimed, unverified.
-fn event(r: &DeliverySummary) -> String {
-    let name = match (&r.event, &r.action) {
-        (Some(e), Some(a)) => format!("{e}.{a}"),
-        (Some(e), None) => e.clone(),
-        _ => return "-".into(),
-    };
-    if r.verdict == "rejected" { format!("{name} (unverified)") } else { name }
-}
-
 fn line(out: &mut String, r: &DeliverySummary, follower: bool) {
     let id = if follower { format!("└ {}", r.id) } else { r.id.to_string() };
     let replay = r.replay_of.map(|o| format!(" [replay of {o}]")).unwrap_or_default();
@@ -39,7 +29,7 @@ fn line(out: &mut String, r: &DeliverySummary, follower: bool) {
         cell(r.received_at.get(..19).unwrap_or(&r.received_at), 20),
         cell(&r.route, 13),
         cell(r.delivery_id.as_deref().unwrap_or("-"), 36),
-        cell(&event(r), 28),
+        cell(&r.event_label(), 28),
         cell(r.item.as_deref().unwrap_or("-"), 24),
         cell(&r.verdict, 9),
         cell(&r.reason, 200),

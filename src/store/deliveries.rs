@@ -320,6 +320,19 @@ pub struct DeliverySummary {
     pub replay_of: Option<i64>,
 }
 
+impl DeliverySummary {
+    /// `event.action` as stored; a rejected delivery's event is what its header claimed, so it
+    /// is marked unverified.
+    pub fn event_label(&self) -> String {
+        let name = match (&self.event, &self.action) {
+            (Some(e), Some(a)) => format!("{e}.{a}"),
+            (Some(e), None) => e.clone(),
+            _ => return "-".into(),
+        };
+        if self.verdict == "rejected" { format!("{name} (unverified)") } else { name }
+    }
+}
+
 /// A whole stored delivery, for `show` and replays.
 #[derive(Debug, Clone)]
 pub struct DeliveryRow {

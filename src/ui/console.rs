@@ -64,7 +64,9 @@ impl DeliveryDetail {
                     Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
                     Err(_) => String::from_utf8_lossy(body).into_owned(),
                 };
-                (heading, text.lines().map(str::to_string).collect())
+                // An unauthenticated body may carry escape sequences: none reaches the terminal.
+                let lines = text.lines().map(|l| crate::text::for_terminal_line(l).into_owned()).collect();
+                (heading, lines)
             }
         };
         DeliveryDetail { row, task, payload_heading, payload }

@@ -3,6 +3,7 @@
 //! payload. Scrolls as one page.
 
 use super::{Scene, clock};
+use crate::text::for_terminal_line;
 use crate::ui::console::{DeliveryDetail, Detail};
 use crate::ui::state::JobState;
 use ratatui::Frame;
@@ -46,19 +47,15 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
                 Line::from(vec![Span::styled("route     ", label), Span::raw(s.route.clone())]),
                 Line::from(vec![
                     Span::styled("event     ", label),
-                    Span::raw(match (&s.event, &s.action) {
-                        (Some(e), Some(a)) => format!("{e}.{a}"),
-                        (Some(e), None) => e.clone(),
-                        _ => "-".into(),
-                    }),
+                    Span::raw(for_terminal_line(&s.event_label()).into_owned()),
                 ]),
                 Line::from(vec![
                     Span::styled("item      ", label),
-                    Span::raw(s.item.clone().unwrap_or_else(|| "-".into())),
+                    Span::raw(for_terminal_line(s.item.as_deref().unwrap_or("-")).into_owned()),
                 ]),
                 Line::from(vec![
                     Span::styled("delivery  ", label),
-                    Span::raw(s.delivery_id.clone().unwrap_or_else(|| "-".into())),
+                    Span::raw(for_terminal_line(s.delivery_id.as_deref().unwrap_or("-")).into_owned()),
                 ]),
                 Line::from(vec![Span::styled("verified  ", label), Span::raw(detail.row.verification.clone())]),
                 Line::from(vec![
@@ -80,7 +77,10 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
             lines.push(Line::from(""));
             lines.push(Line::styled("headers", bold));
             for (k, v) in &detail.row.headers {
-                lines.push(Line::from(vec![Span::styled(format!("  {k}: "), label), Span::raw(masked(k, v))]));
+                lines.push(Line::from(vec![
+                    Span::styled(format!("  {}: ", for_terminal_line(k)), label),
+                    Span::raw(for_terminal_line(&masked(k, v)).into_owned()),
+                ]));
             }
             lines.push(Line::from(""));
             lines.push(Line::styled(detail.payload_heading.clone(), bold));
