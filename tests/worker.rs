@@ -139,34 +139,7 @@ async fn original_message_format_is_consumed(backend: Backend) {
     let mut ev = h.bus.subscribe();
     let body =
         br#"{"type":"github_issue","owner":"octo","repo":"hello","number":7,"uuid":"legacy-1","user":"octocat"}"#;
-    match backend {
-        Backend::Embedded => {
-            let journal = h.journal();
-            let b = agentctl::broker::embedded::EmbeddedBroker::new(
-                journal,
-                agentctl::broker::Queues::new(&h.config.broker.queue),
-            );
-            b.enqueue(&h.config.broker.queue, "legacy-1", body.to_vec(), Duration::ZERO).await.unwrap();
-        }
-        Backend::Rabbit => {
-            let conn = lapin::Connection::connect(&h.config.broker.url, Default::default()).await.unwrap();
-            let ch = conn.create_channel().await.unwrap();
-            // The producer's side of the contract: the queue exists (agentctl may not have
-            // declared it yet when this runs).
-            agentctl::broker::amqp::declare_topology(&ch, &agentctl::broker::Queues::new(&h.config.broker.queue))
-                .await
-                .unwrap();
-            ch.basic_publish(
-                "".into(),
-                h.config.broker.queue.as_str().into(),
-                Default::default(),
-                body,
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        }
-    }
+    common::raw_queue::publish_raw(&h, "legacy-1", body).await;
     Harness::wait_for(&mut ev, LONG, finished("legacy-1", "done")).await;
     let seen = std::fs::read_to_string(h.config.worker.work_dir().join("legacy-1/task.json.seen")).unwrap();
     let task: agentctl::task::Task = serde_json::from_str(&seen).unwrap();

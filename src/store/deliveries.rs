@@ -229,8 +229,8 @@ impl NewDelivery {
         c.prepare_cached(
             "INSERT INTO deliveries (route, delivery_id, dedupe_key, event, action, item, received_at,
                 received_unix, headers, body, body_size, body_stored, token_fp, verification, verdict,
-                reason, http_status, task_id, replay_of)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                reason, http_status, task_id, replay_of, item_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?
         .execute(params![
             self.route,
@@ -252,6 +252,7 @@ impl NewDelivery {
             self.http_status,
             task_id,
             self.replay_of,
+            self.task.as_ref().map(|t| t.item_key.as_str()),
         ])?;
         Ok(c.last_insert_rowid())
     }
@@ -264,10 +265,11 @@ fn polled_task_not_started(c: &Connection, item: &crate::task::ItemKey) -> rusql
     c.prepare_cached(POLLED_TASK_NOT_STARTED)?.query_row([item.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional()
 }
 
-/// Sought by the normalized item key and the state (index `tasks_item_key`): only the item's
-/// live tasks are read, however many finished ones it has.
-const POLLED_TASK_NOT_STARTED: &str = "SELECT d.id, t.id FROM tasks t JOIN deliveries d ON d.id = t.delivery
-     WHERE t.item_key = ?1 AND t.state IN ('queued', 'waiting', 'retrying') AND d.route = 'poll'
+/// Driven from the item's poll deliveries (index `deliveries_poll_item_key`), which the poller's
+/// own dedupe keeps few; never from the item's tasks, of which a flood of webhooks leaves
+/// thousands queued.
+const POLLED_TASK_NOT_STARTED: &str = "SELECT d.id, t.id FROM deliveries d JOIN tasks t ON t.id = d.task_id
+     WHERE d.route = 'poll' AND d.item_key = ?1 AND t.state IN ('queued', 'waiting', 'retrying')
      ORDER BY d.id LIMIT 1";
 
 /// The headers JSON and the packed body a row is written with.
@@ -534,9 +536,31 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert!(plan.iter().any(|p| p.contains("tasks_item_key")), "{plan:?}");
+        assert!(plan[0].contains("deliveries_poll_item_key"), "the poll deliveries drive the join: {plan:?}");
         assert!(!plan.iter().any(|p| p.contains("SCAN")), "{plan:?}");
         let key = crate::task::ItemKey::new(crate::task::Source::Github, crate::task::Kind::Issue, "o/r", None, 1);
         assert_eq!(super::polled_task_not_started(&c, &key).unwrap(), None);
+    }
+
+    /// A flood of webhooks for one item leaves its tasks queued; the next webhook's poll question
+    /// must cost the same whatever their number (it was a walk over all of them: quadratic).
+    #[test]
+    fn the_poll_question_does_not_walk_the_items_queued_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::store::connect(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
+        let key = crate::task::ItemKey::new(crate::task::Source::Github, crate::task::Kind::Issue, "o/r", None, 1);
+        for i in 0..2000 {
+            c.execute(
+                "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix,
+                                    updated_unix, item_key)
+                 VALUES (?1, 0, 'queued', 'github', 'issue', 'o/r', 1, '{}', 0, 0, ?2)",
+                (format!("t{i}"), key.as_str()),
+            )
+            .unwrap();
+        }
+        let mut q = c.prepare(super::POLLED_TASK_NOT_STARTED).unwrap();
+        assert_eq!(q.query_row([key.as_str()], |r| r.get::<_, i64>(0)).optional().unwrap(), None);
+        let steps = q.get_status(rusqlite::StatementStatus::VmStep);
+        assert!(steps < 100, "the query stepped {steps} times over 2000 queued tasks of its item");
     }
 }

@@ -152,6 +152,17 @@ DELETE FROM meta WHERE key = 'rejected_body_bytes';
 CREATE INDEX deliveries_forge_id ON deliveries(delivery_id) WHERE delivery_id IS NOT NULL;
 CREATE INDEX deliveries_replay_of ON deliveries(replay_of) WHERE replay_of IS NOT NULL;
 "#,
+    // 8: the webhook path's "did the poller queue this item" question is driven from poll
+    // deliveries by their item's normalized key (partial index), never from the item's tasks: a
+    // flood of webhooks for one item leaves thousands of its tasks queued, and walking them on
+    // every delivery made ingest quadratic.
+    r#"
+ALTER TABLE deliveries ADD COLUMN item_key TEXT;
+UPDATE deliveries SET item_key = (SELECT t.item_key FROM tasks t WHERE t.id = deliveries.task_id)
+    WHERE route = 'poll';
+CREATE INDEX deliveries_poll_item_key ON deliveries(item_key) WHERE route = 'poll';
+DROP INDEX IF EXISTS deliveries_poll_item;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
