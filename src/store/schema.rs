@@ -152,6 +152,14 @@ DELETE FROM meta WHERE key = 'rejected_body_bytes';
 CREATE INDEX deliveries_forge_id ON deliveries(delivery_id) WHERE delivery_id IS NOT NULL;
 CREATE INDEX deliveries_replay_of ON deliveries(replay_of) WHERE replay_of IS NOT NULL;
 "#,
+    // 8: A row the broker keeps refusing (or too large to send) is parked after a few tries rather
+    // than blocking the rows behind it; a parked row is never published again (a replay writes a
+    // new one).
+    r#"
+ALTER TABLE outbox ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN last_error TEXT;
+ALTER TABLE outbox ADD COLUMN parked_unix INTEGER;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
