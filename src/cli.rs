@@ -63,7 +63,7 @@ pub enum Command {
 pub enum JobsCommand {
     /// Newest first.
     List {
-        /// queued, running, waiting, retrying, dead, done, dropped or skipped.
+        /// queued, running, waiting, retrying, dead, parked, done, dropped or skipped.
         #[arg(long)]
         state: Option<String>,
         #[arg(long, default_value_t = 50)]

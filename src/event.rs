@@ -62,9 +62,18 @@ pub enum Event {
     JournalFailed {
         error: String,
     },
-    /// Unpublished outbox rows, counted every second.
+    /// Unpublished outbox rows, counted every second; `parked` = parked rows whose task still
+    /// waits for a replay.
     OutboxBacklog {
         pending: u64,
+        parked: u64,
+    },
+    /// A task's message was parked: too large, or refused by the broker too many times. It is
+    /// not published again; `jobs replay` queues the task afresh.
+    TaskParked {
+        task_id: String,
+        item: String,
+        reason: String,
     },
     /// Outbox rows confirmed by the broker; `backlog` = unpublished rows at the last count;
     /// `seconds` = how long the batch took from publish to confirm.

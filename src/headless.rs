@@ -64,6 +64,11 @@ pub fn log(event: &Event) {
         Event::PublishFailed { error: e, backlog } => {
             warn!("Publishing failed ({backlog} waiting for another try): {e}")
         }
+        Event::TaskParked { task_id, item, reason } => {
+            error!(
+                "Task parked: task={task_id} item={item}: {reason}; `agentctl jobs replay {task_id}` queues it again"
+            )
+        }
         Event::BrokerUp { broker } => info!("Broker connected: {broker}"),
         Event::BrokerDown { broker, error: e } => {
             warn!("Broker unavailable: {broker}: {e}; deliveries are kept in the journal's outbox")

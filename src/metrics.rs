@@ -52,6 +52,8 @@ pub struct Metrics {
     published: Counter,
     task_seconds: Family<OutcomeLabels, Histogram>,
     outbox_backlog: Gauge,
+    outbox_parked: Gauge,
+    parked: Counter,
     broker_up: Gauge,
     events_dropped: Counter,
     /// -1 unknown, 0 down, 1 up: what `/ready` reports.
@@ -90,6 +92,14 @@ impl Metrics {
         registry.register("task_seconds", "Handler attempt durations by outcome", task_seconds.clone());
         let outbox_backlog = Gauge::default();
         registry.register("outbox_backlog", "Journaled tasks not yet confirmed by the broker", outbox_backlog.clone());
+        let outbox_parked = Gauge::default();
+        registry.register(
+            "outbox_parked",
+            "Parked outbox rows (too large, or refused by the broker) whose tasks wait for a replay",
+            outbox_parked.clone(),
+        );
+        let parked = Counter::default();
+        registry.register("parked_tasks", "Tasks parked since start", parked.clone());
         let broker_up = Gauge::default();
         registry.register("broker_up", "1 when the broker took the last publish", broker_up.clone());
         let events_dropped = Counter::default();
@@ -120,6 +130,8 @@ impl Metrics {
             published,
             task_seconds,
             outbox_backlog,
+            outbox_parked,
+            parked,
             broker_up,
             events_dropped,
             broker_state: AtomicI64::new(-1),
@@ -165,8 +177,12 @@ impl Metrics {
                 *self.last_journal_failure.lock().expect("metrics lock") =
                     Some((crate::store::unix_now(), error.clone()));
             }
-            Event::OutboxBacklog { pending } => {
+            Event::OutboxBacklog { pending, parked } => {
                 self.outbox_backlog.set(*pending as i64);
+                self.outbox_parked.set(*parked as i64);
+            }
+            Event::TaskParked { .. } => {
+                self.parked.inc();
             }
             Event::BrokerUp { .. } => {
                 self.broker_up.set(1);
@@ -270,12 +286,16 @@ mod tests {
         });
         m.observe(&Event::Published { count: 2, backlog: 5, seconds: 0.003 });
         m.observe(&Event::BrokerUp { broker: "embedded".into() });
+        m.observe(&Event::OutboxBacklog { pending: 5, parked: 1 });
+        m.observe(&Event::TaskParked { task_id: "t".into(), item: "o/r#1".into(), reason: "too large".into() });
         let text = m.render();
         assert!(text.contains(r#"agentctl_deliveries_total{source="github",verdict="queued"} 2"#), "{text}");
         assert!(text.contains(r#"agentctl_deliveries_total{source="github",verdict="ignored"} 1"#), "{text}");
         assert!(text.contains(r#"agentctl_deliveries_total{source="gitlab",verdict="rejected"} 1"#), "{text}");
         assert!(text.contains("agentctl_published_tasks_total 2"), "{text}");
         assert!(text.contains("agentctl_outbox_backlog 5"), "{text}");
+        assert!(text.contains("agentctl_outbox_parked 1"), "{text}");
+        assert!(text.contains("agentctl_parked_tasks_total 1"), "{text}");
         assert!(text.contains("agentctl_publish_seconds_count 1"), "{text}");
         assert!(text.contains("agentctl_broker_up 1"), "{text}");
         assert_eq!(m.broker_up(), Some(true));

@@ -116,15 +116,35 @@ pub async fn replay(mut config: Config, id: i64, bus: Bus) -> anyhow::Result<Rep
 async fn publish_if_alone(config: &Config, journal: &Journal, task_id: &str) -> anyhow::Result<bool> {
     let Some(_lock) = publisher_lock(&config.storage.data_dir())? else { return Ok(false) };
     let broker = broker::from_config(config, journal);
-    let rows = pending_for_task(&journal.reader()?, task_id)?;
+    let cap = broker.message_cap();
+    let (rows, oversize): (Vec<_>, Vec<_>) = pending_for_task(&journal.reader()?, task_id)?
+        .into_iter()
+        .partition(|r| crate::store::oversize(r, cap).is_none());
+    if let Some(row) = oversize.first() {
+        // Parked as the publisher would: it never fits.
+        let reason = crate::store::oversize(row, cap).expect("partitioned");
+        let id = row.id;
+        let why = reason.clone();
+        journal.write(move |c| crate::store::record_refusal(c, id, &why, Some(&why))).await?;
+        bail!("task {task_id} was not published: {reason}");
+    }
     let result = broker.publish(&rows).await;
+    let refused = result.refused.iter().map(|(_, why)| why.clone()).next();
+    let confirmed = result.confirmed;
+    journal.write(move |c| crate::store::mark_published(c, &confirmed)).await?;
     if let Some(e) = result.error {
         bail!(
             "task {task_id} is queued in the journal's outbox but could not be published now: {e}; \
              it is published when agentctl next runs"
         );
     }
-    journal.write(move |c| crate::store::mark_published(c, &result.confirmed)).await?;
+    if let Some(why) = refused {
+        bail!(
+            "task {task_id} is queued in the journal's outbox but the broker refused it ({why}); \
+             agentctl tries it again when it next runs, and parks it after {} refusals",
+            crate::store::MAX_REFUSALS
+        );
+    }
     Ok(true)
 }
 
@@ -201,7 +221,9 @@ pub async fn jobs_replay(config: &Config, which: Jobs) -> anyhow::Result<Vec<Str
                 Some(_) if id.starts_with("invalid-") => {
                     format!("{id}: not replayed: an invalid queue message is no task to run (drop it)")
                 }
-                Some(s) => format!("{id}: not replayed: it is {s} (only dead, dropped or done jobs are replayed)"),
+                Some(s) => {
+                    format!("{id}: not replayed: it is {s} (only dead, parked, dropped or done jobs are replayed)")
+                }
             }),
             Some(_) => {
                 if state.as_deref() == Some("dead") {

@@ -38,6 +38,7 @@ pub struct AmqpBroker {
     url: String,
     queues: Queues,
     link: Mutex<Option<Arc<Link>>>,
+    message_cap: usize,
 }
 
 async fn timed<T, E: std::fmt::Display>(
@@ -51,9 +52,37 @@ async fn timed<T, E: std::fmt::Display>(
     }
 }
 
+/// A publish or confirm error: a channel the broker closed with 406 PRECONDITION_FAILED is its
+/// refusal of a message sent on it (RabbitMQ's answer to one over `max_message_size`), anything
+/// else a protocol or connection failure.
+fn publish_error(e: &lapin::Error) -> BrokerError {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) =>
+        {
+            BrokerError::Refused(amqp.to_string())
+        }
+        _ => BrokerError::Protocol(e.to_string()),
+    }
+}
+
+/// Keeps the error that says most about a batch: a refusal (which names a culprit among its
+/// rows) over the failures it causes on the same channel.
+fn note_error(slot: &mut Option<BrokerError>, e: BrokerError) {
+    if slot.is_none() || matches!(e, BrokerError::Refused(_)) && !matches!(slot, Some(BrokerError::Refused(_))) {
+        *slot = Some(e);
+    }
+}
+
 impl AmqpBroker {
     pub fn new(url: String, queues: Queues) -> Self {
-        AmqpBroker { url, queues, link: Mutex::new(None) }
+        AmqpBroker { url, queues, link: Mutex::new(None), message_cap: crate::store::MAX_MESSAGE_BYTES }
+    }
+
+    pub fn with_message_cap(mut self, bytes: usize) -> Self {
+        self.message_cap = bytes;
+        self
     }
 
     /// The live link, connecting (and declaring the topology) if there is none.
@@ -150,6 +179,10 @@ impl Broker for AmqpBroker {
         redact_url(&self.url)
     }
 
+    fn message_cap(&self) -> usize {
+        self.message_cap
+    }
+
     async fn setup(&self) -> Result<(), BrokerError> {
         self.link().await.map(|_| ())
     }
@@ -167,18 +200,23 @@ impl Broker for AmqpBroker {
         let ch = &link.publishers[link.next.fetch_add(1, Ordering::Relaxed) % link.publishers.len()];
         let mut pending = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            // mandatory: a message no queue takes comes back, and counts as failed.
+            // mandatory: a message no queue takes comes back, and counts as refused.
             let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-            match timed(
+            let sent = tokio::time::timeout(
                 RPC_TIMEOUT,
                 ch.basic_publish("".into(), row.queue.as_str().into(), opts, &row.payload, row_properties(row)),
             )
-            .await
-            {
-                Ok(confirm) => pending.push((row.id, confirm)),
-                Err(e) => {
+            .await;
+            match sent {
+                Ok(Ok(confirm)) => pending.push((row.id, confirm)),
+                Ok(Err(e)) => {
                     out.failed.extend(rows[i..].iter().map(|r| r.id));
-                    out.error = Some(e);
+                    note_error(&mut out.error, publish_error(&e));
+                    break;
+                }
+                Err(_) => {
+                    out.failed.extend(rows[i..].iter().map(|r| r.id));
+                    note_error(&mut out.error, BrokerError::Timeout(RPC_TIMEOUT.as_secs()));
                     break;
                 }
             }
@@ -189,23 +227,28 @@ impl Broker for AmqpBroker {
                 for (id, r) in ids.into_iter().zip(results) {
                     match r {
                         Ok(lapin::Confirmation::Ack(None)) => out.confirmed.push(id),
-                        Ok(_) => {
+                        // mandatory: a message no queue takes comes back: the broker's refusal.
+                        Ok(lapin::Confirmation::Ack(Some(ret)) | lapin::Confirmation::Nack(Some(ret))) => {
+                            out.refused.push((id, format!("returned: {} {}", ret.reply_code, ret.reply_text)));
+                        }
+                        Ok(lapin::Confirmation::Nack(None)) => out.refused.push((id, BrokerError::Nacked.to_string())),
+                        Ok(lapin::Confirmation::NotRequested) => {
                             out.failed.push(id);
-                            out.error.get_or_insert(BrokerError::Nacked);
+                            note_error(&mut out.error, BrokerError::Protocol("publisher confirms are off".into()));
                         }
                         Err(e) => {
                             out.failed.push(id);
-                            out.error.get_or_insert(BrokerError::Protocol(e.to_string()));
+                            note_error(&mut out.error, publish_error(&e));
                         }
                     }
                 }
             }
             Err(_) => {
                 out.failed.extend(ids);
-                out.error.get_or_insert(BrokerError::Timeout(CONFIRM_TIMEOUT.as_secs()));
+                note_error(&mut out.error, BrokerError::Timeout(CONFIRM_TIMEOUT.as_secs()));
             }
         }
-        if matches!(out.error, Some(BrokerError::Protocol(_) | BrokerError::Timeout(_))) {
+        if matches!(out.error, Some(BrokerError::Protocol(_) | BrokerError::Timeout(_) | BrokerError::Refused(_))) {
             self.invalidate(&link).await;
         }
         out

@@ -5,7 +5,7 @@
 //! out and the message is delivered again, like an unacked message on a closed AMQP channel.
 
 use super::{Acker, Broker, BrokerError, Consumer, Published, QueueDepth, Queues, Received};
-use crate::store::{Journal, OutboxRow, StoreError, mark_published, unix_now_ms};
+use crate::store::{Journal, MAX_MESSAGE_BYTES, OutboxRow, StoreError, mark_published, unix_now_ms};
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ pub struct EmbeddedBroker {
     journal: Journal,
     queues: Queues,
     published: Arc<Notify>,
+    message_cap: usize,
 }
 
 fn store_err(e: StoreError) -> BrokerError {
@@ -30,7 +31,12 @@ fn store_err(e: StoreError) -> BrokerError {
 
 impl EmbeddedBroker {
     pub fn new(journal: Journal, queues: Queues) -> Self {
-        EmbeddedBroker { journal, queues, published: Arc::new(Notify::new()) }
+        EmbeddedBroker { journal, queues, published: Arc::new(Notify::new()), message_cap: MAX_MESSAGE_BYTES }
+    }
+
+    pub fn with_message_cap(mut self, bytes: usize) -> Self {
+        self.message_cap = bytes;
+        self
     }
 
     /// Puts a message on `queue` directly (not through the outbox), visible after `delay`.
@@ -63,6 +69,10 @@ impl Broker for EmbeddedBroker {
         "embedded".into()
     }
 
+    fn message_cap(&self) -> usize {
+        self.message_cap
+    }
+
     async fn setup(&self) -> Result<(), BrokerError> {
         Ok(())
     }
@@ -73,8 +83,16 @@ impl Broker for EmbeddedBroker {
         // and dead-lettering. Consumers pick the earliest visible message of all of them, so a
         // short delay never waits behind a long one. (A row still bound for the earlier single
         // retry queue goes to the main queue.)
+        // A row for a queue that is none of ours is refused, as RabbitMQ returns a mandatory
+        // message no queue takes.
+        let refused: Vec<(i64, String)> = rows
+            .iter()
+            .filter(|r| !self.queues.knows(&r.queue))
+            .map(|r| (r.id, format!("returned: no queue '{}'", r.queue)))
+            .collect();
         let rows: Vec<OutboxRow> = rows
             .iter()
+            .filter(|r| self.queues.knows(&r.queue))
             .map(|r| {
                 let mut r = r.clone();
                 if r.queue == self.queues.legacy_retry {
@@ -100,8 +118,8 @@ impl Broker for EmbeddedBroker {
             .await;
         self.published.notify_waiters();
         match result {
-            Ok(()) => Published { confirmed: ids, ..Default::default() },
-            Err(e) => Published { failed: ids, error: Some(store_err(e)), ..Default::default() },
+            Ok(()) => Published { confirmed: ids, refused, ..Default::default() },
+            Err(e) => Published { failed: ids, refused, error: Some(store_err(e)), ..Default::default() },
         }
     }
 

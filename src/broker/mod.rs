@@ -19,6 +19,10 @@ pub enum BrokerError {
     Timeout(u64),
     #[error("broker refused the message (nack)")]
     Nacked,
+    /// The broker closed the channel with 406 PRECONDITION_FAILED (how RabbitMQ refuses an
+    /// oversize message): a refusal of one of the messages sent on it, not an outage.
+    #[error("broker refused a message and closed the channel: {0}")]
+    Refused(String),
     #[error("broker error: {0}")]
     Protocol(String),
     #[error("embedded queue: {0}")]
@@ -34,10 +38,13 @@ pub struct QueueDepth {
     pub consumers: u64,
 }
 
-/// The outcome of publishing a batch: which outbox rows the broker confirmed.
+/// The outcome of publishing a batch: which outbox rows the broker confirmed, which it refused
+/// one by one (a nack, a mandatory message returned: with why), and which did not get through
+/// because of `error` (an outage, or a channel closed by a refusal of one of them).
 #[derive(Debug, Default)]
 pub struct Published {
     pub confirmed: Vec<i64>,
+    pub refused: Vec<(i64, String)>,
     pub failed: Vec<i64>,
     pub error: Option<BrokerError>,
 }
@@ -80,6 +87,9 @@ pub trait Consumer: Send {
 pub trait Broker: Send + Sync {
     /// What to show a person: the URL without its password, or "embedded".
     fn describe(&self) -> String;
+    /// The largest message `publish` is given (`broker.max_message_bytes`); the publisher parks
+    /// a larger row without sending it.
+    fn message_cap(&self) -> usize;
     /// Declares the queues (main, retry, dead); idempotent.
     async fn setup(&self) -> Result<(), BrokerError>;
     /// Publishes outbox rows (persistent, confirmed) and says which were confirmed.
@@ -141,6 +151,18 @@ impl Queues {
         }
     }
 
+    /// Whether `queue` is one of ours: main, dead, or a retry queue (of any delay).
+    pub fn knows(&self, queue: &str) -> bool {
+        let retry_delay = queue
+            .strip_prefix(self.main.as_str())
+            .and_then(|rest| rest.strip_prefix(".retry."))
+            .and_then(|rest| rest.strip_suffix('s'));
+        queue == self.main
+            || queue == self.dead
+            || queue == self.legacy_retry
+            || retry_delay.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    }
+
     pub fn is_retry(&self, queue: &str) -> bool {
         queue == self.legacy_retry || self.retries.iter().any(|(_, q)| q == queue)
     }
@@ -175,9 +197,10 @@ pub async fn report_depths(
 /// The configured backend.
 pub fn from_config(config: &Config, journal: &Journal) -> Arc<dyn Broker> {
     let queues = Queues::from_config(config);
+    let cap = config.broker.max_message_bytes;
     if config.broker.is_embedded() {
-        Arc::new(embedded::EmbeddedBroker::new(journal.clone(), queues))
+        Arc::new(embedded::EmbeddedBroker::new(journal.clone(), queues).with_message_cap(cap))
     } else {
-        Arc::new(amqp::AmqpBroker::new(config.broker.url.clone(), queues))
+        Arc::new(amqp::AmqpBroker::new(config.broker.url.clone(), queues).with_message_cap(cap))
     }
 }

@@ -1,13 +1,24 @@
 //! The outbox publisher: moves journaled tasks to the broker. It reads unpublished outbox rows
 //! in id order, publishes a few batches at once (each on its own channel, so confirms overlap),
-//! and marks confirmed rows published through the journal's group commit. Rows the broker did
-//! not confirm are kept in memory and published again, with a growing pause while the broker is
-//! down; nothing is dropped, so every delivery answered 202 reaches the queue once the broker is
-//! back (or, after a crash, when agentctl starts again and finds the rows still unpublished).
+//! and marks confirmed rows published through the journal's group commit.
+//!
+//! Rows that did not get through because the broker is down or unreachable are kept in memory
+//! and published again first, with a growing pause; an outage never counts against a row, so
+//! every delivery answered 202 reaches the queue once the broker is back (or, after a crash,
+//! when agentctl starts again and finds the rows still unpublished).
+//!
+//! A row the broker refuses (a nack, a mandatory message returned, or a channel closed with
+//! 406, whose culprit is found by sending that batch again one row at a time) counts a try in
+//! the journal and goes to the back of the line, so later rows are published meanwhile; at
+//! `MAX_REFUSALS`, or at once when it is over the broker's `message_cap`, it is parked (see
+//! `store::outbox`).
 
-use super::Broker;
+use super::{Broker, BrokerError};
 use crate::event::{Bus, Event};
-use crate::store::{Journal, OutboxRow, mark_published, pending_outbox, pending_outbox_count};
+use crate::store::{
+    Journal, OutboxRow, Refusal, judge_refusal, mark_published, oversize, parked_outbox_count, pending_outbox,
+    pending_outbox_count, record_refusal,
+};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +34,125 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 /// How long shutdown waits for in-flight confirms.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long a refused row waits at the back of the line before its next try.
+const REFUSED_WAIT: Duration = Duration::from_millis(500);
+
+/// The rows held in memory, by why they are held.
+struct Lines {
+    journal: Journal,
+    bus: Bus,
+    /// Not through because of an outage: first again, in id order.
+    retry: VecDeque<OutboxRow>,
+    /// On a channel the broker closed for a refusal: sent one at a time to find the culprit.
+    singles: VecDeque<OutboxRow>,
+    /// Refused, waiting at the back of the line until their time.
+    refused: VecDeque<(Instant, OutboxRow)>,
+    /// Journal writes in the background (published marks, refusals).
+    writes: JoinSet<()>,
+    /// The broker's `message_cap`.
+    cap: usize,
+}
+
+impl Lines {
+    /// The next batch held in memory, if one is due.
+    fn next_batch(&mut self, now: Instant) -> Option<Vec<OutboxRow>> {
+        if !self.retry.is_empty() {
+            let n = self.retry.len().min(BATCH);
+            return Some(self.retry.drain(..n).collect());
+        }
+        if let Some(row) = self.singles.pop_front() {
+            return Some(vec![row]);
+        }
+        let due = self.refused.iter().take(BATCH).take_while(|(at, _)| *at <= now).count();
+        (due > 0).then(|| self.refused.drain(..due).map(|(_, row)| row).collect())
+    }
+
+    /// Parks the rows of `rows` that are too large to send, and returns the others.
+    fn without_oversize(&mut self, rows: Vec<OutboxRow>) -> Vec<OutboxRow> {
+        rows.into_iter()
+            .filter_map(|row| match oversize(&row, self.cap) {
+                Some(reason) => {
+                    self.park(row, reason.clone(), reason);
+                    None
+                }
+                None => Some(row),
+            })
+            .collect()
+    }
+
+    /// Counts one refusal of `row`: back of the line, or parked at the last one.
+    fn refuse(&mut self, mut row: OutboxRow, error: String) {
+        match judge_refusal(&row, &error) {
+            Refusal::Counted => {
+                let id = row.id;
+                let journal = self.journal.clone();
+                let logged = error.clone();
+                self.writes.spawn(async move {
+                    if let Err(e) = journal.write(move |c| record_refusal(c, id, &logged, None)).await {
+                        tracing::warn!("could not record a refusal of outbox row {id}: {e}");
+                    }
+                });
+                tracing::warn!("the broker refused task {}'s message (try {}): {error}", row.task_id, row.tries + 1);
+                row.tries += 1;
+                self.refused.push_back((Instant::now() + REFUSED_WAIT, row));
+            }
+            Refusal::Parked(reason) => self.park(row, error, reason),
+        }
+    }
+
+    fn park(&mut self, row: OutboxRow, error: String, reason: String) {
+        let journal = self.journal.clone();
+        let id = row.id;
+        let why = reason.clone();
+        self.writes.spawn(async move {
+            if let Err(e) = journal.write(move |c| record_refusal(c, id, &error, Some(&why))).await {
+                // The row stays unparked and is tried again at the next start.
+                tracing::warn!("could not park outbox row {id}: {e}");
+            }
+        });
+        let item = crate::task::Task::from_message(&row.payload).map(|t| t.item_ref()).unwrap_or_default();
+        self.bus.emit(Event::TaskParked { task_id: row.task_id, item, reason });
+    }
+
+    /// Marks confirmed rows published (in the background), counts refusals, and holds the
+    /// rest for another try.
+    fn settle(&mut self, batch: Vec<OutboxRow>, result: super::Published) {
+        if !result.confirmed.is_empty() {
+            let journal = self.journal.clone();
+            let ids = result.confirmed;
+            self.writes.spawn(async move {
+                if let Err(e) = journal.write(move |c| mark_published(c, &ids)).await {
+                    // The rows stay unpublished in the journal and go out again at the next start.
+                    tracing::warn!("could not mark published rows in the journal: {e}");
+                }
+            });
+        }
+        let single = batch.len() == 1;
+        let mut failed = Vec::new();
+        for row in batch {
+            if let Some((_, why)) = result.refused.iter().find(|(id, _)| *id == row.id) {
+                self.refuse(row, why.clone());
+            } else if result.failed.contains(&row.id) {
+                failed.push(row);
+            }
+        }
+        match &result.error {
+            // Alone on its channel: this row is the one the broker refused.
+            Some(BrokerError::Refused(why)) if single => {
+                for row in failed {
+                    self.refuse(row, why.clone());
+                }
+            }
+            Some(BrokerError::Refused(_)) => self.singles.extend(failed),
+            _ => {
+                for row in failed.into_iter().rev() {
+                    self.retry.push_front(row);
+                }
+            }
+        }
+        while self.writes.try_join_next().is_some() {}
+    }
+}
 
 pub async fn run(
     journal: Journal,
@@ -34,12 +164,19 @@ pub async fn run(
     let describe = broker.describe();
     let mut up: Option<bool> = None;
     let mut cursor = 0i64;
-    let mut retry: VecDeque<OutboxRow> = VecDeque::new();
+    let mut lines = Lines {
+        journal: journal.clone(),
+        bus: bus.clone(),
+        retry: VecDeque::new(),
+        singles: VecDeque::new(),
+        refused: VecDeque::new(),
+        writes: JoinSet::new(),
+        cap: broker.message_cap(),
+    };
     let mut inflight: JoinSet<(Vec<OutboxRow>, super::Published, f64)> = JoinSet::new();
     let mut paused_until: Option<Instant> = None;
     let mut backoff = BACKOFF_MIN;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut marks: JoinSet<()> = JoinSet::new();
     // Unpublished rows in the journal, recounted every tick.
     let mut backlog = 0u64;
 
@@ -52,22 +189,21 @@ pub async fn run(
     loop {
         let paused = paused_until.is_some_and(|t| Instant::now() < t);
         while !paused && !shutdown.is_cancelled() && inflight.len() < IN_FLIGHT {
-            let batch: Vec<OutboxRow> = if !retry.is_empty() {
-                let n = retry.len().min(BATCH);
-                retry.drain(..n).collect()
-            } else {
-                let reader = reader.clone();
-                let rows = tokio::task::spawn_blocking(move || {
-                    pending_outbox(&reader.lock().expect("reader lock"), cursor, BATCH)
-                })
-                .await??;
-                if let Some(last) = rows.last() {
+            let batch: Vec<OutboxRow> = match lines.next_batch(Instant::now()) {
+                Some(rows) => rows,
+                None => {
+                    let reader = reader.clone();
+                    let rows = tokio::task::spawn_blocking(move || {
+                        pending_outbox(&reader.lock().expect("reader lock"), cursor, BATCH)
+                    })
+                    .await??;
+                    let Some(last) = rows.last() else { break };
                     cursor = last.id;
+                    lines.without_oversize(rows)
                 }
-                rows
             };
             if batch.is_empty() {
-                break;
+                continue;
             }
             let broker = broker.clone();
             inflight.spawn(async move {
@@ -83,7 +219,7 @@ pub async fn run(
                 // Let the batches already sent finish, so their rows are marked.
                 let deadline = Instant::now() + DRAIN;
                 while let Ok(Some(Ok((batch, result, _)))) = tokio::time::timeout_at(deadline, inflight.join_next()).await {
-                    settle(&journal, &mut marks, &mut retry, batch, result);
+                    lines.settle(batch, result);
                 }
                 break;
             }
@@ -91,9 +227,10 @@ pub async fn run(
                 let (batch, result, seconds) = joined?;
                 let error = result.error.clone();
                 let confirmed = result.confirmed.len();
-                settle(&journal, &mut marks, &mut retry, batch, result);
+                lines.settle(batch, result);
                 match error {
-                    None => {
+                    // A refusal says the broker is there and answering.
+                    None | Some(BrokerError::Refused(_)) => {
                         if up != Some(true) {
                             bus.emit(Event::BrokerUp { broker: describe.clone() });
                             up = Some(true);
@@ -115,10 +252,13 @@ pub async fn run(
             _ = journal.outbox_changed() => {}
             _ = tick.tick() => {
                 let reader = reader.clone();
-                let counted = tokio::task::spawn_blocking(move || pending_outbox_count(&reader.lock().expect("reader lock")));
-                if let Ok(Ok(n)) = counted.await {
-                    backlog = n;
-                    bus.emit(Event::OutboxBacklog { pending: n });
+                let counted = tokio::task::spawn_blocking(move || {
+                    let c = reader.lock().expect("reader lock");
+                    Ok::<_, rusqlite::Error>((pending_outbox_count(&c)?, parked_outbox_count(&c)?))
+                });
+                if let Ok(Ok((pending, parked))) = counted.await {
+                    backlog = pending;
+                    bus.emit(Event::OutboxBacklog { pending, parked });
                 }
             }
             _ = async { tokio::time::sleep_until(paused_until.expect("guarded")).await }, if paused => {
@@ -126,36 +266,10 @@ pub async fn run(
             }
         }
     }
-    while marks.join_next().await.is_some() {}
+    while lines.writes.join_next().await.is_some() {}
     let left = pending_outbox_count(&reader.lock().expect("reader lock")).unwrap_or(0);
     if left > 0 {
         tracing::info!("{left} task(s) wait in the outbox; they are published at the next start");
     }
     Ok(())
-}
-
-/// Marks confirmed rows published (in the background) and queues the rest for another try,
-/// keeping them in id order at the front.
-fn settle(
-    journal: &Journal,
-    marks: &mut JoinSet<()>,
-    retry: &mut VecDeque<OutboxRow>,
-    batch: Vec<OutboxRow>,
-    result: super::Published,
-) {
-    if !result.confirmed.is_empty() {
-        let journal = journal.clone();
-        let ids = result.confirmed;
-        marks.spawn(async move {
-            if let Err(e) = journal.write(move |c| mark_published(c, &ids)).await {
-                // The rows stay unpublished in the journal and go out again at the next start.
-                tracing::warn!("could not mark published rows in the journal: {e}");
-            }
-        });
-    }
-    let failed: Vec<OutboxRow> = batch.into_iter().filter(|r| result.failed.contains(&r.id)).collect();
-    for row in failed.into_iter().rev() {
-        retry.push_front(row);
-    }
-    while marks.try_join_next().is_some() {}
 }

@@ -143,11 +143,18 @@ pub struct Broker {
     pub url: String,
     pub queue: String,
     pub prefetch: u16,
+    /// The largest task message published; a larger one is parked without being sent.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Broker {
     fn default() -> Self {
-        Broker { url: String::new(), queue: "coding_agent_tasks".into(), prefetch: 0 }
+        Broker {
+            url: String::new(),
+            queue: "coding_agent_tasks".into(),
+            prefetch: 0,
+            max_message_bytes: crate::store::MAX_MESSAGE_BYTES,
+        }
     }
 }
 
@@ -350,6 +357,9 @@ impl Config {
         self.listen.socket_addr()?;
         if self.listen.max_body_bytes == 0 {
             return bad("listen.max_body_bytes", "must be greater than 0");
+        }
+        if self.broker.max_message_bytes == 0 {
+            return bad("broker.max_message_bytes", "must be greater than 0");
         }
         if self.listen.max_connections == 0 {
             return bad("listen.max_connections", "must be greater than 0");

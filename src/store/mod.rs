@@ -20,7 +20,10 @@ pub use deliveries::{
     DeliveryGroup, DeliveryRow, DeliverySummary, NewDelivery, NewTask, PRUNE_PER_INSERT, Recorded, RejectedCaps,
     find_by_forge_id, followers, list_deliveries, list_grouped, load_delivery,
 };
-pub use outbox::{OutboxRow, mark_published, pending_for_task, pending_outbox, pending_outbox_count};
+pub use outbox::{
+    MAX_MESSAGE_BYTES, MAX_REFUSALS, OutboxRow, Refusal, judge_refusal, mark_published, oversize, parked_outbox_count,
+    pending_for_task, pending_outbox, pending_outbox_count, record_refusal,
+};
 pub use writer::Journal;
 
 use crate::config::SyncMode;

@@ -163,6 +163,14 @@ UPDATE deliveries SET item_key = (SELECT t.item_key FROM tasks t WHERE t.id = de
 CREATE INDEX deliveries_poll_item_key ON deliveries(item_key) WHERE route = 'poll';
 DROP INDEX IF EXISTS deliveries_poll_item;
 "#,
+    // 9: A row the broker keeps refusing (or too large to send) is parked after a few tries rather
+    // than blocking the rows behind it; a parked row is never published again (a replay writes a
+    // new one).
+    r#"
+ALTER TABLE outbox ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN last_error TEXT;
+ALTER TABLE outbox ADD COLUMN parked_unix INTEGER;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

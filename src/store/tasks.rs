@@ -5,13 +5,15 @@
 //!
 //! States: `queued` → `running` → `done`; `running` → `retrying` → `running` …; `running` →
 //! `dead`; `waiting` (another task for the same item is running); `dropped` (by an operator);
-//! `skipped` (the worker's re-check found the item closed, merged or unlabelled: not run).
+//! `skipped` (the worker's re-check found the item closed, merged or unlabelled: not run);
+//! `parked` (its message was too large, or the broker kept refusing it: see `store::outbox`).
 
 use super::unix_now;
 use crate::task::{ItemKey, Task};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub const STATES: &[&str] = &["queued", "running", "waiting", "retrying", "dead", "done", "dropped", "skipped"];
+pub const STATES: &[&str] =
+    &["queued", "running", "waiting", "retrying", "dead", "parked", "done", "dropped", "skipped"];
 
 /// States of a task that will still run (or is running): an item with one needs no new task.
 pub const LIVE: &str = "('queued', 'running', 'waiting', 'retrying')";
@@ -430,11 +432,11 @@ pub fn drop_task(c: &Connection, id: &str) -> rusqlite::Result<Option<Dropped>> 
     }))
 }
 
-/// Puts a dead (or dropped, done, or skipped) task back on the main queue with its attempts reset, marked
+/// Puts a dead (or parked, dropped, done, or skipped) task back on the main queue with its attempts reset, marked
 /// as a replay. Returns the new message, or None when the task is unknown or still active.
 pub fn replay_task(c: &Connection, id: &str, main_queue: &str) -> rusqlite::Result<Option<Task>> {
     let Some((state, mut task)) = task_state(c, id)? else { return Ok(None) };
-    if !matches!(state.as_str(), "dead" | "dropped" | "done" | "skipped") {
+    if !matches!(state.as_str(), "dead" | "parked" | "dropped" | "done" | "skipped") {
         return Ok(None);
     }
     task.attempt = 1;

@@ -432,9 +432,12 @@ impl Console {
             }
             Tab::Jobs => {
                 let Some(j) = self.selected_job(state) else { return };
-                if !matches!(j.state, JobState::Dead | JobState::Dropped | JobState::Done | JobState::Skipped) {
+                if !matches!(
+                    j.state,
+                    JobState::Dead | JobState::Parked | JobState::Dropped | JobState::Done | JobState::Skipped
+                ) {
                     return self.say(
-                        format!("job is {}: only dead, dropped or done jobs are replayed", j.state.as_str()),
+                        format!("job is {}: only dead, parked, dropped or done jobs are replayed", j.state.as_str()),
                         now,
                     );
                 }

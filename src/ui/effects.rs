@@ -35,11 +35,14 @@ pub fn seed(config: &Config, state: &mut State) {
         return;
     }
     let deliveries = ops::list(config, false, config.ui.history_deliveries);
-    // The newest jobs, and every dead one however old: they are what an operator replays.
+    // The newest jobs, and every dead or parked one however old: they are what an operator
+    // replays.
     let jobs = ops::jobs_list(config, None, config.ui.history_jobs).and_then(|mut recent| {
-        let dead = ops::jobs_list(config, Some("dead"), config.ui.history_jobs)?;
-        let known: std::collections::HashSet<String> = recent.iter().map(|j| j.id.clone()).collect();
-        recent.extend(dead.into_iter().filter(|j| !known.contains(&j.id)));
+        let mut known: std::collections::HashSet<String> = recent.iter().map(|j| j.id.clone()).collect();
+        for state in ["dead", "parked"] {
+            let stuck = ops::jobs_list(config, Some(state), config.ui.history_jobs)?;
+            recent.extend(stuck.into_iter().filter(|j| known.insert(j.id.clone())));
+        }
         Ok(recent)
     });
     match (deliveries, jobs) {

@@ -125,7 +125,7 @@ fn fixture() -> State {
     started(&mut s, T0 + 13_000, &t("07"), "acme/web#9", 1);
     finished(&mut s, T0 + 55_000, &t("07"), "done", None, None);
     s.apply(Event::TaskSkipped { task_id: t("08"), reason: "dropped by an operator".into() }, T0 + 56_000);
-    s.apply(Event::OutboxBacklog { pending: 3 }, NOW);
+    s.apply(Event::OutboxBacklog { pending: 3, parked: 0 }, NOW);
     s
 }
 

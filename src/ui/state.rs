@@ -93,6 +93,8 @@ pub enum JobState {
     Waiting,
     Queued,
     Dead,
+    /// Its message was too large or kept being refused by the broker: shown like dead.
+    Parked,
     Done,
     Dropped,
     Skipped,
@@ -106,6 +108,7 @@ impl JobState {
             JobState::Waiting => "waiting",
             JobState::Queued => "queued",
             JobState::Dead => "dead",
+            JobState::Parked => "parked",
             JobState::Done => "done",
             JobState::Dropped => "dropped",
             JobState::Skipped => "skipped",
@@ -118,6 +121,7 @@ impl JobState {
             "retrying" => JobState::Retrying,
             "waiting" => JobState::Waiting,
             "dead" => JobState::Dead,
+            "parked" => JobState::Parked,
             "done" => JobState::Done,
             "dropped" => JobState::Dropped,
             "skipped" => JobState::Skipped,
@@ -369,7 +373,7 @@ impl State {
                 });
             }
             Event::JournalFailed { .. } => {}
-            Event::OutboxBacklog { pending } => self.queues.outbox_backlog = pending,
+            Event::OutboxBacklog { pending, .. } => self.queues.outbox_backlog = pending,
             Event::Published { count, backlog, .. } => {
                 self.queues.outbox_backlog = backlog.saturating_sub(count as u64);
                 self.queues.count_published(count as u64, now);
@@ -430,6 +434,12 @@ impl State {
                 job.retry_at = retry_at_unix.map(|s| s * 1000);
                 // After `job`, whose eviction may have cleared it.
                 self.may_have_finished |= !new.is_live();
+            }
+            Event::TaskParked { task_id, item, reason } => {
+                let job = self.job(&task_id, &item, now);
+                job.state = JobState::Parked;
+                job.reason = Some(reason);
+                self.may_have_finished = true;
             }
             Event::TaskWaiting { task_id, item } => {
                 let job = self.job(&task_id, &item, now);
@@ -536,7 +546,7 @@ impl State {
         };
         let finished = if self.may_have_finished {
             let found = find(&|s| matches!(s, JobState::Done | JobState::Dropped | JobState::Skipped))
-                .or_else(|| find(&|s| s == JobState::Dead));
+                .or_else(|| find(&|s| matches!(s, JobState::Dead | JobState::Parked)));
             self.may_have_finished = found.is_some();
             found
         } else {

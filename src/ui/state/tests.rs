@@ -301,3 +301,13 @@ fn poll_cycles_and_their_failures_show_until_a_clean_cycle() {
     );
     assert_eq!((s.jobs["t"].state, s.counters.running, s.counters.failed), (JobState::Skipped, 0, 0));
 }
+
+#[test]
+fn a_parked_job_shows_its_reason_and_can_be_replayed_like_a_dead_one() {
+    let mut s = State::new(limits(10, 10));
+    s.apply(decided(7, "o/r#1", Verdict::Queued, Some("t1")), 1_000);
+    s.apply(Event::TaskParked { task_id: "t1".into(), item: "o/r#1".into(), reason: "too large".into() }, 2_000);
+    let j = &s.jobs["t1"];
+    assert_eq!((j.state, j.reason.as_deref()), (JobState::Parked, Some("too large")));
+    assert!(!j.state.is_live());
+}

@@ -15,7 +15,7 @@ pub fn state_style(s: JobState) -> Style {
         JobState::Running => Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
         JobState::Retrying => Style::new().fg(Color::Yellow),
         JobState::Waiting | JobState::Queued => Style::new().fg(Color::White),
-        JobState::Dead => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        JobState::Dead | JobState::Parked => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
         JobState::Done => Style::new().fg(Color::Green),
         JobState::Dropped | JobState::Skipped => Style::new().fg(Color::Gray),
     }
@@ -57,7 +57,7 @@ pub fn detail(j: &JobEntry, now: Millis) -> String {
                 String::new()
             }
         }
-        JobState::Dropped | JobState::Skipped => reason,
+        JobState::Dropped | JobState::Skipped | JobState::Parked => reason,
     }
 }
 
