@@ -4,6 +4,7 @@
 //! delivery through all of that into the journal (shared by the listener and replays).
 
 pub mod accept;
+pub mod answer;
 pub mod body;
 pub mod conns;
 pub mod filter;
