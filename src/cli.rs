@@ -57,6 +57,22 @@ pub enum Command {
     /// List, replay and drop jobs (tasks).
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Every instance sharing the journal: id, host, mode, version, started, last heartbeat.
+    Instances,
+    /// The journal itself: copy an SQLite journal into PostgreSQL.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Copy this data dir's SQLite journal (deliveries, tasks, outbox, label operations) into the
+    /// PostgreSQL database at URL; idempotent and resumable.
+    Migrate {
+        /// postgres://user:password@host:5432/db (the password is never printed).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,9 @@
 //! What each command does, at the binary's edge (anyhow errors with context, printing to
 //! stdout). The long-running service is `app::run`.
 
-use crate::cli::{Cli, Command, ConfigCommand, DeliveriesCommand, JobTarget, JobsCommand, LogFormat, SendArgs};
+use crate::cli::{
+    Cli, Command, ConfigCommand, DeliveriesCommand, JobTarget, JobsCommand, JournalCommand, LogFormat, SendArgs,
+};
 use crate::config::{self, Config, Env, ensure_route_secrets};
 use crate::event::Bus;
 use crate::{app, headless, ops, send};
@@ -92,6 +94,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Send(args)) => send_command(load_config(&cli, &env)?, args).await,
         Some(Command::Deliveries(cmd)) => deliveries_command(load_config(&cli, &env)?, cmd).await,
         Some(Command::Jobs(cmd)) => jobs_command(load_config(&cli, &env)?, cmd).await,
+        Some(Command::Instances) => instances_command(load_config(&cli, &env)?).await,
+        Some(Command::Journal(JournalCommand::Migrate { to })) => {
+            crate::store::pg::migrate_from_sqlite(&load_config(&cli, &env)?, to).await
+        }
         None => serve(&cli, load_config(&cli, &env)?).await,
     }
 }
@@ -143,20 +149,21 @@ async fn send_command(mut config: Config, args: &SendArgs) -> anyhow::Result<()>
 }
 
 async fn deliveries_command(config: Config, cmd: &DeliveriesCommand) -> anyhow::Result<()> {
+    let ops = ops::Ops::open(&config).await?;
     match cmd {
         DeliveriesCommand::List { failed, limit } => {
-            print!("{}", deliveries::render_list(&ops::list_groups(&config, *failed, *limit)?));
+            print!("{}", deliveries::render_list(&ops.list_groups(*failed, *limit).await?));
             Ok(())
         }
         DeliveriesCommand::Show { id } => {
-            let row = ops::show(&config, ops::resolve_delivery(&config, id)?)?;
-            let followers = ops::followers(&config, &row.summary)?;
+            let row = ops.show(ops.resolve_delivery(id).await?).await?;
+            let followers = ops.followers(&row.summary).await?;
             print!("{}", deliveries::render_show(&row, &followers));
             Ok(())
         }
         DeliveriesCommand::Replay { id } => {
-            let id = ops::resolve_delivery(&config, id)?;
-            let replayed = ops::replay(config, id, Bus::default()).await?;
+            let id = ops.resolve_delivery(id).await?;
+            let replayed = ops.replay(id, Bus::default()).await?;
             let answer = &replayed.answer;
             println!("{} {}", answer.status(), crate::text::for_terminal_line(&answer.to_json().to_string()));
             if matches!(answer, crate::ingest::accept::Answer::Queued { .. }) {
@@ -182,13 +189,19 @@ fn target(t: &JobTarget) -> ops::Jobs {
 }
 
 async fn jobs_command(config: Config, cmd: &JobsCommand) -> anyhow::Result<()> {
+    use crate::store::TaskState;
+    let ops = ops::Ops::open(&config).await?;
     let lines = match cmd {
         JobsCommand::List { state, limit } => {
-            println!("{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  DETAIL", "ID", "STATE", "ITEM", "TRY", "PCT");
-            for j in ops::jobs_list(&config, state.as_deref(), *limit)? {
-                let detail = match j.state.as_str() {
-                    "running" => j.progress_message.clone().unwrap_or_default(),
-                    "retrying" => format!(
+            println!(
+                "{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  {:<12}  DETAIL",
+                "ID", "STATE", "ITEM", "TRY", "PCT", "INSTANCE"
+            );
+            for j in ops.jobs_list(state.as_deref(), *limit).await? {
+                let detail = match j.state {
+                    TaskState::Running => j.progress_message.clone().unwrap_or_default(),
+                    TaskState::Waiting => format!("waiting behind {}", j.waiting_behind.clone().unwrap_or_default()),
+                    TaskState::Retrying => format!(
                         "next attempt in {} s; {}",
                         (j.next_attempt_unix.unwrap_or(0) - crate::store::unix_now()).max(0),
                         j.failure.clone().unwrap_or_default()
@@ -198,18 +211,56 @@ async fn jobs_command(config: Config, cmd: &JobsCommand) -> anyhow::Result<()> {
                 let pct = j.progress.map(|p| format!("{p}%")).unwrap_or_default();
                 // Progress messages and failures carry handler output: no control characters.
                 let (item, detail) = (crate::text::for_terminal_line(&j.item), crate::text::for_terminal_line(&detail));
-                println!("{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  {detail}", j.id, j.state, item, j.attempt, pct);
+                let instance = j.instance.as_deref().map(short_id).unwrap_or("-");
+                println!(
+                    "{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  {instance:<12}  {detail}",
+                    j.id,
+                    j.state.as_str(),
+                    item,
+                    j.attempt,
+                    pct
+                );
             }
             return Ok(());
         }
-        JobsCommand::Replay(t) => ops::jobs_replay(&config, target(t)).await?,
-        JobsCommand::Drop(t) => ops::jobs_drop(&config, target(t)).await?,
+        JobsCommand::Replay(t) => ops.jobs_replay(target(t)).await?,
+        JobsCommand::Drop(t) => ops.jobs_drop(target(t)).await?,
     };
     for line in &lines {
         println!("{line}");
     }
     if lines.iter().any(|l| l.contains("no such job") || l.contains(": not ")) {
         bail!("some jobs were not changed");
+    }
+    Ok(())
+}
+
+/// An instance id as `jobs list` and `instances` show it: its first 12 characters.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// `agentctl instances`: every instance sharing the journal.
+pub async fn instances_command(config: Config) -> anyhow::Result<()> {
+    let ops = ops::Ops::open(&config).await?;
+    println!(
+        "{:<36}  {:<20}  {:<8}  {:<8}  {:<20}  {:>9}  STATUS",
+        "ID", "HOST", "MODE", "VERSION", "STARTED", "HEARTBEAT"
+    );
+    for i in ops.instances().await? {
+        let started = time::OffsetDateTime::from_unix_timestamp(i.started_unix)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default();
+        let ago = format!("{} s ago", ((i.now_ms - i.heartbeat_ms) / 1000).max(0));
+        let host = crate::text::for_terminal_line(&i.host);
+        println!(
+            "{:<36}  {host:<20}  {:<8}  {:<8}  {started:<20}  {ago:>9}  {}",
+            i.id,
+            i.mode,
+            crate::text::for_terminal_line(&i.version),
+            i.status()
+        );
     }
     Ok(())
 }

@@ -116,7 +116,7 @@ pub enum Event {
     TaskFinished {
         task_id: String,
         item: String,
-        state: &'static str,
+        state: crate::store::TaskState,
         exit_code: Option<i32>,
         duration_ms: u64,
         reason: Option<String>,

@@ -4,6 +4,7 @@
 //! `Label matched: coding agent`, `Task queued successfully`, `Ignoring …`.
 
 use crate::event::{Bus, Event, Verdict};
+use crate::store::TaskState;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -86,10 +87,12 @@ pub fn log(event: &Event) {
             let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
             let secs = *duration_ms as f64 / 1000.0;
             match *state {
-                "done" => info!("Task done: task={task_id} item={item}{code} in {secs:.1} s"),
-                "retrying" => warn!("Task failed, will retry: task={task_id} item={item}{code} after {secs:.1} s{why}"),
-                "dead" => error!("Task dead: task={task_id} item={item}{code}{why}"),
-                "skipped" => info!("Task skipped, not run: task={task_id} item={item}{why}"),
+                TaskState::Done => info!("Task done: task={task_id} item={item}{code} in {secs:.1} s"),
+                TaskState::Retrying => {
+                    warn!("Task failed, will retry: task={task_id} item={item}{code} after {secs:.1} s{why}")
+                }
+                TaskState::Dead => error!("Task dead: task={task_id} item={item}{code}{why}"),
+                TaskState::Skipped => info!("Task skipped, not run: task={task_id} item={item}{why}"),
                 _ => info!("Task {state}: task={task_id} item={item}{why}"),
             }
         }

@@ -10,6 +10,7 @@ pub mod event;
 pub mod forge;
 pub mod headless;
 pub mod ingest;
+pub mod instance;
 pub mod lifecycle;
 pub mod metrics;
 pub mod ops;

@@ -37,8 +37,6 @@ pub async fn run(
     bus: Bus,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reader = journal.reader()?;
-    let reader = std::sync::Arc::new(std::sync::Mutex::new(reader));
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -46,11 +44,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let r = reader.clone();
-        let due =
-            tokio::task::spawn_blocking(move || label_ops::due(&r.lock().expect("reader lock"), unix_now(), BATCH))
-                .await?;
-        let due = match due {
+        let due = match journal.due_label_ops(unix_now(), BATCH).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!("cannot read pending label operations: {e}");
@@ -61,7 +55,7 @@ pub async fn run(
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let busy = item_has_another_live_task(&reader, &op).await;
+            let busy = item_has_another_live_task(&journal, &op).await;
             // A slow or silent forge must not hold up shutdown: the op stays in the table and
             // label swaps are idempotent, so the next start carries it out.
             let result = tokio::select! {
@@ -74,13 +68,10 @@ pub async fn run(
                 Err(e) => (Some(e.to_string()), e.is_permanent() || tries >= MAX_TRIES),
             };
             let next = unix_now() + backoff_secs(tries);
-            let err = error.clone();
-            let written = journal
-                .write(move |c| match &err {
-                    None => label_ops::completed(c, id),
-                    Some(e) => label_ops::failed(c, id, e, next, gave_up),
-                })
-                .await;
+            let written = match &error {
+                None => journal.label_op_completed(id).await,
+                Some(e) => journal.label_op_failed(id, e.clone(), next, gave_up).await,
+            };
             if let Err(e) = written {
                 tracing::warn!("cannot record a label operation's result: {e}");
             }
@@ -95,20 +86,11 @@ fn backoff_secs(tries: u32) -> i64 {
 
 /// Whether the op's item has a live task other than the op's own (one that waits behind it, or
 /// a retry): then `processing` stays on the item, or that task's re-check would skip it.
-async fn item_has_another_live_task(
-    reader: &std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>,
-    op: &Pending,
-) -> bool {
+async fn item_has_another_live_task(journal: &Journal, op: &Pending) -> bool {
     if !matches!(op.op, LabelOp::Done | LabelOp::Failed | LabelOp::Skipped) {
         return false;
     }
-    let (r, t) = (reader.clone(), op.task.clone());
-    let live = tokio::task::spawn_blocking(move || {
-        let c = r.lock().expect("reader lock");
-        crate::store::tasks::live_task_for(&c, &t.item_key())
-    })
-    .await;
-    matches!(live, Ok(Ok(Some(id))) if id != op.task.id)
+    matches!(journal.live_task_for(op.task.item_key()).await, Ok(Some(id)) if id != op.task.id)
 }
 
 async fn apply(forges: &Forges, labels: &Labels, op: &Pending, item_busy: bool) -> Result<(), ForgeError> {

@@ -5,7 +5,8 @@
 //! out and the message is delivered again, like an unacked message on a closed AMQP channel.
 
 use super::{Acker, Broker, BrokerError, Consumer, Published, QueueDepth, Queues, Received};
-use crate::store::{Journal, MAX_MESSAGE_BYTES, OutboxRow, StoreError, mark_published, unix_now_ms};
+use crate::store::outbox::mark_published;
+use crate::store::{MAX_MESSAGE_BYTES, OutboxRow, SqliteJournal, StoreError, unix_now_ms};
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ const LEASE_MS: i64 = 60_000;
 const POLL: Duration = Duration::from_millis(200);
 
 pub struct EmbeddedBroker {
-    journal: Journal,
+    journal: SqliteJournal,
     queues: Queues,
     published: Arc<Notify>,
     message_cap: usize,
@@ -30,7 +31,7 @@ fn store_err(e: StoreError) -> BrokerError {
 }
 
 impl EmbeddedBroker {
-    pub fn new(journal: Journal, queues: Queues) -> Self {
+    pub fn new(journal: SqliteJournal, queues: Queues) -> Self {
         EmbeddedBroker { journal, queues, published: Arc::new(Notify::new()), message_cap: MAX_MESSAGE_BYTES }
     }
 
@@ -204,7 +205,7 @@ impl Broker for EmbeddedBroker {
     }
 }
 
-async fn renew_leases(journal: Journal, owner: String, cancel: CancellationToken) {
+async fn renew_leases(journal: SqliteJournal, owner: String, cancel: CancellationToken) {
     let every = Duration::from_millis((LEASE_MS / 3) as u64);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
@@ -250,7 +251,7 @@ fn take_next_sql(n: usize) -> String {
 }
 
 struct EmbeddedConsumer {
-    journal: Journal,
+    journal: SqliteJournal,
     /// The queues it takes from: its own, and for the main queue the retry queues.
     queues: Arc<[String]>,
     take_next: Arc<str>,
@@ -293,7 +294,7 @@ impl Consumer for EmbeddedConsumer {
 }
 
 struct EmbeddedAcker {
-    journal: Journal,
+    journal: SqliteJournal,
     id: i64,
     owner: String,
     _permit: OwnedSemaphorePermit,

@@ -199,7 +199,9 @@ pub fn from_config(config: &Config, journal: &Journal) -> Arc<dyn Broker> {
     let queues = Queues::from_config(config);
     let cap = config.broker.max_message_bytes;
     if config.broker.is_embedded() {
-        Arc::new(embedded::EmbeddedBroker::new(journal.clone(), queues).with_message_cap(cap))
+        let sqlite =
+            journal.sqlite().expect("config validation refuses a PostgreSQL journal without broker.url").clone();
+        Arc::new(embedded::EmbeddedBroker::new(sqlite, queues).with_message_cap(cap))
     } else {
         Arc::new(amqp::AmqpBroker::new(config.broker.url.clone(), queues).with_message_cap(cap))
     }

@@ -15,12 +15,9 @@
 
 use super::{Broker, BrokerError};
 use crate::event::{Bus, Event};
-use crate::store::{
-    Journal, OutboxRow, Refusal, judge_refusal, mark_published, oversize, parked_outbox_count, pending_outbox,
-    pending_outbox_count, record_refusal,
-};
+use crate::store::{Journal, OutboxRow, Refusal, judge_refusal, oversize};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -88,7 +85,7 @@ impl Lines {
                 let journal = self.journal.clone();
                 let logged = error.clone();
                 self.writes.spawn(async move {
-                    if let Err(e) = journal.write(move |c| record_refusal(c, id, &logged, None)).await {
+                    if let Err(e) = journal.record_refusal(id, logged, None).await {
                         tracing::warn!("could not record a refusal of outbox row {id}: {e}");
                     }
                 });
@@ -105,7 +102,7 @@ impl Lines {
         let id = row.id;
         let why = reason.clone();
         self.writes.spawn(async move {
-            if let Err(e) = journal.write(move |c| record_refusal(c, id, &error, Some(&why))).await {
+            if let Err(e) = journal.record_refusal(id, error, Some(why)).await {
                 // The row stays unparked and is tried again at the next start.
                 tracing::warn!("could not park outbox row {id}: {e}");
             }
@@ -121,7 +118,7 @@ impl Lines {
             let journal = self.journal.clone();
             let ids = result.confirmed;
             self.writes.spawn(async move {
-                if let Err(e) = journal.write(move |c| mark_published(c, &ids)).await {
+                if let Err(e) = journal.mark_published(ids).await {
                     // The rows stay unpublished in the journal and go out again at the next start.
                     tracing::warn!("could not mark published rows in the journal: {e}");
                 }
@@ -154,13 +151,15 @@ impl Lines {
     }
 }
 
+/// Publishes the outbox until `shutdown`; on a shared journal, `owner` (this instance) leases
+/// the rows it takes, so one instance at a time publishes each.
 pub async fn run(
     journal: Journal,
     broker: Arc<dyn Broker>,
     bus: Bus,
+    owner: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reader = Arc::new(Mutex::new(journal.reader()?));
     let describe = broker.describe();
     let mut up: Option<bool> = None;
     let mut cursor = 0i64;
@@ -192,11 +191,15 @@ pub async fn run(
             let batch: Vec<OutboxRow> = match lines.next_batch(Instant::now()) {
                 Some(rows) => rows,
                 None => {
-                    let reader = reader.clone();
-                    let rows = tokio::task::spawn_blocking(move || {
-                        pending_outbox(&reader.lock().expect("reader lock"), cursor, BATCH)
-                    })
-                    .await??;
+                    let rows = match journal.take_outbox(owner.clone(), cursor, BATCH).await {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            // The journal is away (a database restart): try again after a pause.
+                            tracing::warn!("cannot read the outbox: {e}");
+                            paused_until = Some(Instant::now() + BACKOFF_MAX.min(backoff * 4));
+                            break;
+                        }
+                    };
                     let Some(last) = rows.last() else { break };
                     cursor = last.id;
                     lines.without_oversize(rows)
@@ -251,12 +254,11 @@ pub async fn run(
             }
             _ = journal.outbox_changed() => {}
             _ = tick.tick() => {
-                let reader = reader.clone();
-                let counted = tokio::task::spawn_blocking(move || {
-                    let c = reader.lock().expect("reader lock");
-                    Ok::<_, rusqlite::Error>((pending_outbox_count(&c)?, parked_outbox_count(&c)?))
-                });
-                if let Ok(Ok((pending, parked))) = counted.await {
+                if journal.shared() {
+                    // Rows other instances wrote, or whose publisher died: the cursor never sees them.
+                    cursor = 0;
+                }
+                if let Ok((pending, parked)) = journal.outbox_counts().await {
                     backlog = pending;
                     bus.emit(Event::OutboxBacklog { pending, parked });
                 }
@@ -267,7 +269,7 @@ pub async fn run(
         }
     }
     while lines.writes.join_next().await.is_some() {}
-    let left = pending_outbox_count(&reader.lock().expect("reader lock")).unwrap_or(0);
+    let left = journal.outbox_counts().await.map(|(pending, _)| pending).unwrap_or(0);
     if left > 0 {
         tracing::info!("{left} task(s) wait in the outbox; they are published at the next start");
     }

@@ -57,6 +57,7 @@ const LEGACY_ENV: &[(&str, &str, &str)] = &[
     ("TASK_SOURCE", "poll", "source"),
     ("AMQP_URL", "broker", "url"),
     ("RABBITMQ_QUEUE", "broker", "queue"),
+    ("DATABASE_URL", "storage", "url"),
 ];
 
 /// Keys whose values are secrets.
@@ -68,6 +69,7 @@ const SECRET_KEYS: &[&str] = &[
     "gitlab.signing_token",
     "gitlab.token",
     "broker.url",
+    "storage.url",
 ];
 
 /// Which file to read: `--config`, else `$AGENTCTL_CONFIG`, else `./config.toml` if present,

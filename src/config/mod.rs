@@ -248,6 +248,12 @@ pub struct Worker {
     pub work_dir: String,
     pub sandbox: Sandbox,
     pub keep_work_dirs: KeepWorkDirs,
+    /// How long a claim lasts without its heartbeat: after that another worker takes the task
+    /// over, and the owner, if it is still alive, stops its handler.
+    pub lease_secs: u64,
+    /// At shutdown, how long running handlers may finish before they are stopped and this
+    /// instance's claims go back on the queue.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Worker {
@@ -261,6 +267,8 @@ impl Default for Worker {
             work_dir: String::new(),
             sandbox: Sandbox::default(),
             keep_work_dirs: KeepWorkDirs::default(),
+            lease_secs: 30,
+            shutdown_grace_secs: 5,
         }
     }
 }
@@ -316,17 +324,34 @@ pub enum SyncMode {
 pub struct Storage {
     /// Empty = the platform's data dir (e.g. `~/.local/share/agentctl`).
     pub data_dir: String,
+    /// Empty = the SQLite file in the data dir; `postgres://…` = a journal shared by a fleet.
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub url: String,
     pub retention_days: u32,
     pub sync: SyncMode,
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { data_dir: String::new(), retention_days: 30, sync: SyncMode::default() }
+        Storage { data_dir: String::new(), url: String::new(), retention_days: 30, sync: SyncMode::default() }
     }
 }
 
 impl Storage {
+    /// A PostgreSQL journal that other instances may share.
+    pub fn is_shared(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+
+    /// What to show a person: the database URL with its password masked, or the SQLite file.
+    pub fn display(&self) -> String {
+        if self.is_shared() {
+            redact_url(&self.url)
+        } else {
+            self.data_dir().join(crate::store::JOURNAL_FILE).display().to_string()
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         if !self.data_dir.is_empty() {
             return PathBuf::from(&self.data_dir);
@@ -373,6 +398,20 @@ impl Config {
         let url = &self.broker.url;
         if !(self.broker.is_embedded() || url.starts_with("amqp://") || url.starts_with("amqps://")) {
             return bad("broker.url", "must start with amqp:// or amqps://, or be empty for the embedded queue");
+        }
+        let db = self.storage.url.trim();
+        if !(db.is_empty() || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return bad("storage.url", "must start with postgres:// or postgresql://, or be empty for the SQLite file");
+        }
+        if self.storage.is_shared() && self.broker.is_embedded() {
+            return bad(
+                "storage.url",
+                "a PostgreSQL journal is shared by a fleet and needs a broker: set broker.url (AMQP_URL); \
+                 the embedded queue lives in the SQLite file of one machine",
+            );
+        }
+        if self.worker.lease_secs < 3 {
+            return bad("worker.lease_secs", "must be at least 3 (the heartbeat renews a lease every third of it)");
         }
         if self.broker.queue.trim().is_empty() {
             return bad("broker.queue", "must not be empty");

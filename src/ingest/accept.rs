@@ -14,7 +14,7 @@ use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedCaps, Stored
 use crate::task::{Source, Task, new_task_id, now_rfc3339};
 use bytes::Bytes;
 use hyper::HeaderMap;
-use rusqlite::OptionalExtension;
+
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
 
@@ -75,15 +75,9 @@ pub fn poll_delivery_id(found: &Found) -> String {
 /// Whether a finding is already handled (its delivery id seen, or its item with a live task),
 /// read without the writer. [`Ingest::accept_found`] checks again inside its write, so this is
 /// only the fast path that keeps unchanged items off the writer.
-pub fn already_known(c: &rusqlite::Connection, found: &Found) -> rusqlite::Result<bool> {
+pub async fn already_known(journal: &Journal, found: &Found) -> Result<bool, crate::store::StoreError> {
     let key = format!("{POLL_ROUTE}:{}", poll_delivery_id(found));
-    let seen =
-        c.prepare_cached("SELECT 1 FROM deliveries WHERE dedupe_key = ?1")?.query_row([&key], |_| Ok(())).optional()?;
-    if seen.is_some() {
-        return Ok(true);
-    }
-    let i = &found.item;
-    Ok(crate::store::tasks::live_task_for(c, &i.key())?.is_some())
+    journal.poll_known(key, found.item.key()).await
 }
 
 /// The ingest pipeline with its configuration.
@@ -99,25 +93,14 @@ pub struct Ingest {
     bus: Bus,
     caps: RejectedCaps,
     salt: Arc<[u8]>,
+    /// The instance that receives (recorded with each delivery); none for an operator's replay.
+    instance: Option<Arc<str>>,
 }
 
 impl Ingest {
     /// `config` must already carry the route secrets (see `config::ensure_route_secrets`).
     pub async fn new(config: &Config, journal: Journal, bus: Bus) -> Result<Ingest, crate::store::StoreError> {
-        let salt = journal
-            .write(|c| {
-                let found: Option<Vec<u8>> =
-                    c.query_row("SELECT value FROM meta WHERE key = 'token_salt'", [], |r| r.get(0)).optional()?;
-                match found {
-                    Some(s) => Ok(s),
-                    None => {
-                        let s: [u8; 32] = rand::random();
-                        c.execute("INSERT INTO meta (key, value) VALUES ('token_salt', ?1)", [&s[..]])?;
-                        Ok(s.to_vec())
-                    }
-                }
-            })
-            .await?;
+        let salt = journal.token_salt().await?;
         Ok(Ingest {
             self_users: Arc::default(),
             lifecycle: [!config.github.token.is_empty(), !config.gitlab.token.is_empty()],
@@ -133,6 +116,7 @@ impl Ingest {
             bus,
             caps: RejectedCaps::default(),
             salt: salt.into(),
+            instance: None,
         })
     }
 
@@ -143,6 +127,12 @@ impl Ingest {
 
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// Records `instance` as the receiver of every delivery.
+    pub fn with_instance(mut self, instance: &str) -> Self {
+        self.instance = Some(instance.into());
+        self
     }
 
     pub fn self_users(&self) -> &Arc<SelfUsers> {
@@ -193,6 +183,7 @@ impl Ingest {
             replay_of: None,
             task: None,
             only_new: true,
+            instance: self.instance.as_deref().map(str::to_string),
         };
         self.commit(record, parsed, decision, None).await
     }
@@ -348,6 +339,7 @@ impl Ingest {
             replay_of: incoming.replay_of,
             task: None,
             only_new: false,
+            instance: self.instance.as_deref().map(str::to_string),
         }
     }
 
@@ -362,7 +354,7 @@ impl Ingest {
         let record = self.delivery(&incoming, token_fp, verification, answer.status(), answer.reason());
         let reason = record.reason.clone();
         let caps = self.caps;
-        let journal_id = match self.journal.write(move |c| record.insert(c, caps)).await {
+        let journal_id = match self.journal.record(record, caps).await {
             Ok(Recorded::Stored { journal_id, .. } | Recorded::Duplicate { journal_id, .. }) => Some(journal_id),
             // A rejected delivery is never a poll's finding.
             Ok(Recorded::Known { .. }) => None,
@@ -422,7 +414,7 @@ impl Ingest {
         let caps = self.caps;
         let has_task = record.task.is_some();
         let item = record.item.clone();
-        let recorded = match self.journal.write(move |c| record.insert(c, caps)).await {
+        let recorded = match self.journal.record(record, caps).await {
             Ok(r) => r,
             Err(e) => {
                 self.bus.emit(Event::JournalFailed { error: e.to_string() });

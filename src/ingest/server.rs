@@ -150,10 +150,7 @@ fn plain(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Res
 /// it is away, deliveries wait in the outbox.
 async fn ready(ingest: &Ingest, metrics: &Metrics) -> Response<Full<Bytes>> {
     // A real write: a full disk or a read-only file fails it.
-    let probe = ingest.journal().write(|c| {
-        c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?1)", [crate::store::unix_now()])
-            .map(|_| ())
-    });
+    let probe = ingest.journal().probe();
     let journal = match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(())) => match metrics.recent_journal_failure(10) {
             Some(e) => Err(format!("a delivery failed to journal in the last 10 s: {e}")),

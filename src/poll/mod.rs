@@ -25,11 +25,7 @@ pub struct Poller {
     pub bus: Bus,
     /// A reconciliation sweep (reported as such), not producer mode.
     pub reconcile: bool,
-    reader: Reader,
 }
-
-/// A read connection to the journal, opened at first use.
-type Reader = Arc<std::sync::Mutex<Option<rusqlite::Connection>>>;
 
 /// What one cycle did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,41 +46,26 @@ impl Poller {
         bus: Bus,
         reconcile: bool,
     ) -> Poller {
-        Poller { forge, ingest, repos, labels, bus, reconcile, reader: Reader::default() }
+        Poller { forge, ingest, repos, labels, bus, reconcile }
     }
 
     /// Drops the findings the journal already knows, with one read (off the runtime) instead
     /// of a writer round trip each: an unchanged item costs no commit. On a read error, every
     /// finding goes on to `accept_found`, which decides inside its write anyway.
     async fn not_yet_known(&self, found: Vec<Found>) -> Vec<Found> {
-        let all = found.clone();
-        let (reader, path) = (self.reader.clone(), self.ingest.journal().clone());
-        let checked = tokio::task::spawn_blocking(move || {
-            let mut guard = reader.lock().expect("reader lock");
-            if guard.is_none() {
-                *guard = Some(path.reader().map_err(|e| e.to_string())?);
-            }
-            let c = guard.as_ref().expect("just opened");
-            let mut fresh = Vec::with_capacity(found.len());
-            for f in found {
-                if !already_known(c, &f).map_err(|e| e.to_string())? {
-                    fresh.push(f);
+        let mut fresh = Vec::with_capacity(found.len());
+        for (i, f) in found.iter().enumerate() {
+            match already_known(self.ingest.journal(), f).await {
+                Ok(true) => {}
+                Ok(false) => fresh.push(f.clone()),
+                Err(e) => {
+                    tracing::warn!("poll: cannot read the journal ({e}); checking each finding in its write");
+                    fresh.extend(found[i..].iter().cloned());
+                    break;
                 }
             }
-            Ok::<_, String>(fresh)
-        })
-        .await;
-        match checked {
-            Ok(Ok(fresh)) => fresh,
-            Ok(Err(e)) => {
-                tracing::warn!("poll: cannot read the journal ({e}); checking each finding in its write");
-                all
-            }
-            Err(e) => {
-                tracing::warn!("poll: the journal check failed ({e}); checking each finding in its write");
-                all
-            }
         }
+        fresh
     }
 
     /// One pass over every repository and trigger label.

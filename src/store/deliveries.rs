@@ -79,6 +79,8 @@ pub struct NewDelivery {
     /// A poll's finding: record nothing when its delivery id was seen before or its item
     /// already has a live task (see [`Recorded::Known`]).
     pub only_new: bool,
+    /// The instance that received it.
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,8 +231,8 @@ impl NewDelivery {
         c.prepare_cached(
             "INSERT INTO deliveries (route, delivery_id, dedupe_key, event, action, item, received_at,
                 received_unix, headers, body, body_size, body_stored, token_fp, verification, verdict,
-                reason, http_status, task_id, replay_of, item_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                reason, http_status, task_id, replay_of, item_key, instance)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         )?
         .execute(params![
             self.route,
@@ -253,6 +255,7 @@ impl NewDelivery {
             task_id,
             self.replay_of,
             self.task.as_ref().map(|t| t.item_key.as_str()),
+            self.instance,
         ])?;
         Ok(c.last_insert_rowid())
     }
@@ -320,6 +323,8 @@ pub struct DeliverySummary {
     pub http_status: u16,
     pub task_id: Option<String>,
     pub replay_of: Option<i64>,
+    /// The instance that received it.
+    pub instance: Option<String>,
 }
 
 impl DeliverySummary {
@@ -348,8 +353,7 @@ pub struct DeliveryRow {
     pub verification: String,
 }
 
-const SUMMARY_COLUMNS: &str =
-    "id, received_at, route, delivery_id, event, action, item, verdict, reason, http_status, task_id, replay_of";
+pub const SUMMARY_COLUMNS: &str = "id, received_at, route, delivery_id, event, action, item, verdict, reason, http_status, task_id, replay_of, instance";
 
 fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliverySummary> {
     Ok(DeliverySummary {
@@ -365,6 +369,7 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliverySummary> {
         http_status: r.get(9)?,
         task_id: r.get(10)?,
         replay_of: r.get(11)?,
+        instance: r.get(12)?,
     })
 }
 
@@ -373,6 +378,21 @@ pub fn list_deliveries(c: &Connection, failed_only: bool, limit: usize) -> rusql
     let filter = if failed_only { "WHERE verdict = 'rejected'" } else { "" };
     let sql = format!("SELECT {SUMMARY_COLUMNS} FROM deliveries {filter} ORDER BY id DESC LIMIT ?1");
     c.prepare(&sql)?.query_map([limit as i64], summary)?.collect()
+}
+
+/// Rows after `after`, oldest first: the console's feed of what every listener received.
+pub fn deliveries_after(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<DeliverySummary>> {
+    let sql = format!("SELECT {SUMMARY_COLUMNS} FROM deliveries WHERE id > ?1 ORDER BY id LIMIT ?2");
+    c.prepare_cached(&sql)?.query_map(params![after, limit as i64], summary)?.collect()
+}
+
+/// A poll finding's delivery id (`dedupe_key`) was recorded before, or its item has a live task.
+pub fn poll_known(c: &Connection, dedupe_key: &str, item: &crate::task::ItemKey) -> rusqlite::Result<bool> {
+    let seen = c
+        .prepare_cached("SELECT 1 FROM deliveries WHERE dedupe_key = ?1")?
+        .query_row([dedupe_key], |_| Ok(()))
+        .optional()?;
+    Ok(seen.is_some() || super::tasks::live_task_for(c, item)?.is_some())
 }
 
 /// A delivery and the rows that followed it under the same forge delivery id: its duplicates
@@ -436,16 +456,16 @@ pub fn load_delivery(c: &Connection, id: i64) -> rusqlite::Result<Option<Deliver
          FROM deliveries WHERE id = ?1"
     );
     c.query_row(&sql, [id], |r| {
-        let headers: String = r.get(12)?;
-        let packed: Option<Vec<u8>> = r.get(13)?;
+        let headers: String = r.get(13)?;
+        let packed: Option<Vec<u8>> = r.get(14)?;
         Ok(DeliveryRow {
             summary: summary(r)?,
             headers: serde_json::from_str(&headers).unwrap_or_default(),
             body: packed.and_then(|p| unpack(&p).ok()),
-            body_size: r.get(14)?,
-            body_stored: r.get(15)?,
-            token_fp: r.get(16)?,
-            verification: r.get(17)?,
+            body_size: r.get(15)?,
+            body_stored: r.get(16)?,
+            token_fp: r.get(17)?,
+            verification: r.get(18)?,
         })
     })
     .optional()

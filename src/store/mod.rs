@@ -1,30 +1,37 @@
-//! The journal: one SQLite file (WAL) holding every delivery, the tasks they created, the outbox
-//! of messages still to publish, and — for the embedded broker — the queue itself.
+//! The journal: every delivery, the tasks they created, the outbox of messages still to publish,
+//! the label operations still to make, and the instances sharing it — behind one interface
+//! ([`Journal`], [`Backend`]) with two backends:
 //!
-//! All writes go through one writer thread ([`Journal`]) that commits in small batches: a request
-//! waits for the commit that carries its row, and one commit (one fsync with `sync = "full"`)
-//! serves every request that arrived while the previous one was being written. Reads open their
-//! own connections; WAL lets them run beside the writer.
+//! - **SQLite** (default): one file (WAL) in the data dir, for one machine; it also holds the
+//!   embedded broker's queue. All writes go through one writer thread that commits in small
+//!   batches: a request waits for the commit that carries its row, and one commit (one fsync with
+//!   `sync = "full"`) serves every request that arrived while the previous one was being written.
+//! - **PostgreSQL** (`storage.url`): one database shared by a fleet of instances (`store::pg`).
 
 mod body;
-mod deliveries;
+pub mod deliveries;
+pub mod instances;
+pub mod jobs;
+mod journal;
 pub mod label_ops;
-mod outbox;
+pub mod leases;
+pub mod outbox;
+pub mod pg;
 pub mod retention;
 mod schema;
+mod sqlite;
+mod state;
 pub mod tasks;
 mod writer;
 
 pub use body::StoredBody;
 pub use deliveries::{
     DeliveryGroup, DeliveryRow, DeliverySummary, NewDelivery, NewTask, PRUNE_PER_INSERT, Recorded, RejectedCaps,
-    find_by_forge_id, followers, list_deliveries, list_grouped, load_delivery,
 };
-pub use outbox::{
-    MAX_MESSAGE_BYTES, MAX_REFUSALS, OutboxRow, Refusal, judge_refusal, mark_published, oversize, parked_outbox_count,
-    pending_for_task, pending_outbox, pending_outbox_count, record_refusal,
-};
-pub use writer::Journal;
+pub use journal::{Backend, Journal, LabelChange, Lease};
+pub use outbox::{MAX_MESSAGE_BYTES, MAX_REFUSALS, OutboxRow, Refusal, judge_refusal, oversize};
+pub use state::TaskState;
+pub use writer::SqliteJournal;
 
 use crate::config::SyncMode;
 use std::path::Path;
@@ -41,6 +48,12 @@ pub enum StoreError {
     Batch(String),
     #[error("the journal writer has stopped")]
     Closed,
+    /// The PostgreSQL journal failed or could not be reached (the message never carries the
+    /// URL's password).
+    #[error("the PostgreSQL journal: {0}")]
+    Postgres(String),
+    #[error("the PostgreSQL journal's schema: {0}")]
+    Schema(String),
 }
 
 impl StoreError {

@@ -33,51 +33,54 @@ pub async fn run(journal: Journal, days: u32, shutdown: CancellationToken) -> an
 pub async fn sweep(journal: &Journal, cutoff: i64) -> Result<usize, super::StoreError> {
     let mut total = 0;
     loop {
-        let n = journal
-            .write(move |c| {
-                // Only finished tasks go: done, skipped, or handed to the broker and never claimed here
-                // (a separate worker runs it). Running, waiting, retrying, dead (replayable) and
-                // dropped (a tombstone its message may still meet) stay, with their deliveries.
-                const FINISHED: &str = "(state IN ('done', 'skipped') OR (state = 'queued' AND started_unix IS NULL))";
-                c.execute(
-                    &format!(
-                        "DELETE FROM outbox WHERE published_unix IS NOT NULL AND task_id IN
-                           (SELECT id FROM tasks WHERE created_unix < ?1 AND {FINISHED})"
-                    ),
-                    [cutoff],
-                )?;
-                c.execute(
-                    &format!(
-                        "DELETE FROM tasks WHERE created_unix < ?1 AND {FINISHED}
-                           AND id NOT IN (SELECT task_id FROM outbox)"
-                    ),
-                    [cutoff],
-                )?;
-                // Label operations whose task went (done, or given up long ago).
-                c.execute("DELETE FROM label_ops WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
-                // Each removed rejected row comes off the running counts of the rejected-row
-                // caps; nothing here counts the table.
-                let (mut n, mut rejected, mut bytes) = (0, 0, 0);
-                let mut delete = c.prepare_cached(&format!(
-                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE received_unix < ?1
-                       AND (task_id IS NULL OR task_id NOT IN (SELECT id FROM tasks)) LIMIT ?2)
-                     RETURNING verdict = 'rejected', {STORED_BYTES}"
-                ))?;
-                let mut removed = delete.query((cutoff, CHUNK))?;
-                while let Some(r) = removed.next()? {
-                    n += 1;
-                    if r.get::<_, bool>(0)? {
-                        rejected += 1;
-                        bytes += r.get::<_, i64>(1)?;
-                    }
-                }
-                forget_rejected(c, rejected, bytes)?;
-                Ok(n)
-            })
-            .await?;
+        let n = journal.sweep_before(cutoff, CHUNK).await?;
         total += n;
         if (n as i64) < CHUNK {
             return Ok(total);
         }
     }
 }
+
+/// One chunk of [`sweep`] on SQLite, inside one journal write.
+pub(super) fn sweep_chunk(c: &rusqlite::Connection, cutoff: i64, chunk: i64) -> rusqlite::Result<usize> {
+    // Only finished tasks go: done, skipped, or handed to the broker and never claimed here
+    // (a separate worker runs it). Running, waiting, retrying, dead (replayable) and
+    // dropped (a tombstone its message may still meet) stay, with their deliveries.
+    c.execute(
+        &format!(
+            "DELETE FROM outbox WHERE published_unix IS NOT NULL AND task_id IN
+               (SELECT id FROM tasks WHERE created_unix < ?1 AND {FINISHED})"
+        ),
+        [cutoff],
+    )?;
+    c.execute(
+        &format!(
+            "DELETE FROM tasks WHERE created_unix < ?1 AND {FINISHED}
+               AND id NOT IN (SELECT task_id FROM outbox)"
+        ),
+        [cutoff],
+    )?;
+    // Label operations whose task went (done, or given up long ago).
+    c.execute("DELETE FROM label_ops WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
+    // Each removed rejected row comes off the running counts of the rejected-row
+    // caps; nothing here counts the table.
+    let (mut n, mut rejected, mut bytes) = (0, 0, 0);
+    let mut delete = c.prepare_cached(&format!(
+        "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE received_unix < ?1
+           AND (task_id IS NULL OR task_id NOT IN (SELECT id FROM tasks)) LIMIT ?2)
+         RETURNING verdict = 'rejected', {STORED_BYTES}"
+    ))?;
+    let mut removed = delete.query((cutoff, chunk))?;
+    while let Some(r) = removed.next()? {
+        n += 1;
+        if r.get::<_, bool>(0)? {
+            rejected += 1;
+            bytes += r.get::<_, i64>(1)?;
+        }
+    }
+    forget_rejected(c, rejected, bytes)?;
+    Ok(n)
+}
+
+/// Tasks retention may remove: finished, or handed to the broker and never claimed here.
+pub const FINISHED: &str = "(state IN ('done', 'skipped') OR (state = 'queued' AND started_unix IS NULL))";

@@ -171,6 +171,34 @@ ALTER TABLE outbox ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN last_error TEXT;
 ALTER TABLE outbox ADD COLUMN parked_unix INTEGER;
 "#,
+    // 10: claims are leases (owner = the instance's id, renewed by its heartbeat); a waiting task
+    // names the task it waits for; one running task per item is a constraint, not a worker's
+    // memory; each process registers itself; the run's log tail is kept for `jobs` and the
+    // console; each delivery names the instance that received it; outbox rows can be leased
+    // (a shared journal's publishers; one SQLite file has one publisher and leaves them empty).
+    // Running tasks from before (owner = a per-process id, no lease) have an expired lease and
+    // are taken over at once; duplicates of a running item (never made by the worker) wait.
+    r#"
+ALTER TABLE tasks ADD COLUMN lease_until_ms INTEGER;
+ALTER TABLE tasks ADD COLUMN waiting_behind TEXT;
+ALTER TABLE tasks ADD COLUMN log_tail TEXT;
+UPDATE tasks SET state = 'waiting' WHERE state = 'running' AND item_key <> '' AND rowid NOT IN
+    (SELECT MIN(rowid) FROM tasks WHERE state = 'running' GROUP BY item_key);
+CREATE UNIQUE INDEX tasks_one_running ON tasks(item_key) WHERE state = 'running' AND item_key <> '';
+CREATE INDEX tasks_owner ON tasks(owner) WHERE state = 'running';
+ALTER TABLE deliveries ADD COLUMN instance TEXT;
+ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+ALTER TABLE outbox ADD COLUMN lease_until_ms INTEGER;
+CREATE TABLE instances (
+    id           TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    mode         TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    started_unix INTEGER NOT NULL,
+    heartbeat_ms INTEGER NOT NULL,
+    stopped_unix INTEGER
+);
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -8,12 +8,11 @@
 //! `skipped` (the worker's re-check found the item closed, merged or unlabelled: not run);
 //! `parked` (its message was too large, or the broker kept refusing it: see `store::outbox`).
 
+use super::journal::{LabelChange, Lease};
+use super::state::TaskState;
 use super::unix_now;
 use crate::task::{ItemKey, Task};
 use rusqlite::{Connection, OptionalExtension, params};
-
-pub const STATES: &[&str] =
-    &["queued", "running", "waiting", "retrying", "dead", "parked", "done", "dropped", "skipped"];
 
 /// States of a task that will still run (or is running): an item with one needs no new task.
 pub const LIVE: &str = "('queued', 'running', 'waiting', 'retrying')";
@@ -30,35 +29,50 @@ pub fn live_task_for(c: &Connection, item: &ItemKey) -> rusqlite::Result<Option<
 /// What the worker should do with a message it took from the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
+    /// Claimed for this instance, with a lease: run it.
     Run,
+    /// Another task for the same item is running (on any instance): this one is `waiting`
+    /// behind it in the journal and is queued again when that one ends. Acknowledge the message.
+    Wait { behind: String },
     /// Acknowledge it without running: the reason says why (dropped, already done, …).
     Skip(String),
 }
 
-/// Takes a task for this worker (`owner`), recording it if the journal has not seen it (a task
+/// The end of an attempt, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    State(TaskState),
+    /// This instance no longer holds the task (its lease ran out and another took it over, or
+    /// an operator's replay made a new generation): nothing was recorded.
+    Lost,
+}
+
+/// Takes a task for `lease.owner`, recording it if the journal has not seen it (a task
 /// published by another agentctl, or by the original design's producer).
 ///
 /// A known task runs only from the message whose generation is the journal's current one: any
 /// other is a stale duplicate (of an earlier attempt, or from before a replay) and is skipped.
 /// A dead, done, dropped, skipped or parked task never runs from a message; a replay makes it
-/// `queued` under a new generation first. A claim never clears `cancel_requested`: a task an
-/// operator dropped is recorded as dropped here instead of run.
-pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim> {
-    let now = unix_now();
-    let row: Option<(String, u64, bool, bool)> = c
+/// `queued` under a new generation first. A task running under a live lease is never taken; one
+/// whose lease ran out is. A claim never clears `cancel_requested`: a task an operator dropped is
+/// recorded as dropped here instead of run. When another task of the same item runs, the task
+/// waits (see [`Claim::Wait`]); the unique index `tasks_one_running` makes that hold whatever
+/// races.
+pub fn claim(c: &Connection, task: &Task, lease: &Lease, now_ms: i64) -> rusqlite::Result<Claim> {
+    let row: Option<(TaskState, u64, bool, Option<String>, Option<i64>)> = c
         .query_row(
-            "SELECT state, generation, cancel_requested, owner IS ?2 FROM tasks WHERE id = ?1",
-            (&task.id, owner),
-            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?)),
+            "SELECT state, generation, cancel_requested, owner, lease_until_ms FROM tasks WHERE id = ?1",
+            [&task.id],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
     let skip = |why: &str| Ok(Claim::Skip(why.to_string()));
     let payload = String::from_utf8(task.to_json()).expect("JSON is UTF-8");
-    let Some((state, generation, cancel_requested, mine)) = row else {
+    let Some((state, generation, cancel_requested, owner, lease_until)) = row else {
         c.execute(
-            "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, attempt, owner,
-                                generation, created_unix, updated_unix, started_unix, item_key)
-             VALUES (?1, 0, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10, ?11)",
+            "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, attempt,
+                                generation, created_unix, updated_unix, item_key)
+             VALUES (?1, 0, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
             params![
                 task.id,
                 task.source.as_str(),
@@ -67,19 +81,16 @@ pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim
                 task.number as i64,
                 payload,
                 task.attempt,
-                owner,
                 task.generation as i64,
-                now,
+                unix_now(),
                 task.item_key().as_str()
             ],
         )?;
-        return Ok(Claim::Run);
+        return run_or_wait(c, task, &payload, lease, now_ms);
     };
-    match state.as_str() {
-        "dropped" => return skip("dropped by an operator"),
-        "done" | "skipped" | "dead" | "parked" => {
-            return skip(&format!("already {state} (a duplicate message)"));
-        }
+    match state {
+        TaskState::Dropped => return skip("dropped by an operator"),
+        s if s.is_final() => return skip(&format!("already {s} (a duplicate message)")),
         _ if task.generation != generation => {
             return skip(&format!(
                 "a stale message (generation {} of a task now at generation {generation}, {state})",
@@ -87,19 +98,43 @@ pub fn claim(c: &Connection, task: &Task, owner: &str) -> rusqlite::Result<Claim
             ));
         }
         _ if cancel_requested => {
-            finish(c, &task.id, &Finish::Dropped { reason: "dropped by an operator".into() })?;
+            end(c, &task.id, &Finish::Dropped { reason: "dropped by an operator".into() })?;
             return skip("dropped by an operator");
         }
-        "running" | "waiting" if mine => {
-            return skip(&format!("already {state} here (a message published twice)"));
+        TaskState::Running if owner.as_deref() == Some(lease.owner.as_str()) => {
+            return skip("already running here (a message published twice)");
         }
+        TaskState::Running if lease_until.is_some_and(|until| until > now_ms) => {
+            let who = owner.unwrap_or_default();
+            return skip(&format!("already running on instance {who}, whose lease is alive"));
+        }
+        TaskState::Waiting => return skip("already waiting for its item (a message published twice)"),
         _ => {}
     }
+    run_or_wait(c, task, &payload, lease, now_ms)
+}
+
+/// The claim proper: `running` for `lease.owner`, unless another task of its item runs.
+fn run_or_wait(c: &Connection, task: &Task, payload: &str, lease: &Lease, now_ms: i64) -> rusqlite::Result<Claim> {
+    let blocker: Option<String> = c
+        .prepare_cached("SELECT id FROM tasks WHERE item_key = ?1 AND state = 'running' AND id <> ?2 LIMIT 1")?
+        .query_row([task.item_key().as_str(), &task.id], |r| r.get(0))
+        .optional()?;
+    let now = unix_now();
+    if let Some(behind) = blocker {
+        c.execute(
+            "UPDATE tasks SET state = 'waiting', waiting_behind = ?2, payload = ?3, attempt = ?4, owner = NULL,
+                 lease_until_ms = NULL, updated_unix = ?5 WHERE id = ?1",
+            params![task.id, behind, payload, task.attempt, now],
+        )?;
+        return Ok(Claim::Wait { behind });
+    }
     c.execute(
-        "UPDATE tasks SET state = 'running', payload = ?2, attempt = ?3, owner = ?4, progress = NULL,
-             progress_message = NULL, updated_unix = ?5, started_unix = ?5, next_attempt_unix = NULL
+        "UPDATE tasks SET state = 'running', payload = ?2, attempt = ?3, owner = ?4, lease_until_ms = ?5,
+             waiting_behind = NULL, progress = NULL, progress_message = NULL, log_tail = NULL, pgid = NULL,
+             updated_unix = ?6, started_unix = ?6, next_attempt_unix = NULL
          WHERE id = ?1",
-        params![task.id, payload, task.attempt, owner, now],
+        params![task.id, payload, task.attempt, lease.owner, now_ms + lease.ms, now],
     )?;
     Ok(Claim::Run)
 }
@@ -140,46 +175,23 @@ pub fn set_pgid(c: &Connection, id: &str, pgid: i32) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Process groups of tasks a previous run left running, with their task ids.
-pub fn leftover_groups(c: &Connection) -> rusqlite::Result<Vec<(String, i32)>> {
-    c.prepare("SELECT id, pgid FROM tasks WHERE state = 'running' AND pgid IS NOT NULL")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+/// Process groups of tasks `owner` claimed and has not finished, with their task ids.
+pub fn leftover_groups(c: &Connection, owner: &str) -> rusqlite::Result<Vec<(String, i32)>> {
+    c.prepare("SELECT id, pgid FROM tasks WHERE state = 'running' AND owner = ?1 AND pgid IS NOT NULL")?
+        .query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect()
 }
 
-/// Parks a claimed task until its item is free.
-pub fn set_waiting(c: &Connection, id: &str) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE tasks SET state = 'waiting', updated_unix = ?2 WHERE id = ?1 AND state = 'running'",
-        (id, unix_now()),
-    )?;
+pub fn record_progress(c: &Connection, id: &str, percent: u8, message: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE tasks SET progress = ?2, progress_message = ?3, updated_unix = ?4 WHERE id = ?1 AND state = 'running'",
+    )?
+    .execute((id, percent, message, unix_now()))?;
     Ok(())
 }
 
-/// A waiting task's turn: true when it is to run now. False when it is no longer waiting (an
-/// operator dropped it) or a cancel was asked for meanwhile (then it is recorded as dropped):
-/// the caller must not run it.
-pub fn set_running(c: &Connection, id: &str) -> rusqlite::Result<bool> {
-    let changed = c.execute(
-        "UPDATE tasks SET state = 'running', started_unix = ?2, updated_unix = ?2
-         WHERE id = ?1 AND state = 'waiting' AND cancel_requested = 0",
-        (id, unix_now()),
-    )?;
-    if changed == 0 {
-        c.execute(
-            "UPDATE tasks SET state = 'dropped', failure = 'dropped by an operator', owner = NULL,
-                 finished_unix = ?2, updated_unix = ?2 WHERE id = ?1 AND state = 'waiting'",
-            (id, unix_now()),
-        )?;
-    }
-    Ok(changed == 1)
-}
-
-pub fn record_progress(c: &Connection, id: &str, percent: u8, message: &str) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE tasks SET progress = ?2, progress_message = ?3, updated_unix = ?4 WHERE id = ?1",
-        (id, percent, message, unix_now()),
-    )?;
+pub fn record_log_tail(c: &Connection, id: &str, tail: &str) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE tasks SET log_tail = ?2 WHERE id = ?1")?.execute((id, tail))?;
     Ok(())
 }
 
@@ -211,11 +223,76 @@ pub enum Finish {
     },
 }
 
-/// Records the end of an attempt and returns the state it left the task in. An attempt that
-/// would be retried or go dead while an operator's cancel is pending (it failed before the
-/// worker saw the cancel) is dropped instead: the drop is never lost. A retry or dead letter
-/// takes the generation its message carries (the policy advances it).
-pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<&'static str> {
+/// Records the end of an attempt of a task `lease.owner` holds at `generation`, with its label
+/// change, and lets the item's next waiting task go. Nothing is recorded when the task is no
+/// longer this instance's (see [`Finished::Lost`]).
+pub fn finish(
+    c: &Connection,
+    id: &str,
+    lease: &Lease,
+    generation: u64,
+    outcome: &Finish,
+    label: Option<&LabelChange>,
+    main_queue: &str,
+) -> rusqlite::Result<Finished> {
+    let held: Option<(TaskState, Option<String>, i64, String)> = c
+        .query_row("SELECT state, owner, generation, item_key FROM tasks WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((TaskState::Running, Some(owner), current, item)) = held else { return Ok(Finished::Lost) };
+    if owner != lease.owner || current as u64 != generation {
+        return Ok(Finished::Lost);
+    }
+    let state = end(c, id, outcome)?;
+    // A drop that won over a retry or dead letter has no failed label to show.
+    if let Some((op, detail)) = label
+        && state != TaskState::Dropped
+    {
+        super::label_ops::push(c, id, *op, detail.as_deref())?;
+    }
+    wake_next(c, &item, main_queue)?;
+    Ok(Finished::State(state))
+}
+
+/// When nothing of `item` runs: its oldest waiting task goes back on the main queue under a new
+/// generation, so any worker can run it (waiting ones an operator dropped are recorded as such).
+pub fn wake_next(c: &Connection, item: &str, main_queue: &str) -> rusqlite::Result<Option<String>> {
+    let running: bool = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM tasks WHERE item_key = ?1 AND state = 'running')")?
+        .query_row([item], |r| r.get(0))?;
+    if running || item.is_empty() {
+        return Ok(None);
+    }
+    let now = unix_now();
+    c.prepare_cached(
+        "UPDATE tasks SET state = 'dropped', failure = 'dropped by an operator', finished_unix = ?2,
+             updated_unix = ?2 WHERE item_key = ?1 AND state = 'waiting' AND cancel_requested = 1",
+    )?
+    .execute(params![item, now])?;
+    let next: Option<String> = c
+        .prepare_cached(
+            "SELECT id FROM tasks WHERE item_key = ?1 AND state = 'waiting' ORDER BY created_unix, id LIMIT 1",
+        )?
+        .query_row([item], |r| r.get(0))
+        .optional()?;
+    let Some(id) = next else { return Ok(None) };
+    if let Some((_, task)) = task_state(c, &id)? {
+        next_generation(c, task)?;
+    }
+    c.execute(
+        "UPDATE tasks SET state = 'queued', waiting_behind = NULL, updated_unix = ?2 WHERE id = ?1",
+        params![id, now],
+    )?;
+    enqueue(c, &id, main_queue, 0)?;
+    Ok(Some(id))
+}
+
+/// Records the end of an attempt (or of a task that never ran) and returns the state it left
+/// the task in. An attempt that would be retried or go dead while an operator's cancel is
+/// pending (it failed before the worker saw the cancel) is dropped instead: the drop is never
+/// lost. A retry or dead letter takes the generation its message carries (the policy advances it).
+pub(crate) fn end(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<TaskState> {
     let now = unix_now();
     let cancel_requested = || -> rusqlite::Result<bool> {
         c.query_row("SELECT cancel_requested FROM tasks WHERE id = ?1", [id], |r| r.get(0))
@@ -226,19 +303,20 @@ pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<&'
         Finish::Done { exit_code } => {
             c.execute(
                 "UPDATE tasks SET state = 'done', exit_code = ?2, progress = 100, failure = NULL, owner = NULL,
-                     finished_unix = ?3, updated_unix = ?3 WHERE id = ?1",
+                     lease_until_ms = NULL, finished_unix = ?3, updated_unix = ?3 WHERE id = ?1",
                 params![id, exit_code, now],
             )?;
-            Ok("done")
+            Ok(TaskState::Done)
         }
         Finish::Retry { .. } | Finish::Dead { .. } if cancel_requested()? => {
-            finish(c, id, &Finish::Dropped { reason: "dropped by an operator".into() })
+            end(c, id, &Finish::Dropped { reason: "dropped by an operator".into() })
         }
         Finish::Retry { task, queue, delay_ms, next_unix } => {
             let failure = task.failure.as_ref();
             c.execute(
                 "UPDATE tasks SET state = 'retrying', payload = ?2, attempt = ?3, failure = ?4, exit_code = ?5,
-                     owner = NULL, next_attempt_unix = ?6, updated_unix = ?7, generation = ?8 WHERE id = ?1",
+                     owner = NULL, lease_until_ms = NULL, next_attempt_unix = ?6, updated_unix = ?7, generation = ?8
+                 WHERE id = ?1",
                 params![
                     id,
                     String::from_utf8(task.to_json()).expect("JSON is UTF-8"),
@@ -251,13 +329,13 @@ pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<&'
                 ],
             )?;
             enqueue(c, id, queue, *delay_ms)?;
-            Ok("retrying")
+            Ok(TaskState::Retrying)
         }
         Finish::Dead { task, queue } => {
             let failure = task.failure.as_ref();
             c.execute(
                 "UPDATE tasks SET state = 'dead', payload = ?2, failure = ?3, exit_code = ?4, owner = NULL,
-                     finished_unix = ?5, updated_unix = ?5, generation = ?6 WHERE id = ?1",
+                     lease_until_ms = NULL, finished_unix = ?5, updated_unix = ?5, generation = ?6 WHERE id = ?1",
                 params![
                     id,
                     String::from_utf8(task.to_json()).expect("JSON is UTF-8"),
@@ -268,13 +346,13 @@ pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<&'
                 ],
             )?;
             enqueue(c, id, queue, 0)?;
-            Ok("dead")
+            Ok(TaskState::Dead)
         }
         Finish::Dropped { reason } | Finish::Skipped { reason } => {
-            let state = if matches!(outcome, Finish::Dropped { .. }) { "dropped" } else { "skipped" };
+            let state = if matches!(outcome, Finish::Dropped { .. }) { TaskState::Dropped } else { TaskState::Skipped };
             c.execute(
-                "UPDATE tasks SET state = ?4, failure = ?2, owner = NULL, finished_unix = ?3, updated_unix = ?3
-                 WHERE id = ?1",
+                "UPDATE tasks SET state = ?4, failure = ?2, owner = NULL, lease_until_ms = NULL, waiting_behind = NULL,
+                     finished_unix = ?3, updated_unix = ?3 WHERE id = ?1",
                 params![id, reason, now, state],
             )?;
             Ok(state)
@@ -284,7 +362,7 @@ pub fn finish(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Result<&'
 
 /// Writes `task` back as the task's message under its next generation, for a publish that is
 /// not an attempt's end (a replay, a re-queue). Returns the message.
-fn next_generation(c: &Connection, mut task: Task) -> rusqlite::Result<Task> {
+pub(crate) fn next_generation(c: &Connection, mut task: Task) -> rusqlite::Result<Task> {
     let current: i64 = c.query_row("SELECT generation FROM tasks WHERE id = ?1", [&task.id], |r| r.get(0))?;
     task.generation = current as u64 + 1;
     c.execute(
@@ -294,32 +372,32 @@ fn next_generation(c: &Connection, mut task: Task) -> rusqlite::Result<Task> {
     Ok(task)
 }
 
-fn enqueue(c: &Connection, task_id: &str, queue: &str, delay_ms: i64) -> rusqlite::Result<()> {
+pub(crate) fn enqueue(c: &Connection, task_id: &str, queue: &str, delay_ms: i64) -> rusqlite::Result<()> {
     c.prepare_cached("INSERT INTO outbox (task_id, queue, created_unix, delay_ms) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![task_id, queue, unix_now(), delay_ms])?;
     Ok(())
 }
 
-/// At worker start: tasks a previous run claimed but did not finish go back on the main queue
-/// under a new generation (this process holds the data dir's lock, so no other worker owns
-/// them). One an operator dropped while it ran (its worker stopped before it saw the cancel) is
+/// `owner`'s claims go back on the main queue under a new generation: at start, what a
+/// previous life of this instance held (nobody else may take them before their lease runs
+/// out); at shutdown, what its stopped handlers held. One an operator dropped while it ran is
 /// recorded as dropped instead. Returns the ids re-queued.
-pub fn requeue_unfinished(c: &Connection, main_queue: &str) -> rusqlite::Result<Vec<String>> {
+pub fn release_claims(c: &Connection, owner: &str, main_queue: &str) -> rusqlite::Result<Vec<String>> {
     let rows: Vec<(String, bool)> = c
-        .prepare("SELECT id, cancel_requested FROM tasks WHERE state IN ('running', 'waiting') ORDER BY created_unix")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .prepare("SELECT id, cancel_requested FROM tasks WHERE state = 'running' AND owner = ?1 ORDER BY created_unix")?
+        .query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut requeued = Vec::new();
     for (id, cancel_requested) in rows {
         if cancel_requested {
-            finish(c, &id, &Finish::Dropped { reason: "dropped by an operator".into() })?;
+            end(c, &id, &Finish::Dropped { reason: "dropped by an operator".into() })?;
             continue;
         }
         if let Some((_, task)) = task_state(c, &id)? {
             next_generation(c, task)?;
         }
         c.execute(
-            "UPDATE tasks SET state = 'queued', owner = NULL, updated_unix = ?2 WHERE id = ?1",
+            "UPDATE tasks SET state = 'queued', owner = NULL, lease_until_ms = NULL, updated_unix = ?2 WHERE id = ?1",
             (&id, unix_now()),
         )?;
         enqueue(c, &id, main_queue, 0)?;
@@ -328,165 +406,21 @@ pub fn requeue_unfinished(c: &Connection, main_queue: &str) -> rusqlite::Result<
     Ok(requeued)
 }
 
-/// Running tasks an operator asked to cancel.
-pub fn cancel_requests(c: &Connection) -> rusqlite::Result<Vec<String>> {
-    c.prepare_cached("SELECT id FROM tasks WHERE state = 'running' AND cancel_requested = 1")?
-        .query_map([], |r| r.get(0))?
-        .collect()
-}
-
-/// One row of `agentctl jobs list`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct JobRow {
-    pub id: String,
-    pub state: String,
-    pub item: String,
-    pub kind: String,
-    pub attempt: u32,
-    pub progress: Option<u8>,
-    pub progress_message: Option<String>,
-    pub failure: Option<String>,
-    pub exit_code: Option<i32>,
-    pub next_attempt_unix: Option<i64>,
-    pub updated_unix: i64,
-}
-
-pub fn list_jobs(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite::Result<Vec<JobRow>> {
-    let filter = if state.is_some() { "WHERE state = ?1" } else { "WHERE ?1 IS NULL OR 1" };
-    let sql = format!(
-        "SELECT id, state, repo, number, kind, attempt, progress, progress_message, failure, exit_code,
-                next_attempt_unix, updated_unix
-         FROM tasks {filter} ORDER BY created_unix DESC, id DESC LIMIT ?2"
-    );
-    c.prepare(&sql)?
-        .query_map(params![state, limit as i64], |r| {
-            let kind: String = r.get(4)?;
-            let k = if kind == "merge_request" { crate::task::Kind::MergeRequest } else { crate::task::Kind::Issue };
-            let repo: String = r.get(2)?;
-            let item =
-                if kind == "invalid" { repo } else { crate::task::item_ref(&repo, k, r.get::<_, i64>(3)? as u64) };
-            Ok(JobRow {
-                id: r.get(0)?,
-                state: r.get(1)?,
-                item,
-                kind,
-                attempt: r.get(5)?,
-                progress: r.get(6)?,
-                progress_message: r.get(7)?,
-                failure: r.get(8)?,
-                exit_code: r.get(9)?,
-                next_attempt_unix: r.get(10)?,
-                updated_unix: r.get(11)?,
-            })
-        })?
+/// Running tasks of `owner` an operator asked to cancel.
+pub fn cancel_requests(c: &Connection, owner: &str) -> rusqlite::Result<Vec<String>> {
+    c.prepare_cached("SELECT id FROM tasks WHERE state = 'running' AND owner = ?1 AND cancel_requested = 1")?
+        .query_map([owner], |r| r.get(0))?
         .collect()
 }
 
 /// A task's state and current message.
-pub fn task_state(c: &Connection, id: &str) -> rusqlite::Result<Option<(String, Task)>> {
+pub fn task_state(c: &Connection, id: &str) -> rusqlite::Result<Option<(TaskState, Task)>> {
     c.query_row("SELECT state, payload FROM tasks WHERE id = ?1", [id], |r| {
         let payload: String = r.get(1)?;
-        Ok((r.get::<_, String>(0)?, payload))
+        Ok((r.get::<_, TaskState>(0)?, payload))
     })
     .optional()
     .map(|o| o.and_then(|(state, payload)| Task::from_message(payload.as_bytes()).ok().map(|t| (state, t))))
-}
-
-/// What an operator's drop did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dropped {
-    /// Queued, waiting or retrying: tombstoned; the worker acks its message without running it.
-    Tombstoned,
-    /// Running: its process group is killed by the worker, and it is not retried.
-    Cancelling,
-    /// Dead: marked dropped (its message is taken off the dead queue separately).
-    RemovedDead,
-    AlreadyFinished(String),
-}
-
-/// A task's state alone (also for an invalid message's job, whose payload is no task).
-pub fn state_of(c: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
-    c.query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0)).optional()
-}
-
-pub fn drop_task(c: &Connection, id: &str) -> rusqlite::Result<Option<Dropped>> {
-    let Some(state) = state_of(c, id)? else { return Ok(None) };
-    let now = unix_now();
-    Ok(Some(match state.as_str() {
-        "queued" | "waiting" | "retrying" => {
-            c.execute(
-                "UPDATE tasks SET state = 'dropped', failure = 'dropped by an operator', updated_unix = ?2 WHERE id = ?1",
-                (id, now),
-            )?;
-            Dropped::Tombstoned
-        }
-        "running" => {
-            c.execute("UPDATE tasks SET cancel_requested = 1, updated_unix = ?2 WHERE id = ?1", (id, now))?;
-            Dropped::Cancelling
-        }
-        "dead" => {
-            c.execute("UPDATE tasks SET state = 'dropped', updated_unix = ?2 WHERE id = ?1", (id, now))?;
-            Dropped::RemovedDead
-        }
-        other => Dropped::AlreadyFinished(other.to_string()),
-    }))
-}
-
-/// Puts a dead (or parked, dropped, done, or skipped) task back on the main queue with its attempts reset, marked
-/// as a replay. Returns the new message, or None when the task is unknown or still active.
-pub fn replay_task(c: &Connection, id: &str, main_queue: &str) -> rusqlite::Result<Option<Task>> {
-    let Some((state, mut task)) = task_state(c, id)? else { return Ok(None) };
-    if !matches!(state.as_str(), "dead" | "parked" | "dropped" | "done" | "skipped") {
-        return Ok(None);
-    }
-    task.attempt = 1;
-    task.replay = true;
-    task.failure = None;
-    let task = next_generation(c, task)?;
-    // The operator's replay is a fresh decision: an old cancel request does not carry over.
-    c.execute(
-        "UPDATE tasks SET state = 'queued', attempt = 1, failure = NULL, exit_code = NULL,
-             progress = NULL, progress_message = NULL, cancel_requested = 0, updated_unix = ?2 WHERE id = ?1",
-        params![id, unix_now()],
-    )?;
-    enqueue(c, id, main_queue, 0)?;
-    Ok(Some(task))
-}
-
-pub fn ids_in_state(c: &Connection, state: &str) -> rusqlite::Result<Vec<String>> {
-    c.prepare("SELECT id FROM tasks WHERE state = ?1 ORDER BY created_unix")?
-        .query_map([state], |r| r.get(0))?
-        .collect()
-}
-
-/// The moments of a task's life the journal keeps (Unix seconds), for a delivery's timeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Timeline {
-    pub state: String,
-    pub attempt: u32,
-    pub created: i64,
-    /// The last attempt's start and end.
-    pub started: Option<i64>,
-    pub finished: Option<i64>,
-    pub failure: Option<String>,
-}
-
-pub fn timeline(c: &Connection, id: &str) -> rusqlite::Result<Option<Timeline>> {
-    c.query_row(
-        "SELECT state, attempt, created_unix, started_unix, finished_unix, failure FROM tasks WHERE id = ?1",
-        [id],
-        |r| {
-            Ok(Timeline {
-                state: r.get(0)?,
-                attempt: r.get(1)?,
-                created: r.get(2)?,
-                started: r.get(3)?,
-                finished: r.get(4)?,
-                failure: r.get(5)?,
-            })
-        },
-    )
-    .optional()
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 512;
@@ -27,19 +27,24 @@ type Job = Box<dyn FnOnce(Option<&Connection>, &Cell<bool>) -> Done + Send>;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
-pub struct Journal {
+pub struct SqliteJournal {
     tx: mpsc::Sender<Job>,
     /// Dropped with the last clone, which stops the checkpointer.
     _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
     path: Arc<PathBuf>,
     sync: SyncMode,
-    outbox: Arc<Notify>,
+    /// Read connections, opened on demand and kept for the next read (WAL lets them run beside
+    /// the writer).
+    readers: Arc<std::sync::Mutex<Vec<Connection>>>,
 }
 
-impl Journal {
+/// Read connections kept open for reuse.
+const READERS_KEPT: usize = 4;
+
+impl SqliteJournal {
     /// Opens (creating and migrating) the journal at `path` and starts its writer thread. The
     /// thread stops when every `Journal` clone is dropped.
-    pub fn open(path: &Path, sync: SyncMode) -> Result<Journal, StoreError> {
+    pub fn open(path: &Path, sync: SyncMode) -> Result<SqliteJournal, StoreError> {
         let conn = connect(path, sync)?;
         // Checkpoints run on their own thread, so copying the WAL back into the database file
         // does not hold up commits.
@@ -55,12 +60,12 @@ impl Journal {
             .name("journal-checkpoint".into())
             .spawn(move || checkpoint(checkpoint_conn, stopped))
             .expect("the journal checkpoint thread starts");
-        Ok(Journal {
+        Ok(SqliteJournal {
             tx,
             _checkpointer: Arc::new(stop),
             path: Arc::new(path.to_path_buf()),
             sync,
-            outbox: Arc::new(Notify::new()),
+            readers: Arc::default(),
         })
     }
 
@@ -96,14 +101,28 @@ impl Journal {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Wakes the outbox publisher: new rows are waiting.
-    pub fn notify_outbox(&self) {
-        self.outbox.notify_one();
-    }
-
-    /// Resolves when [`Journal::notify_outbox`] is next called (or was called since the last wait).
-    pub async fn outbox_changed(&self) {
-        self.outbox.notified().await
+    /// Runs `f` on a read connection, off the async runtime.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let kept = this.readers.lock().expect("readers lock").pop();
+            let conn = match kept {
+                Some(c) => c,
+                None => this.reader()?,
+            };
+            let result = f(&conn).map_err(StoreError::classify);
+            let mut readers = this.readers.lock().expect("readers lock");
+            if readers.len() < READERS_KEPT {
+                readers.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -188,7 +207,7 @@ mod tests {
     #[tokio::test]
     async fn batches_commit_and_isolate_failures() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
+        let j = SqliteJournal::open(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
         let mut handles = Vec::new();
         for i in 0..200i64 {
             let j = j.clone();

@@ -44,14 +44,14 @@ pub struct Confirm {
 pub struct DeliveryDetail {
     pub row: DeliveryRow,
     /// The task it created, as the journal had it when loaded.
-    pub task: Option<crate::store::tasks::Timeline>,
+    pub task: Option<crate::store::jobs::Timeline>,
     pub payload_heading: String,
     /// The payload, pretty-printed once (JSON) or as text, line by line.
     pub payload: Vec<String>,
 }
 
 impl DeliveryDetail {
-    pub fn new(row: DeliveryRow, task: Option<crate::store::tasks::Timeline>) -> Self {
+    pub fn new(row: DeliveryRow, task: Option<crate::store::jobs::Timeline>) -> Self {
         let (payload_heading, payload) = match &row.body {
             None => (format!("payload: not kept ({} bytes; rejected bodies are capped)", row.body_size), Vec::new()),
             Some(body) => {

@@ -6,9 +6,8 @@
 use super::console::{Console, DeliveryDetail, Detail, Effect, Op, short};
 use super::keys::LogKey;
 use super::state::{Millis, State};
-use crate::config::Config;
 use crate::event::Bus;
-use crate::ops;
+use crate::ops::{Jobs, Ops};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -21,30 +20,29 @@ pub enum Outcome {
     /// An operation finished; `job` is a task whose state it changed, as the journal has it now.
     Done {
         message: String,
-        job: Option<(String, String)>,
+        job: Option<(String, crate::store::TaskState)>,
     },
     Failed(String),
     Delivery(i64, Box<Result<DeliveryDetail, String>>),
     JobLog(String, Vec<String>),
 }
 
-/// Fills the history from the journal, if there is one yet.
-pub fn seed(config: &Config, state: &mut State) {
-    let journal = config.storage.data_dir().join(crate::store::JOURNAL_FILE);
-    if !journal.exists() {
-        return;
-    }
-    let deliveries = ops::list(config, false, config.ui.history_deliveries);
+/// Fills the history from the journal.
+pub async fn seed(ops: &Ops, state: &mut State) {
+    let limits = &ops.config.ui;
+    let deliveries = ops.list(false, limits.history_deliveries).await;
     // The newest jobs, and every dead or parked one however old: they are what an operator
     // replays.
-    let jobs = ops::jobs_list(config, None, config.ui.history_jobs).and_then(|mut recent| {
+    let jobs = async {
+        let mut recent = ops.jobs_list(None, limits.history_jobs).await?;
         let mut known: std::collections::HashSet<String> = recent.iter().map(|j| j.id.clone()).collect();
-        for state in ["dead", "parked"] {
-            let stuck = ops::jobs_list(config, Some(state), config.ui.history_jobs)?;
+        for stuck in ["dead", "parked"] {
+            let stuck = ops.jobs_list(Some(stuck), limits.history_jobs).await?;
             recent.extend(stuck.into_iter().filter(|j| known.insert(j.id.clone())));
         }
-        Ok(recent)
-    });
+        Ok::<_, anyhow::Error>(recent)
+    }
+    .await;
     match (deliveries, jobs) {
         (Ok(d), Ok(j)) => state.seed(d, j),
         (Err(e), _) | (_, Err(e)) => tracing::warn!("could not read the history from the journal: {e:#}"),
@@ -52,24 +50,13 @@ pub fn seed(config: &Config, state: &mut State) {
 }
 
 /// Runs `effect` on `runtime`; its outcome comes back on `tx`.
-pub fn spawn(
-    runtime: &tokio::runtime::Handle,
-    effect: Effect,
-    config: Arc<Config>,
-    bus: Bus,
-    tx: mpsc::Sender<Outcome>,
-) {
+pub fn spawn(runtime: &tokio::runtime::Handle, effect: Effect, ops: Arc<Ops>, bus: Bus, tx: mpsc::Sender<Outcome>) {
     runtime.spawn(async move {
         let outcome = match effect {
-            Effect::Run(op) => run_op(op, &config, bus).await,
-            Effect::LoadDelivery(id) => {
-                let loaded = tokio::task::spawn_blocking(move || load_delivery(&config, id))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
-                Outcome::Delivery(id, Box::new(loaded))
-            }
+            Effect::Run(op) => run_op(op, &ops, bus).await,
+            Effect::LoadDelivery(id) => Outcome::Delivery(id, Box::new(load_delivery(&ops, id).await)),
             Effect::LoadJobLog(id) => {
-                let path = crate::worker::runner::log_path(&config.storage.data_dir(), &id);
+                let path = crate::worker::runner::log_path(&ops.config.storage.data_dir(), &id);
                 let lines = tokio::task::spawn_blocking(move || tail(&path)).await.unwrap_or_default();
                 Outcome::JobLog(id, lines)
             }
@@ -79,25 +66,26 @@ pub fn spawn(
     });
 }
 
-async fn run_op(op: Op, config: &Config, bus: Bus) -> Outcome {
+async fn run_op(op: Op, ops: &Ops, bus: Bus) -> Outcome {
     let result = match &op {
-        Op::ReplayDelivery(id) => ops::replay(config.clone(), *id, bus).await.map(|r| {
+        Op::ReplayDelivery(id) => ops.replay(*id, bus).await.map(|r| {
             let answer = r.answer.to_json();
             let what = answer["reason"].as_str().or(answer["task_id"].as_str()).unwrap_or_default().to_string();
             (format!("delivery {id} replayed: {} {what}", r.answer.status()), None)
         }),
-        Op::ReplayJob(id) => {
-            ops::jobs_replay(config, ops::Jobs::One(id.clone())).await.map(|l| (l.join("; "), Some(id)))
-        }
-        Op::DropJob(id) => ops::jobs_drop(config, ops::Jobs::One(id.clone())).await.map(|l| (l.join("; "), Some(id))),
+        Op::ReplayJob(id) => ops.jobs_replay(Jobs::One(id.clone())).await.map(|l| (l.join("; "), Some(id))),
+        Op::DropJob(id) => ops.jobs_drop(Jobs::One(id.clone())).await.map(|l| (l.join("; "), Some(id))),
     };
     match result {
         Ok((message, job)) => {
             tracing::info!("console: {message}");
-            let job = job.and_then(|id| match ops::job_state(config, id) {
-                Ok(Some(state)) => Some((id.clone(), state)),
-                _ => None,
-            });
+            let job = match job {
+                Some(id) => match ops.job_state(id).await {
+                    Ok(Some(state)) => Some((id.clone(), state)),
+                    _ => None,
+                },
+                None => None,
+            };
             Outcome::Done { message, job }
         }
         Err(e) => {
@@ -112,10 +100,10 @@ async fn run_op(op: Op, config: &Config, bus: Bus) -> Outcome {
     }
 }
 
-fn load_delivery(config: &Config, id: i64) -> Result<DeliveryDetail, String> {
-    let row = ops::show(config, id).map_err(|e| format!("{e:#}"))?;
+async fn load_delivery(ops: &Ops, id: i64) -> Result<DeliveryDetail, String> {
+    let row = ops.show(id).await.map_err(|e| format!("{e:#}"))?;
     let task = match &row.summary.task_id {
-        Some(t) => ops::job_timeline(config, t).map_err(|e| format!("{e:#}"))?,
+        Some(t) => ops.job_timeline(t).await.map_err(|e| format!("{e:#}"))?,
         None => None,
     };
     Ok(DeliveryDetail::new(row, task))
@@ -146,7 +134,7 @@ pub fn apply(outcome: Outcome, state: &mut State, console: &mut Console, now: Mi
     match outcome {
         Outcome::Done { message, job } => {
             if let Some((id, job_state)) = job {
-                state.set_job_state(&id, &job_state, now);
+                state.set_job_state(&id, job_state, now);
             }
             console.say(message, now);
         }

@@ -63,7 +63,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let limits = Limits { deliveries: config.ui.history_deliveries, jobs: config.ui.history_jobs };
     let mut state = State::new(limits);
-    effects::seed(&config, &mut state);
+    // The service opens first (its errors reach the terminal before the screen is taken); the
+    // console acts through its journal and broker handles.
+    let service = crate::app::Service::open(config.clone(), mode).await?;
+    let ops = Arc::new(service.ops());
+    effects::seed(&ops, &mut state).await;
     let chrome = Chrome {
         mode: format!("{mode:?}").to_lowercase(),
         broker: if config.broker.url.is_empty() { "embedded".into() } else { redact_url(&config.broker.url) },
@@ -71,13 +75,12 @@ pub async fn run(
         started_at: now_ms(),
         data_dir: config.storage.data_dir(),
     };
-    let config = Arc::new(config);
     // Subscribe before the service starts so its first events are seen.
     let events = bus.subscribe();
     // The log lines the headless mode prints go to the Logs view.
     let printer_stop = CancellationToken::new();
     let printer = tokio::spawn(crate::headless::run(bus.clone(), printer_stop.clone()));
-    let mut service = tokio::spawn(crate::app::run((*config).clone(), mode, bus.clone(), shutdown.clone()));
+    let mut service = tokio::spawn(service.run(bus.clone(), shutdown.clone()));
 
     // The console runs on a thread of its own, so a key press is answered promptly even when a
     // flood of deliveries keeps every runtime worker busy; its actions run on the main runtime.
@@ -87,7 +90,7 @@ pub async fn run(
         state,
         chrome,
         read_only,
-        config,
+        ops,
         bus: bus.clone(),
         shutdown: shutdown.clone(),
         service_ended: service_ended.clone(),
@@ -141,7 +144,7 @@ struct Parts {
     state: State,
     chrome: Chrome,
     read_only: bool,
-    config: Arc<Config>,
+    ops: Arc<crate::ops::Ops>,
     bus: Bus,
     shutdown: CancellationToken,
     /// Cancelled when the service has stopped (on its own, or after `shutdown`).
@@ -156,7 +159,7 @@ const MAX_INPUT_ERRORS: u32 = 10;
 
 /// Draws and reacts until the service has ended or the terminal's input is gone.
 async fn event_loop(terminal: &mut ratatui::DefaultTerminal, parts: Parts) -> anyhow::Result<()> {
-    let Parts { mut state, chrome, read_only, config, bus, shutdown, service_ended, mut events, runtime } = parts;
+    let Parts { mut state, chrome, read_only, ops, bus, shutdown, service_ended, mut events, runtime } = parts;
     let chrome = &chrome;
     let mut console = Console::new(read_only);
     let logger = tui_logger::TuiWidgetState::new().set_default_display_level(tui_logger::LevelFilter::Info);
@@ -173,7 +176,7 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, parts: Parts) -> an
     // A key press is answered at once, not at the next frame slot.
     let mut urgent = false;
     let mut last_draw = tokio::time::Instant::now() - FRAME;
-    let spawn = |effect| effects::spawn(&runtime, effect, config.clone(), bus.clone(), results_tx.clone());
+    let spawn = |effect| effects::spawn(&runtime, effect, ops.clone(), bus.clone(), results_tx.clone());
     loop {
         if dirty && (urgent || last_draw.elapsed() >= FRAME) {
             let now = now_ms();

@@ -7,7 +7,8 @@
 
 use crate::event::{Event, Verdict};
 use crate::store::DeliverySummary;
-use crate::store::tasks::JobRow;
+use crate::store::TaskState;
+use crate::store::jobs::JobRow;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Handler output lines kept per job for the live tail (the log file has every line).
@@ -98,6 +99,23 @@ pub enum JobState {
     Done,
     Dropped,
     Skipped,
+}
+
+/// The console's order of states (running first) over the journal's [`TaskState`].
+impl From<TaskState> for JobState {
+    fn from(s: TaskState) -> Self {
+        match s {
+            TaskState::Running => JobState::Running,
+            TaskState::Retrying => JobState::Retrying,
+            TaskState::Waiting => JobState::Waiting,
+            TaskState::Queued => JobState::Queued,
+            TaskState::Dead => JobState::Dead,
+            TaskState::Parked => JobState::Parked,
+            TaskState::Done => JobState::Done,
+            TaskState::Dropped => JobState::Dropped,
+            TaskState::Skipped => JobState::Skipped,
+        }
+    }
 }
 
 impl JobState {
@@ -304,7 +322,7 @@ impl State {
         for j in jobs.into_iter().rev() {
             let at = j.updated_unix * 1000;
             let entry = self.job(&j.id, &j.item, at);
-            entry.state = JobState::parse(&j.state);
+            entry.state = j.state.into();
             entry.attempt = j.attempt;
             entry.percent = j.progress;
             entry.message = j.progress_message.unwrap_or_default();
@@ -421,10 +439,10 @@ impl State {
             } => {
                 self.running.remove(&task_id);
                 self.counters.running = self.running.len() as u64;
-                if matches!(state, "retrying" | "dead") {
+                if matches!(state, TaskState::Retrying | TaskState::Dead) {
                     self.counters.failed += 1;
                 }
-                let new = JobState::parse(state);
+                let new = JobState::from(state);
                 let job = self.job(&task_id, &item, now);
                 job.state = new;
                 job.exit_code = exit_code;
@@ -490,8 +508,8 @@ impl State {
     }
 
     /// A job's state as an operator action left it (read back from the journal).
-    pub fn set_job_state(&mut self, task_id: &str, state: &str, now: Millis) {
-        let new = JobState::parse(state);
+    pub fn set_job_state(&mut self, task_id: &str, state: TaskState, now: Millis) {
+        let new = JobState::from(state);
         if new != JobState::Running {
             self.running.remove(task_id);
             self.counters.running = self.running.len() as u64;

@@ -3,15 +3,18 @@
 //! **Long runs.** Coding agents often run longer than RabbitMQ's `consumer_timeout` (30 min by
 //! default, node-wide on 3.10), after which the broker closes the channel and redelivers. So the
 //! worker does not hold the message for the whole run: it *claims* the task in the journal
-//! (state `running`, owner = this process) and then acks. The journal, not the broker, now
-//! holds the task; if the worker dies, the next start puts every claimed-but-unfinished task
-//! back on the queue (through the outbox). A 2-hour task is never cut off by the broker and
-//! never runs twice: a duplicate message for a claimed or finished task is acked and skipped.
+//! (state `running`, owner = this instance, with a lease its heartbeat renews: see `lease`) and
+//! then acks. The journal, not the broker, now holds the task. If this instance dies, its next
+//! start puts its claims back on the queue, and meanwhile any worker sharing the journal takes
+//! a task over once its lease runs out. A 2-hour task is never cut off by the broker and never
+//! runs twice: a duplicate message for a claimed or finished task is acked and skipped, and an
+//! owner that lost its lease stops its handler and records nothing.
 //!
 //! **One run per item.** Two tasks for the same item (`ItemKey`: case-insensitive repository,
-//! GitLab project id, kind where the forge numbers them apart) never run at once: a second one
-//! that arrives while the first runs *waits* (state `waiting`, a `TaskWaiting` event) and runs
-//! after it, since a new label may mean new instructions.
+//! GitLab project id, kind where the forge numbers them apart) never run at once, on any
+//! instance: the journal refuses a second running task for an item, so a second one *waits*
+//! there (state `waiting`, a `TaskWaiting` event) and, when the first ends, the same transaction
+//! puts it back on the queue for any worker — a new label may mean new instructions.
 //!
 //! **Re-check.** With a forge token, the worker fetches the item before each run (first
 //! attempts, retries and replays alike): closed, merged, or no longer carrying the trigger or
@@ -27,6 +30,7 @@
 //! queue TTL (the embedded queue uses a visible-at time); **dead** tasks go to `<queue>.dead` with their failure.
 
 pub mod cleanup;
+pub mod lease;
 pub mod output;
 pub mod policy;
 pub mod progress;
@@ -37,11 +41,12 @@ use crate::broker::{Broker, Queues, Received};
 use crate::config::Config;
 use crate::event::{Bus, Event};
 use crate::forge::{Forges, ItemState};
-use crate::store::label_ops::{self, LabelOp};
-use crate::store::tasks::{self, Claim, Finish};
-use crate::store::{Journal, unix_now};
-use crate::task::{ItemKey, Task};
-use std::collections::{HashMap, VecDeque};
+use crate::store::label_ops::LabelOp;
+use crate::store::tasks::{Claim, Finish, Finished, INVALID_ITEM};
+use crate::store::{Journal, Lease, TaskState, unix_now};
+use crate::task::Task;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -56,43 +61,45 @@ struct Shared {
     journal: Journal,
     bus: Bus,
     queues: Queues,
-    owner: String,
+    /// This instance's claims: owner (the instance id) and length.
+    lease: Lease,
     slots: Arc<Semaphore>,
-    /// Items with a running task, and the tasks waiting for each. An async lock, held across the
-    /// journal write that records `waiting` or `running`, so the two cannot land out of order.
-    items: tokio::sync::Mutex<HashMap<ItemKey, VecDeque<Task>>>,
-    /// Running tasks' cancel switches.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Running tasks: their cancel switches, and whether the lease was lost.
+    running: Mutex<HashMap<String, Running>>,
     /// Cancels every handler (shutdown after the grace period).
     stop_handlers: CancellationToken,
     /// Forge clients where a token is set: the re-check and the label life-cycle.
     forges: Forges,
 }
 
+struct Running {
+    cancel: CancellationToken,
+    /// Set when the lease is lost: the handler is stopped and its end not recorded.
+    lost: Arc<AtomicBool>,
+    /// When it was claimed: a renewal sent before that cannot have returned it.
+    since: tokio::time::Instant,
+}
+
+/// Runs the worker as instance `instance` until `shutdown`.
 pub async fn run(
     config: Config,
     journal: Journal,
     broker: Arc<dyn Broker>,
     bus: Bus,
+    instance: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let queues = Queues::from_config(&config);
-    // Handlers of a worker that was killed may still run (their grandchildren, say): stop them
-    // before their tasks run again.
-    let reader = journal.reader()?;
-    for (task_id, pgid) in tasks::leftover_groups(&reader)? {
+    // Handlers this instance's previous life left running (their grandchildren, say) are
+    // stopped before their tasks run again; its claims go back on the queue at once rather than
+    // when their lease runs out. Other instances' claims are theirs.
+    for (task_id, pgid) in journal.leftover_groups(instance.clone()).await? {
         let n = runner::stop_leftover_group(pgid, &task_id);
         if n > 0 {
             tracing::warn!("stopped {n} process(es) left running by task {task_id} from an earlier run");
         }
     }
-    drop(reader);
-    let requeued = journal
-        .write({
-            let main = queues.main.clone();
-            move |c| tasks::requeue_unfinished(c, &main)
-        })
-        .await?;
+    let requeued = journal.release_claims(instance.clone(), queues.main.clone()).await?;
     if !requeued.is_empty() {
         journal.notify_outbox();
         bus.emit(Event::TasksRequeued { count: requeued.len() });
@@ -109,17 +116,20 @@ pub async fn run(
         forges,
         places: runner::Places::from_config(&config),
         slots: Arc::new(Semaphore::new(usize::from(config.worker.concurrency))),
+        lease: Lease { owner: instance, ms: (config.worker.lease_secs * 1000) as i64 },
         config,
         journal,
         bus,
         queues,
-        owner: uuid::Uuid::new_v4().to_string(),
-        items: tokio::sync::Mutex::default(),
         running: Mutex::default(),
         stop_handlers: CancellationToken::new(),
     });
     let watchers = CancellationToken::new();
-    tokio::spawn(watch_cancels(shared.clone(), watchers.clone()));
+    tokio::spawn(lease::watch_cancels(shared.clone(), watchers.clone()));
+    tokio::spawn(lease::sweep(shared.clone(), watchers.clone()));
+    // The heartbeat outlives the consumer: handlers finishing in the grace period keep their lease.
+    let heartbeat_stop = CancellationToken::new();
+    tokio::spawn(lease::heartbeat(shared.clone(), heartbeat_stop.clone()));
 
     let mut backoff = RECONNECT_MIN;
     'connect: while !shutdown.is_cancelled() {
@@ -162,20 +172,31 @@ pub async fn run(
     }
     watchers.cancel();
     drain(&shared).await;
+    heartbeat_stop.cancel();
+    // What the stopped handlers held goes back on the queue now, for any worker: a fleet does
+    // not wait for this instance to come back, nor for the lease to run out.
+    match shared.journal.release_claims(shared.lease.owner.clone(), shared.queues.main.clone()).await {
+        Ok(ids) if !ids.is_empty() => {
+            shared.journal.notify_outbox();
+            tracing::info!("released {} claim(s) back to the queue", ids.len());
+            shared.bus.emit(Event::TasksRequeued { count: ids.len() });
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!("cannot release this instance's claims ({e}); they are taken over when their lease runs out")
+        }
+    }
     Ok(())
 }
 
-/// Claims a message's task in the journal, acks it, and runs it (or parks it behind its item).
+/// Claims a message's task in the journal, acks it, and runs it (or leaves it waiting behind
+/// its item in the journal).
 async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePermit) {
     let task = match Task::from_message(&message.body) {
         Ok(t) => t,
         Err(reason) => return dead_letter_invalid(&shared, message, reason).await,
     };
-    let claim = {
-        let (task, owner) = (task.clone(), shared.owner.clone());
-        shared.journal.write(move |c| tasks::claim(c, &task, &owner)).await
-    };
-    match claim {
+    match shared.journal.claim(task.clone(), shared.lease.clone()).await {
         Err(e) => {
             // Not claimed: leave the message to the broker to deliver again.
             tracing::error!("cannot claim task {} in the journal: {e}", task.id);
@@ -186,25 +207,19 @@ async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePe
             let _ = message.ack().await;
             shared.bus.emit(Event::TaskSkipped { task_id: task.id.clone(), reason });
         }
+        Ok(Claim::Wait { behind }) => {
+            let _ = message.ack().await;
+            drop(permit);
+            tracing::debug!("task {} waits behind task {behind} for {}", task.id, task.item_ref());
+            shared.bus.emit(Event::TaskWaiting { task_id: task.id.clone(), item: task.item_ref() });
+        }
         Ok(Claim::Run) => {
             // The journal holds the task now (see the module doc).
             if let Err(e) = message.ack().await {
                 tracing::warn!("ack of task {} failed ({e}); a redelivery will be skipped as already running", task.id);
             }
-            let item = task.item_key();
-            let mut items = shared.items.lock().await;
-            if let Some(waiting) = items.get_mut(&item) {
-                waiting.push_back(task.clone());
-                let id = task.id.clone();
-                let _ = shared.journal.write(move |c| tasks::set_waiting(c, &id)).await;
-                drop(items);
-                drop(permit);
-                shared.bus.emit(Event::TaskWaiting { task_id: task.id.clone(), item: task.item_ref() });
-            } else {
-                items.insert(item, VecDeque::new());
-                drop(items);
-                run_item(shared.clone(), task, permit).await;
-            }
+            run_attempt(&shared, task).await;
+            drop(permit);
         }
     }
 }
@@ -214,16 +229,15 @@ async fn accept(shared: Arc<Shared>, message: Received, permit: OwnedSemaphorePe
 /// silently discarded.
 async fn dead_letter_invalid(shared: &Shared, message: Received, reason: String) {
     let (body, dead) = (message.body.clone(), shared.queues.dead.clone());
-    let why = reason.clone();
-    match shared.journal.write(move |c| tasks::record_invalid(c, &body, &why, &dead)).await {
+    match shared.journal.record_invalid(body, reason.clone(), dead).await {
         Ok(id) => {
             shared.journal.notify_outbox();
             let _ = message.ack().await;
             tracing::error!("queue message {id} is not a valid task ({reason}): moved to {}", shared.queues.dead);
             shared.bus.emit(Event::TaskFinished {
                 task_id: id,
-                item: tasks::INVALID_ITEM.to_string(),
-                state: "dead",
+                item: INVALID_ITEM.to_string(),
+                state: TaskState::Dead,
                 exit_code: None,
                 duration_ms: 0,
                 reason: Some(format!("invalid message: {reason}")),
@@ -235,43 +249,6 @@ async fn dead_letter_invalid(shared: &Shared, message: Received, reason: String)
             tracing::error!("cannot record an invalid queue message in the journal: {e}");
             let _ = message.nack(true).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-}
-
-/// Runs `task`, then each task that queued up behind it for the same item.
-async fn run_item(shared: Arc<Shared>, first: Task, permit: OwnedSemaphorePermit) {
-    let item = first.item_key();
-    let mut next = Some((first, permit));
-    while let Some((task, permit)) = next.take() {
-        run_attempt(&shared, task).await;
-        drop(permit);
-        if shared.stop_handlers.is_cancelled() {
-            break;
-        }
-        let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let mut items = shared.items.lock().await;
-        // The next waiting task the journal still lets run: one an operator dropped while it
-        // waited is left out (the journal, not this queue, says whether it may run).
-        while let Some(task) = items.get_mut(&item).and_then(|q| q.pop_front()) {
-            let id = task.id.clone();
-            match shared.journal.write(move |c| tasks::set_running(c, &id)).await {
-                Ok(true) => {
-                    next = Some((task, permit));
-                    break;
-                }
-                Ok(false) => {
-                    shared.bus.emit(Event::TaskSkipped { task_id: task.id, reason: "dropped by an operator".into() })
-                }
-                Err(e) => {
-                    // Still `waiting` in the journal: re-queued at the next start.
-                    tracing::error!("cannot record that task {} runs now: {e}; leaving it to the next start", task.id)
-                }
-            }
-        }
-        if next.is_none() {
-            // Nothing waits: the item is free again.
-            items.remove(&item);
         }
     }
 }
@@ -310,27 +287,47 @@ async fn recheck(shared: &Shared, task: &Task) -> Option<String> {
     }
 }
 
+/// Records the end of an attempt of `task` as this instance's; false when the lease was lost
+/// meanwhile (nothing recorded) or the journal could not take it (the claim stays, and is
+/// released at the next start or taken over when its lease runs out).
+async fn record_end(
+    shared: &Shared,
+    task: &Task,
+    finish: Finish,
+    label: Option<(LabelOp, Option<String>)>,
+) -> Option<TaskState> {
+    let written = shared
+        .journal
+        .finish(task.id.clone(), shared.lease.clone(), task.generation, finish, label, shared.queues.main.clone())
+        .await;
+    match written {
+        Ok(Finished::State(state)) => {
+            shared.journal.notify_outbox();
+            Some(state)
+        }
+        Ok(Finished::Lost) => {
+            tracing::warn!("task {}: this instance no longer holds it (lease lost); its end is not recorded", task.id);
+            None
+        }
+        Err(e) => {
+            tracing::error!("cannot record the end of task {}: {e}", task.id);
+            None
+        }
+    }
+}
+
 async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     if let Some(reason) = recheck(shared, &task).await {
-        let id = task.id.clone();
         let finish = Finish::Skipped { reason: reason.clone() };
         // The item's `processing` label goes (it was put there when the task was accepted).
-        let relabel = shared.forges.get(task.source).is_some();
-        let written = shared
-            .journal
-            .write(move |c| {
-                tasks::finish(c, &id, &finish)?;
-                if relabel { label_ops::push(c, &id, LabelOp::Skipped, None) } else { Ok(()) }
-            })
-            .await;
-        if let Err(e) = written {
-            tracing::error!("cannot record that task {} was skipped: {e}", task.id);
+        let label = shared.forges.get(task.source).map(|_| (LabelOp::Skipped, None));
+        if record_end(shared, &task, finish, label).await.is_none() {
             return;
         }
         shared.bus.emit(Event::TaskFinished {
             task_id: task.id.clone(),
             item: task.item_ref(),
-            state: "skipped",
+            state: TaskState::Skipped,
             exit_code: None,
             duration_ms: 0,
             reason: Some(reason),
@@ -340,7 +337,11 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         return;
     }
     let cancel = shared.stop_handlers.child_token();
-    shared.running.lock().expect("running lock").insert(task.id.clone(), cancel.clone());
+    let lost = Arc::new(AtomicBool::new(false));
+    shared.running.lock().expect("running lock").insert(
+        task.id.clone(),
+        Running { cancel: cancel.clone(), lost: lost.clone(), since: tokio::time::Instant::now() },
+    );
     shared.bus.emit(Event::TaskStarted {
         task_id: task.id.clone(),
         item: task.item_ref(),
@@ -351,14 +352,25 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     let id = task.id.clone();
     let record_pgid = move |pgid: i32| {
         tokio::spawn(async move {
-            let _ = journal.write(move |c| tasks::set_pgid(c, &id, pgid)).await;
+            let _ = journal.set_pgid(id, pgid).await;
         });
     };
     let attempt = runner::run(&task, &shared.config, &shared.places, &shared.bus, cancel, record_pgid).await;
     shared.running.lock().expect("running lock").remove(&task.id);
-    if shared.stop_handlers.is_cancelled() && attempt.outcome == runner::Outcome::Cancelled {
-        // Shutdown, not an operator: the task stays claimed and is re-queued at the next start.
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        // Another instance may run it now: this one records nothing and touches nothing.
+        shared.bus.emit(Event::TaskSkipped {
+            task_id: task.id.clone(),
+            reason: "stopped: this instance lost its lease on it".into(),
+        });
         return;
+    }
+    if shared.stop_handlers.is_cancelled() && attempt.outcome == runner::Outcome::Cancelled {
+        // Shutdown, not an operator: the claim is released when the worker stops.
+        return;
+    }
+    if !attempt.log_tail.is_empty() {
+        let _ = shared.journal.record_log_tail(task.id.clone(), attempt.log_tail.clone()).await;
     }
     let finish = policy::decide(&task, &attempt, &shared.config.worker, &shared.queues, unix_now());
     let (failure, retry_at_unix) = match &finish {
@@ -385,33 +397,12 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         runner::Outcome::Exited(c) => Some(c),
         _ => None,
     };
-    let id = task.id.clone();
-    let written = shared
-        .journal
-        .write(move |c| {
-            let state = tasks::finish(c, &id, &finish)?;
-            // A drop that won over a retry or dead letter has no failed label to show.
-            match label_op {
-                Some((op, detail)) if state != "dropped" => label_ops::push(c, &id, op, detail.as_deref())?,
-                _ => {}
-            }
-            Ok(state)
-        })
-        .await;
-    let state = match written {
-        Ok(state) => state,
-        Err(e) => {
-            // Still claimed in the journal: re-queued at the next start.
-            tracing::error!("cannot record the end of task {}: {e}", task.id);
-            return;
-        }
-    };
-    let (reason, failure_class, retry_at_unix) = if state == "dropped" && failure_class.is_some() {
+    let Some(state) = record_end(shared, &task, finish, label_op).await else { return };
+    let (reason, failure_class, retry_at_unix) = if state == TaskState::Dropped && failure_class.is_some() {
         (Some("dropped by an operator".to_string()), None, None)
     } else {
         (reason, failure_class, retry_at_unix)
     };
-    shared.journal.notify_outbox();
     shared.bus.emit(Event::TaskFinished {
         task_id: task.id.clone(),
         item: task.item_ref(),
@@ -424,38 +415,13 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     });
 }
 
-/// Operators cancel running tasks from another process (`agentctl jobs drop`) through the
-/// journal; this looks for such requests every second.
-async fn watch_cancels(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let Ok(reader) = shared.journal.reader() else { return };
-    let reader = Arc::new(Mutex::new(reader));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let r = reader.clone();
-        let ids = tokio::task::spawn_blocking(move || tasks::cancel_requests(&r.lock().expect("reader lock")))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        for id in ids {
-            if let Some(token) = shared.running.lock().expect("running lock").get(&id) {
-                token.cancel();
-            }
-        }
-    }
-}
-
-/// Shutdown: no new tasks are taken; running handlers get the grace period to finish, then
-/// their process groups are stopped. Unfinished tasks stay claimed and are re-queued at the
-/// next start.
+/// Shutdown: no new tasks are taken; running handlers get `worker.shutdown_grace_secs` to
+/// finish, then their process groups are stopped. Their claims are released by the caller.
 async fn drain(shared: &Arc<Shared>) {
     let total = usize::from(shared.config.worker.concurrency) as u32;
+    let grace = Duration::from_secs(shared.config.worker.shutdown_grace_secs);
     let all_free = shared.slots.clone().acquire_many_owned(total);
-    if tokio::time::timeout(runner::GRACE, all_free).await.is_err() {
+    if tokio::time::timeout(grace, all_free).await.is_err() {
         shared.stop_handlers.cancel();
         let _ = tokio::time::timeout(runner::GRACE * 2, shared.slots.clone().acquire_many_owned(total)).await;
     }

@@ -147,7 +147,7 @@ fn timeline<'a>(scene: &Scene, detail: &DeliveryDetail) -> Vec<Line<'a>> {
             };
             format!("{} (attempt {}){pct}{msg}", j.state.as_str(), j.attempt)
         }
-        None => detail.task.as_ref().map(|t| t.state.clone()).unwrap_or_else(|| "unknown".into()),
+        None => detail.task.as_ref().map_or("unknown", |t| t.state.as_str()).to_string(),
     };
     lines.push(Line::from(vec![
         Span::styled("  now       ", Style::new().fg(Color::Gray)),

@@ -1,0 +1,142 @@
+//! The worker's side of leases (see `store::leases`): the heartbeat that renews this
+//! instance's claims, the sweeper that takes over tasks whose lease ran out elsewhere, and the
+//! watcher that carries an operator's cancel (made from any instance) to the handler.
+//!
+//! **Losing a lease.** An owner cut off from the journal cannot learn that its lease ran out,
+//! so it judges by its own monotonic clock: once it has gone `lease − margin` without a
+//! successful renewal it stops every handler (their tasks may be taken over elsewhere by then,
+//! by the journal's clock). A renewal that no longer returns a task also stops its handler at
+//! once. A stopped handler's end is never recorded: the task belongs to whoever took it over.
+
+use super::{Shared, run_attempt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long before the lease runs out (by the journal's clock) an owner without renewal stops
+/// its handlers: a fifth of the lease, at least a second.
+pub fn margin(lease: Duration) -> Duration {
+    (lease / 5).max(Duration::from_secs(1))
+}
+
+/// Renews this instance's leases every third of the lease; stops handlers whose lease is lost.
+pub(super) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let lease = Duration::from_millis(shared.lease.ms as u64);
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sent = Instant::now();
+        let renewal = tokio::time::timeout(lease / 3, shared.journal.renew(shared.lease.clone())).await;
+        match renewal {
+            Ok(Ok(held)) => {
+                renewed_at = sent;
+                let lost: Vec<String> = {
+                    let running = shared.running.lock().expect("running lock");
+                    running
+                        .iter()
+                        .filter(|(id, r)| r.since < sent && !held.contains(id))
+                        .map(|(id, _)| id.clone())
+                        .collect()
+                };
+                for id in lost {
+                    lose(&shared, &id, "its lease was taken over (it ran out while this instance was cut off)");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("cannot renew this instance's leases: {e}"),
+            Err(_) => tracing::warn!("renewing this instance's leases took longer than {:?}", lease / 3),
+        }
+        if renewed_at.elapsed() >= lease - margin(lease) {
+            let ids: Vec<String> = shared.running.lock().expect("running lock").keys().cloned().collect();
+            for id in ids {
+                lose(&shared, &id, "no lease renewal for too long (the journal is unreachable)");
+            }
+        }
+    }
+}
+
+/// Stops a handler whose lease is lost; its end will not be recorded.
+fn lose(shared: &Shared, id: &str, why: &str) {
+    let running = shared.running.lock().expect("running lock");
+    if let Some(r) = running.get(id)
+        && !r.lost.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        tracing::warn!("task {id}: stopping its handler: {why}");
+        r.cancel.cancel();
+    }
+}
+
+/// How often the sweeper looks for expired leases and orphaned waiting tasks.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const ORPHANS_EVERY: u32 = 5;
+
+/// Takes over tasks whose lease ran out, straight from the journal (not through the queue, so a
+/// deep backlog does not delay a takeover), as far as free handler slots allow; and wakes
+/// waiting tasks whose item runs nothing any more.
+pub(super) async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round = 0u32;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        round = round.wrapping_add(1);
+        if round % ORPHANS_EVERY == 0 {
+            match shared.journal.wake_orphans(shared.queues.main.clone()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    shared.journal.notify_outbox();
+                    tracing::info!("{n} waiting task(s) whose item runs nothing went back on the queue");
+                }
+                Err(e) => tracing::warn!("cannot look for orphaned waiting tasks: {e}"),
+            }
+        }
+        let free = shared.slots.available_permits();
+        if free == 0 {
+            continue;
+        }
+        let taken = match shared.journal.take_expired(shared.lease.clone(), free).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("cannot look for expired leases: {e}");
+                continue;
+            }
+        };
+        for task in taken {
+            tracing::warn!("task {} ({}): its lease ran out; taking it over", task.id, task.item_ref());
+            // A slot is free (counted above); should another message have taken it meanwhile,
+            // wait for the next one: the lease is ours and renewed.
+            let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                run_attempt(&shared, task).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// An operator's cancel (`agentctl jobs drop`, the console, from any instance) is a flag in the
+/// journal; this looks for the flags on this instance's tasks every second.
+pub(super) async fn watch_cancels(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(ids) = shared.journal.cancel_requests(shared.lease.owner.clone()).await else { continue };
+        for id in ids {
+            if let Some(r) = shared.running.lock().expect("running lock").get(&id) {
+                r.cancel.cancel();
+            }
+        }
+    }
+}
