@@ -149,11 +149,7 @@ const INVALID_BODY_KEPT: usize = 64 * 1024;
 /// once. The dead letter is JSON: `{"type":"invalid","id":…,"reason":…,"body":…}` (the body as
 /// lossy UTF-8, at most 64 KiB). Returns the job id.
 pub fn record_invalid(c: &Connection, body: &[u8], reason: &str, dead_queue: &str) -> rusqlite::Result<String> {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(body);
-    let id = format!("invalid-{}", hex::encode(&digest[..12]));
-    let kept = String::from_utf8_lossy(&body[..body.len().min(INVALID_BODY_KEPT)]).into_owned();
-    let letter = serde_json::json!({ "type": "invalid", "id": id, "reason": reason, "body": kept }).to_string();
+    let (id, letter) = invalid_letter(body, reason);
     let now = unix_now();
     let inserted = c.execute(
         "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, failure, created_unix,
@@ -165,6 +161,16 @@ pub fn record_invalid(c: &Connection, body: &[u8], reason: &str, dead_queue: &st
         enqueue(c, &id, dead_queue, 0)?;
     }
     Ok(id)
+}
+
+/// An invalid message's job id and dead letter (see [`record_invalid`]).
+pub fn invalid_letter(body: &[u8], reason: &str) -> (String, String) {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body);
+    let id = format!("invalid-{}", hex::encode(&digest[..12]));
+    let kept = String::from_utf8_lossy(&body[..body.len().min(INVALID_BODY_KEPT)]).into_owned();
+    let letter = serde_json::json!({ "type": "invalid", "id": id, "reason": reason, "body": kept }).to_string();
+    (id, letter)
 }
 
 /// What `jobs list` shows as the item of an invalid message.
