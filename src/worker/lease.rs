@@ -98,7 +98,9 @@ pub(super) async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
                 Err(e) => tracing::warn!("cannot look for orphaned waiting tasks: {e}"),
             }
         }
-        let free = shared.slots.available_permits();
+        // Slots not running a handler (the consumer may hold one while it waits for a message).
+        let running = shared.running.lock().expect("running lock").len();
+        let free = usize::from(shared.config.worker.concurrency).saturating_sub(running);
         if free == 0 {
             continue;
         }
@@ -111,9 +113,16 @@ pub(super) async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
         };
         for task in taken {
             tracing::warn!("task {} ({}): its lease ran out; taking it over", task.id, task.item_ref());
-            // A slot is free (counted above); should another message have taken it meanwhile,
-            // wait for the next one: the lease is ours and renewed.
-            let permit = shared.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            // A slot is free (counted above), perhaps held by the consumer waiting for a message:
+            // ask for it. Should a message have taken it meanwhile, wait for the next one: the
+            // lease is ours and renewed.
+            let permit = loop {
+                if let Ok(p) = shared.slots.clone().try_acquire_owned() {
+                    break p;
+                }
+                shared.slot_wanted.notify_one();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
             let shared = shared.clone();
             tokio::spawn(async move {
                 run_attempt(&shared, task).await;

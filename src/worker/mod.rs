@@ -68,6 +68,9 @@ struct Shared {
     running: Mutex<HashMap<String, Running>>,
     /// Cancels every handler (shutdown after the grace period).
     stop_handlers: CancellationToken,
+    /// The sweeper took over a task and waits for a handler slot: the consumer, which holds one
+    /// while it waits for a message, gives it up.
+    slot_wanted: tokio::sync::Notify,
     /// Forge clients where a token is set: the re-check and the label life-cycle.
     forges: Forges,
 }
@@ -123,6 +126,7 @@ pub async fn run(
         queues,
         running: Mutex::default(),
         stop_handlers: CancellationToken::new(),
+        slot_wanted: tokio::sync::Notify::new(),
     });
     let watchers = CancellationToken::new();
     tokio::spawn(lease::watch_cancels(shared.clone(), watchers.clone()));
@@ -156,6 +160,11 @@ pub async fn run(
             };
             let message = tokio::select! {
                 m = consumer.next() => m,
+                _ = shared.slot_wanted.notified() => {
+                    // The semaphore is fair: the sweeper, already waiting, gets this slot.
+                    drop(permit);
+                    continue;
+                }
                 _ = shutdown.cancelled() => break 'connect,
             };
             match message {
