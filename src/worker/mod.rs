@@ -34,6 +34,7 @@ pub mod lease;
 pub mod output;
 pub mod policy;
 pub mod progress;
+mod report;
 pub mod runner;
 pub mod sandbox;
 
@@ -131,6 +132,7 @@ pub async fn run(
     let watchers = CancellationToken::new();
     tokio::spawn(lease::watch_cancels(shared.clone(), watchers.clone()));
     tokio::spawn(lease::sweep(shared.clone(), watchers.clone()));
+    tokio::spawn(report::record(shared.clone(), watchers.clone()));
     // The heartbeat outlives the consumer: handlers finishing in the grace period keep their lease.
     let heartbeat_stop = CancellationToken::new();
     tokio::spawn(lease::heartbeat(shared.clone(), heartbeat_stop.clone()));
