@@ -6,7 +6,8 @@ mod common;
 
 use agentctl::config::Command;
 use agentctl::event::Event;
-use agentctl::ops::{self, Jobs};
+use agentctl::ops::Jobs;
+use agentctl::store::TaskState;
 use common::raw_queue::publish_raw;
 use common::{Backend, Harness, delete_queues};
 use std::time::Duration;
@@ -15,7 +16,7 @@ const LONG: Duration = Duration::from_secs(30);
 
 both_backends!(a_duplicate_of_a_dead_task_is_acked_not_run);
 
-fn finished(id: &str, want: &'static str) -> impl FnMut(&Event) -> Option<()> {
+fn finished(id: &str, want: TaskState) -> impl FnMut(&Event) -> Option<()> {
     let id = id.to_string();
     move |e| matches!(e, Event::TaskFinished { task_id, state, .. } if *task_id == id && *state == want).then_some(())
 }
@@ -37,7 +38,7 @@ async fn a_waiting_task_dropped_by_an_operator_never_runs() {
         matches!(e, Event::TaskWaiting { task_id, .. } if *task_id == second).then_some(())
     })
     .await;
-    let lines = ops::jobs_drop(&h.config, Jobs::One(second.clone())).await.unwrap();
+    let lines = common::ops(&h.config).await.jobs_drop(Jobs::One(second.clone())).await.unwrap();
     assert!(lines[0].contains("dropped"), "{lines:?}");
     std::fs::write(&release, "").unwrap();
     // The first finishes; the second's turn comes and it is skipped, never started.
@@ -58,7 +59,7 @@ async fn a_duplicate_of_a_dead_task_is_acked_not_run(backend: Backend) {
     let h = Harness::start_all(backend, |c| c.worker.command = Command::Argv(vec!["/nonexistent/agent".into()])).await;
     let mut ev = h.bus.subscribe();
     let id = h.send("github:issues.labeled").await.1["task_id"].as_str().unwrap().to_string();
-    Harness::wait_for(&mut ev, LONG, finished(&id, "dead")).await;
+    Harness::wait_for(&mut ev, LONG, finished(&id, TaskState::Dead)).await;
     // Its first message, delivered a second time (a redelivery, or a producer's double publish).
     let (status, first) = {
         let c = rusqlite::Connection::open(h.dir.path().join(agentctl::store::JOURNAL_FILE)).unwrap();
@@ -94,7 +95,7 @@ async fn a_running_task_dropped_while_its_worker_is_stopped_stays_dropped() {
     })
     .await;
     let (mut config, dir) = h.stop().await;
-    let lines = ops::jobs_drop(&config, Jobs::One(id.clone())).await.unwrap();
+    let lines = common::ops(&config).await.jobs_drop(Jobs::One(id.clone())).await.unwrap();
     assert!(lines[0].contains("cancelling"), "{lines:?}");
 
     config.worker.command = Command::Shell("touch ran.txt".into());
@@ -102,7 +103,7 @@ async fn a_running_task_dropped_while_its_worker_is_stopped_stays_dropped() {
     let mut ev = h.bus.subscribe();
     // Another item's task runs to the end: the restart's re-queue is long past.
     let other = h.send("gitlab:issue").await.1["task_id"].as_str().unwrap().to_string();
-    Harness::wait_for(&mut ev, LONG, finished(&other, "done")).await;
+    Harness::wait_for(&mut ev, LONG, finished(&other, TaskState::Done)).await;
     assert_eq!(h.task_state(&id), "dropped");
     assert!(!h.dir.path().join("work").join(&id).join("ran.txt").exists(), "the dropped task ran again");
     h.stop().await;
