@@ -240,13 +240,27 @@ async fn shutdown_leaves_an_unfinished_task_to_run_again() {
     let stopping = std::time::Instant::now();
     let (mut config, dir) = h.stop().await;
     assert!(stopping.elapsed() < Duration::from_secs(20), "shutdown waits the grace period, not the handler");
+    // The stop released the claim: it was not finished, so it is not done, retried or dead, nor
+    // counted as an attempt; it is queued again (for any worker sharing the journal) under a new
+    // generation, with its message in the outbox.
     let c = rusqlite::Connection::open(dir.path().join(agentctl::store::JOURNAL_FILE)).unwrap();
-    let state: String = c.query_row("SELECT state FROM tasks WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
-    assert_eq!(state, "running", "still claimed: it was not finished, so it is not done, retried or dead");
+    let (state, owner, attempt, generation): (String, Option<String>, u32, i64) = c
+        .query_row("SELECT state, owner, attempt, generation FROM tasks WHERE id = ?1", [&id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap();
+    assert_eq!((state.as_str(), owner, attempt, generation), ("queued", None, 1, 1), "released at the stop");
+    let rows: i64 = c.query_row("SELECT COUNT(*) FROM outbox WHERE task_id = ?1", [&id], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 2, "its first message and the release's");
+    drop(c);
 
     config.worker.command = Command::Shell("true".into());
     let h = Harness::start_mode(config, dir, agentctl::cli::Mode::All).await;
-    let mut ev = h.bus.subscribe();
-    Harness::wait_for(&mut ev, LONG, finished(&id, TaskState::Done)).await;
+    // It may end before a subscription made now would see it: the journal says.
+    let deadline = std::time::Instant::now() + LONG;
+    while h.task_state(&id) != "done" {
+        assert!(std::time::Instant::now() < deadline, "the released task runs again: {}", h.task_state(&id));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     h.stop().await;
 }
