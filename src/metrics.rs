@@ -329,7 +329,7 @@ mod tests {
         m.observe(&Event::TaskFinished {
             task_id: "t".into(),
             item: "o/r#1".into(),
-            state: "skipped",
+            state: crate::store::TaskState::Skipped,
             exit_code: None,
             duration_ms: 0,
             reason: Some("o/r#1 is closed".into()),

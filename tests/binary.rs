@@ -300,8 +300,10 @@ fn worker_crash_and_handler_environment() {
         ("GITHUB_PERSONAL_ACCESS_TOKEN", "ghp_forge_token"),
         ("OPENAI_API_KEY", "sk-openai"),
         ("AGENTCTL_GITLAB_SIGNING_TOKEN", "whsec_c2lnbmluZw=="),
-        // The fleet's journal credentials: agentctl's own, never the handler's.
-        ("DATABASE_URL", "postgres://agentctl:db-password@127.0.0.1/agentctl"),
+        // Database credentials: agentctl's own, never the handler's. (Not DATABASE_URL any more:
+        // it names agentctl's own journal now, which would make this a PostgreSQL test; an
+        // empty one is ignored like every empty secret variable.)
+        ("PGPASSWORD", "pg-password"),
     ];
     let args = ["--no-tui", "--mode", "all"];
     let first = inst.spawn_with(&args, &extra);
@@ -324,7 +326,7 @@ fn worker_crash_and_handler_environment() {
     }
     assert!(env.contains("AGENTCTL_TASK_FILE=") && env.contains("AGENTCTL_URL=https://github.com/"), "{env}");
     for secret in
-        [common::GITHUB_SECRET, common::GITLAB_TOKEN, common::SYSTEM_TOKEN, "whsec_c2lnbmluZw==", "db-password"]
+        [common::GITHUB_SECRET, common::GITLAB_TOKEN, common::SYSTEM_TOKEN, "whsec_c2lnbmluZw==", "pg-password"]
     {
         assert!(!env.contains(secret), "one of agentctl's own secrets reached the handler:\n{env}");
     }

@@ -9,11 +9,17 @@ use agentctl::event::Bus;
 use agentctl::ingest::Route;
 use agentctl::ingest::accept::{Incoming, Ingest};
 use agentctl::ingest::server::{self, Limits};
-use agentctl::store::{JOURNAL_FILE, Journal, RejectedCaps};
+use agentctl::store::{JOURNAL_FILE, Journal, RejectedCaps, SqliteJournal};
 use common::{Backend, Harness, QueueReader, delete_queues, proxy::Proxy, test_config};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The SQLite backend behind a journal these tests opened, for SQL the journal's interface does
+/// not offer (page limits, counts, a lease expired by hand).
+fn sqlite(journal: &Journal) -> &SqliteJournal {
+    journal.sqlite().expect("these tests open the SQLite journal")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_then_back_publishes_every_accepted_delivery() {
@@ -62,8 +68,8 @@ async fn full_journal_answers_503_and_recovers() {
     let path = dir.path().join(JOURNAL_FILE);
     let journal = Journal::open(&path, SyncMode::Normal).unwrap();
     let ingest_on = async |bus: Bus| Ingest::new(&config, journal.clone(), bus).await.unwrap();
-    let pages: i64 = journal.write(|c| c.query_row("PRAGMA page_count", [], |r| r.get(0))).await.unwrap();
-    journal
+    let pages: i64 = sqlite(&journal).write(|c| c.query_row("PRAGMA page_count", [], |r| r.get(0))).await.unwrap();
+    sqlite(&journal)
         .write(move |c| c.query_row(&format!("PRAGMA max_page_count = {}", pages + 2), [], |_| Ok(())))
         .await
         .unwrap();
@@ -98,11 +104,12 @@ async fn full_journal_answers_503_and_recovers() {
     let (status, ready) = common::raw(addr, "GET", "/ready", &[], vec![]).await;
     assert_eq!((status, ready["status"].as_str()), (503, Some("not_ready")), "{ready}");
     assert!(ready["journal"].as_str().unwrap().contains("full"), "{ready}");
-    let tasks: i64 = journal.write(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))).await.unwrap();
+    let tasks: i64 =
+        sqlite(&journal).write(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))).await.unwrap();
     assert_eq!(tasks, accepted, "every 202 has its outbox row; no 503 left one behind");
 
     // Room again: deliveries are accepted again.
-    journal.write(|c| c.query_row("PRAGMA max_page_count = 1000000", [], |_| Ok(()))).await.unwrap();
+    sqlite(&journal).write(|c| c.query_row("PRAGMA max_page_count = 1000000", [], |_| Ok(()))).await.unwrap();
     let (status, _) = sender(&config).send_one().await.unwrap();
     assert_eq!(status, 202);
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -138,7 +145,7 @@ async fn unsigned_flood_cannot_fill_the_disk() {
             .await;
         assert_eq!(answer.status(), 401);
     }
-    let (rows, bytes, full): (i64, i64, i64) = journal
+    let (rows, bytes, full): (i64, i64, i64) = sqlite(&journal)
         .write(|c| {
             c.query_row(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(body) + LENGTH(CAST(headers AS BLOB))), 0),
@@ -152,7 +159,7 @@ async fn unsigned_flood_cannot_fill_the_disk() {
     assert!(rows <= 50, "rejected rows are capped: {rows}");
     assert!(bytes <= 10_000, "rejected headers and bodies are capped in total: {bytes}");
     assert_eq!(full, 0, "bodies over the per-body cap are cut");
-    let meta: i64 = journal
+    let meta: i64 = sqlite(&journal)
         .write(|c| c.query_row("SELECT value FROM meta WHERE key = 'rejected_rows'", [], |r| r.get(0)))
         .await
         .unwrap();
@@ -178,7 +185,7 @@ async fn a_client_that_never_sends_headers_is_cut_off() {
 async fn embedded_queue_redelivers_what_a_dead_consumer_held() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&dir.path().join(JOURNAL_FILE), SyncMode::Normal).unwrap();
-    let broker = EmbeddedBroker::new(journal.clone(), agentctl::broker::Queues::new("q"));
+    let broker = EmbeddedBroker::new(sqlite(&journal).clone(), agentctl::broker::Queues::new("q"));
     use agentctl::broker::Broker;
     broker.enqueue("q", "m1", b"{}".to_vec(), Duration::ZERO).await.unwrap();
     let mut a = broker.consume("q", 1).await.unwrap();
@@ -191,7 +198,7 @@ async fn embedded_queue_redelivers_what_a_dead_consumer_held() {
     // out after a minute) and another consumer gets the message.
     drop(again);
     drop(a);
-    journal.write(|c| c.execute("UPDATE queue_messages SET lease_until_ms = 0", [])).await.unwrap();
+    sqlite(&journal).write(|c| c.execute("UPDATE queue_messages SET lease_until_ms = 0", [])).await.unwrap();
     let mut b = broker.consume("q", 1).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(2), b.next()).await.unwrap().unwrap();
     got.ack().await.unwrap();
@@ -311,7 +318,7 @@ async fn retention_removes_old_deliveries_but_not_unpublished_tasks() {
     let (config, dir) = h.stop().await;
     let journal = Journal::open(&dir.path().join(JOURNAL_FILE), config.storage.sync).unwrap();
     // One more task that never got published.
-    journal
+    sqlite(&journal)
         .write(|c| {
             c.execute("INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix) VALUES ('t-unpub', 1, 'queued', 'github', 'issue', 'a/b', 1, '{}', 0, 0)", [])?;
             c.execute("INSERT INTO outbox (task_id, queue, created_unix) VALUES ('t-unpub', 'q', 0)", [])?;
@@ -323,9 +330,10 @@ async fn retention_removes_old_deliveries_but_not_unpublished_tasks() {
         .unwrap();
     let removed = agentctl::store::retention::sweep(&journal, agentctl::store::unix_now() + 10).await.unwrap();
     assert_eq!(removed, 2, "published, unclaimed deliveries go; unpublished and running tasks stay");
-    let left: i64 = journal.write(|c| c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))).await.unwrap();
+    let left: i64 =
+        sqlite(&journal).write(|c| c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))).await.unwrap();
     assert_eq!(left, 2);
-    let running: i64 = journal
+    let running: i64 = sqlite(&journal)
         .write(|c| c.query_row("SELECT COUNT(*) FROM tasks WHERE state = 'running'", [], |r| r.get(0)))
         .await
         .unwrap();
@@ -366,7 +374,7 @@ async fn a_body_that_never_finishes_is_answered_408() {
     assert!(read.is_ok(), "the connection is answered and closed");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("did not arrive within 1 s"), "{answer}");
-    let rejected: i64 = journal
+    let rejected: i64 = sqlite(&journal)
         .write(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE http_status = 408", [], |r| r.get(0)))
         .await
         .unwrap();

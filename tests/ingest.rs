@@ -138,7 +138,7 @@ async fn replay_after_fixing_the_secret(backend: Backend) {
     // Fixed; the running agentctl publishes what the replay queues.
     config.github.webhook_secret = agentctl::config::Secret::new(GITHUB_SECRET);
     let h = Harness::start_with(config.clone(), dir).await;
-    let replayed = agentctl::ops::replay(config.clone(), rejected, agentctl::event::Bus::default()).await.unwrap();
+    let replayed = common::ops(&config).await.replay(rejected, agentctl::event::Bus::default()).await.unwrap();
     let agentctl::ingest::accept::Answer::Queued { task_id } = replayed.answer else {
         panic!("the replay is queued: {:?}", replayed.answer)
     };
@@ -149,14 +149,14 @@ async fn replay_after_fixing_the_secret(backend: Backend) {
     assert_eq!(h.count(&format!("SELECT replay_of FROM deliveries WHERE task_id = '{task_id}'")), rejected);
 
     // A replay bypasses dedupe: the same delivery again is a new task.
-    let again = agentctl::ops::replay(config.clone(), rejected, agentctl::event::Bus::default()).await.unwrap();
+    let again = common::ops(&config).await.replay(rejected, agentctl::event::Bus::default()).await.unwrap();
     assert!(matches!(again.answer, agentctl::ingest::accept::Answer::Queued { .. }));
     assert!(q.next(WAIT).await.is_some());
     drop(q); // its consumer would take the next message
     let (config, _dir) = h.stop().await;
 
     // With no agentctl running, the replay publishes by itself.
-    let third = agentctl::ops::replay(config.clone(), rejected, agentctl::event::Bus::default()).await.unwrap();
+    let third = common::ops(&config).await.replay(rejected, agentctl::event::Bus::default()).await.unwrap();
     assert!(third.published_here);
     let mut q = QueueReader::new(&config).await;
     assert!(q.next(WAIT).await.is_some());
@@ -275,7 +275,6 @@ async fn metrics_and_readiness() {
 /// delivery lists the event its header claimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_by_forge_id() {
-    use agentctl::ops;
     let h = Harness::start(Backend::Embedded, |_| {}).await;
     let (headers, body) = signed_issue("forge-1");
     assert_eq!(post_pairs(&h, "/webhook/github", &headers, body.clone()).await.0, 202);
@@ -285,15 +284,16 @@ async fn deliveries_by_forge_id() {
     assert_eq!(post_pairs(&h, "/webhook/github", &unsigned, body.clone()).await.0, 401);
     let (config, _dir) = h.stop().await;
 
-    let first = ops::resolve_delivery(&config, "forge-1").unwrap();
+    let ops = common::ops(&config).await;
+    let first = ops.resolve_delivery("forge-1").await.unwrap();
     assert_eq!(first, 1, "the forge id names the original, not its duplicate");
-    let replayed = ops::replay(config.clone(), first, agentctl::event::Bus::default()).await.unwrap();
+    let replayed = ops.replay(first, agentctl::event::Bus::default()).await.unwrap();
     assert!(matches!(replayed.answer, agentctl::ingest::accept::Answer::Queued { .. }), "{:?}", replayed.answer);
-    assert_eq!(ops::resolve_delivery(&config, "forge-1").unwrap(), 1, "nor its replay");
-    assert_eq!(ops::resolve_delivery(&config, "3").unwrap(), 3, "row numbers still work");
-    assert!(ops::resolve_delivery(&config, "no-such-id").is_err());
+    assert_eq!(ops.resolve_delivery("forge-1").await.unwrap(), 1, "nor its replay");
+    assert_eq!(ops.resolve_delivery("3").await.unwrap(), 3, "row numbers still work");
+    assert!(ops.resolve_delivery("no-such-id").await.is_err());
 
-    let groups = ops::list_groups(&config, false, 10).unwrap();
+    let groups = ops.list_groups(false, 10).await.unwrap();
     assert_eq!(groups.len(), 2, "two deliveries of their own: {groups:?}");
     let (rejected, original) = (&groups[0], &groups[1]);
     assert_eq!(original.head.id, 1);
@@ -302,6 +302,6 @@ async fn deliveries_by_forge_id() {
     assert_eq!(under, vec![(2, "duplicate", None), (4, "queued", Some(1))]);
     assert_eq!(rejected.head.delivery_id.as_deref(), Some("forge-2"));
     assert_eq!((rejected.head.verdict.as_str(), rejected.head.event.as_deref()), ("rejected", Some("issues")));
-    let shown = ops::show(&config, ops::resolve_delivery(&config, "forge-2").unwrap()).unwrap();
+    let shown = ops.show(ops.resolve_delivery("forge-2").await.unwrap()).await.unwrap();
     assert_eq!(shown.summary.id, 3);
 }

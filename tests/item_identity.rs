@@ -6,6 +6,7 @@ mod common;
 
 use agentctl::config::Command;
 use agentctl::event::Event;
+use agentctl::store::TaskState;
 use common::raw_queue::publish_raw;
 use common::{Backend, Harness};
 use std::time::Duration;
@@ -45,7 +46,7 @@ async fn second_form_waits(sample: &str, other: impl Fn(&serde_json::Value) -> s
     assert_eq!(what, "waiting", "two tasks of one item ran at once");
     std::fs::write(&release, "").unwrap();
     Harness::wait_for(&mut ev, LONG, |e| {
-        matches!(e, Event::TaskFinished { task_id, state: "done", .. } if task_id == "second-1").then_some(())
+        matches!(e, Event::TaskFinished { task_id, state: TaskState::Done, .. } if task_id == "second-1").then_some(())
     })
     .await;
     h.stop().await;

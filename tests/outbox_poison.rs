@@ -8,14 +8,15 @@ mod common;
 
 use agentctl::config::Command;
 use agentctl::event::Event;
-use agentctl::ops::{self, Jobs};
+use agentctl::ops::Jobs;
+use agentctl::store::TaskState;
 use common::{Backend, Harness, QueueReader, delete_queues, proxy::Proxy};
 use std::collections::HashSet;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn finished(id: &str, want: &'static str) -> impl FnMut(&Event) -> Option<()> {
+fn finished(id: &str, want: TaskState) -> impl FnMut(&Event) -> Option<()> {
     let id = id.to_string();
     move |e| match e {
         Event::TaskFinished { task_id, state, .. } if *task_id == id && *state == want => Some(()),
@@ -74,8 +75,8 @@ fn row_record(h: &Harness, row: i64) -> (u32, Option<String>, bool, bool) {
         .unwrap()
 }
 
-fn parked_reason(h: &Harness, id: &str) -> String {
-    let jobs = ops::jobs_list(&h.config, Some("parked"), 50).unwrap();
+async fn parked_reason(h: &Harness, id: &str) -> String {
+    let jobs = common::ops(&h.config).await.jobs_list(Some("parked"), 50).await.unwrap();
     let job = jobs.iter().find(|j| j.id == id).unwrap_or_else(|| panic!("{id} is listed as parked: {jobs:?}"));
     job.failure.clone().unwrap_or_default()
 }
@@ -90,7 +91,7 @@ async fn run_one(h: &Harness, events: &mut tokio::sync::broadcast::Receiver<Even
     let (status, answer) = h.send(sample).await;
     assert_eq!(status, 202, "{answer}");
     let id = answer["task_id"].as_str().unwrap().to_string();
-    Harness::wait_for(events, LONG, finished(&id, "done")).await;
+    Harness::wait_for(events, LONG, finished(&id, TaskState::Done)).await;
     id
 }
 
@@ -104,7 +105,7 @@ async fn an_oversize_row_is_parked_and_later_tasks_still_run(backend: Backend) {
     until_state(&h, "poison-big", "parked").await;
     let (_, _, parked, published) = row_record(&h, row);
     assert!(parked && !published, "the oversize row is parked, never sent");
-    assert!(parked_reason(&h, "poison-big").contains("max_message_bytes"), "jobs list says why");
+    assert!(parked_reason(&h, "poison-big").await.contains("max_message_bytes"), "jobs list says why");
     let (config, _dir) = h.stop().await;
     delete_queues(&config).await;
 }
@@ -122,11 +123,11 @@ async fn a_refused_row_is_parked_after_a_few_tries_and_a_replay_runs_it(backend:
     let (tries, last_error, parked, published) = row_record(&h, row);
     assert_eq!((tries, parked, published), (agentctl::store::MAX_REFUSALS, true, false));
     assert!(last_error.as_deref().unwrap_or_default().contains("returned"), "{last_error:?}");
-    assert!(parked_reason(&h, "poison-returned").contains("refused"), "jobs list says why");
+    assert!(parked_reason(&h, "poison-returned").await.contains("refused"), "jobs list says why");
 
-    let lines = ops::jobs_replay(&h.config, Jobs::One("poison-returned".into())).await.unwrap();
+    let lines = common::ops(&h.config).await.jobs_replay(Jobs::One("poison-returned".into())).await.unwrap();
     assert!(lines[0].contains("replayed"), "{lines:?}");
-    Harness::wait_for(&mut events, LONG, finished("poison-returned", "done")).await;
+    Harness::wait_for(&mut events, LONG, finished("poison-returned", TaskState::Done)).await;
     let (_, _, parked, published) = row_record(&h, row);
     assert!(parked && !published, "the parked row itself is not published again");
     assert_eq!(

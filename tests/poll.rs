@@ -6,6 +6,7 @@ mod common;
 
 use agentctl::config::{Command, Config, Secret};
 use agentctl::event::Event;
+use agentctl::store::TaskState;
 use common::fake_forge::{FakeForge, FakeKind, GITHUB_PAT, GITLAB_PAT};
 use common::{Backend, Harness, QueueReader, delete_queues, test_config};
 use std::collections::BTreeSet;
@@ -156,11 +157,11 @@ async fn gitlab_producer_pages_issues_and_merge_requests() {
     assert_eq!(cycle(&second), (180, 0, 3, 3));
     // A finding is a delivery on the route `poll`, with the item as its body; it is not
     // replayed as a webhook.
-    let row = agentctl::ops::show(&h.config, 1).unwrap();
+    let row = common::ops(&h.config).await.show(1).await.unwrap();
     assert_eq!((row.summary.route.as_str(), row.headers.len()), ("poll", 0));
     let body: serde_json::Value = serde_json::from_slice(row.body.as_deref().unwrap()).unwrap();
     assert_eq!((body["repo"].as_str(), body["project_id"].as_u64()), (Some("group/proj"), Some(1000)));
-    let Err(err) = agentctl::ops::replay(h.config.clone(), 1, agentctl::event::Bus::default()).await else {
+    let Err(err) = common::ops(&h.config).await.replay(1, agentctl::event::Bus::default()).await else {
         panic!("a poll finding was replayed")
     };
     let err = err.to_string();
@@ -225,18 +226,18 @@ async fn lifecycle_in_order_and_closed_items_skipped() {
     .await
     .unwrap_or_else(|_| panic!("finished {finished:?}, synced {synced:?}"));
 
-    assert_eq!(finished["octo/hello#1"].0, "done");
-    assert_eq!(finished["octo/hello#2"].0, "dead");
+    assert_eq!(finished["octo/hello#1"].0, TaskState::Done);
+    assert_eq!(finished["octo/hello#2"].0, TaskState::Dead);
     for item in ["octo/hello#3", "Codertocat/Hello-World#1"] {
         let (state, reason) = &finished[item];
-        assert_eq!(*state, "skipped", "{item}");
+        assert_eq!(*state, TaskState::Skipped, "{item}");
         assert!(reason.as_deref().unwrap().ends_with("is closed"), "{item}: {reason:?}");
         assert!(!started.contains(item), "{item} never started");
     }
     let ran = std::fs::read_to_string(&ran).unwrap();
     assert_eq!(ran.lines().collect::<BTreeSet<_>>(), BTreeSet::from(["octo/hello#1", "octo/hello#2"]));
     assert_eq!(h.task_state(&hook_task), "skipped");
-    let skipped = agentctl::ops::jobs_list(&h.config, Some("skipped"), 10).unwrap();
+    let skipped = common::ops(&h.config).await.jobs_list(Some("skipped"), 10).await.unwrap();
     assert_eq!(skipped.len(), 2);
 
     // Processing first, then done; processing, then failed with a comment. Each swap adds
@@ -281,10 +282,10 @@ async fn lifecycle_in_order_and_closed_items_skipped() {
 
     // An operator's replay of the dead task runs (its `agent failed` label counts for a replay):
     // failed → processing, then failed again with a second comment.
-    let dead = agentctl::ops::jobs_list(&h.config, Some("dead"), 10).unwrap();
+    let dead = common::ops(&h.config).await.jobs_list(Some("dead"), 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     let before = fake.calls("/repos/octo/hello/issues/2/").len();
-    agentctl::ops::jobs_replay(&h.config, agentctl::ops::Jobs::One(dead[0].id.clone())).await.unwrap();
+    common::ops(&h.config).await.jobs_replay(agentctl::ops::Jobs::One(dead[0].id.clone())).await.unwrap();
     let deadline = std::time::Instant::now() + LONG;
     while fake.item("github", "octo/hello", 2).comments.len() < 2 {
         assert!(std::time::Instant::now() < deadline, "the replay's failure comment arrives");
@@ -378,13 +379,13 @@ async fn reconciliation_queues_only_what_was_missed() {
     assert_eq!(Harness::wait_for(&mut ev, LONG, sweep(2)).await, 1, "only #5 is queued");
     assert_eq!(Harness::wait_for(&mut ev, LONG, sweep(2)).await, 0, "and only once");
     let items: BTreeSet<String> =
-        agentctl::ops::jobs_list(&h.config, None, 10).unwrap().into_iter().map(|j| j.item).collect();
+        common::ops(&h.config).await.jobs_list(None, 10).await.unwrap().into_iter().map(|j| j.item).collect();
     assert_eq!(items, BTreeSet::from(["Codertocat/Hello-World#1".into(), "Codertocat/Hello-World#5".into()]));
 
     // #7: a sweep finds it first; its webhook, a moment later, joins the sweep's task.
     fake.add("github", "Codertocat/Hello-World", 7, FakeKind::Issue, "open", &["coding agent"]);
     assert_eq!(Harness::wait_for(&mut ev, LONG, sweep(3)).await, 1);
-    let polled = agentctl::ops::jobs_list(&h.config, None, 10).unwrap();
+    let polled = common::ops(&h.config).await.jobs_list(None, 10).await.unwrap();
     let polled = polled.iter().find(|j| j.item == "Codertocat/Hello-World#7").unwrap();
     let (status, answer) = send_labeled(&h, 7).await;
     assert_eq!(

@@ -5,6 +5,7 @@ mod common;
 
 use agentctl::config::Command;
 use agentctl::event::Event;
+use agentctl::store::TaskState;
 use common::raw_queue::publish_raw;
 use common::{Backend, Harness, delete_queues};
 use std::time::Duration;
@@ -25,7 +26,8 @@ async fn a_short_retry_does_not_wait_behind_a_long_one(backend: Backend) {
         br#"{"type":"github_issue","owner":"octo","repo":"slow","number":1,"uuid":"slow-1","user":"me","attempt":2}"#;
     publish_raw(&h, "slow-1", slow).await;
     Harness::wait_for(&mut ev, Duration::from_secs(30), |e| {
-        matches!(e, Event::TaskFinished { task_id, state: "retrying", .. } if task_id == "slow-1").then_some(())
+        matches!(e, Event::TaskFinished { task_id, state: TaskState::Retrying, .. } if task_id == "slow-1")
+            .then_some(())
     })
     .await;
     // Then a fresh one: its retry, published after the slow one's, waits 1 s.

@@ -6,7 +6,8 @@ mod common;
 
 use agentctl::config::Command;
 use agentctl::event::Event;
-use agentctl::ops::{self, Jobs};
+use agentctl::ops::Jobs;
+use agentctl::store::TaskState;
 use common::{Backend, Harness, delete_queues};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ both_backends!(
     drop_a_dead_job
 );
 
-fn finished(id: &str, want: &'static str) -> impl FnMut(&Event) -> Option<Option<String>> {
+fn finished(id: &str, want: TaskState) -> impl FnMut(&Event) -> Option<Option<String>> {
     let id = id.to_string();
     move |e| match e {
         Event::TaskFinished { task_id, state, reason, .. } if *task_id == id && *state == want => Some(reason.clone()),
@@ -60,31 +61,31 @@ async fn retries_then_dead_then_replay_to_success(backend: Backend) {
     })
     .await;
     assert_eq!(progress, (50, "half way".to_string()));
-    let why = Harness::wait_for(&mut ev, LONG, finished(&id, "retrying")).await.unwrap();
+    let why = Harness::wait_for(&mut ev, LONG, finished(&id, TaskState::Retrying)).await.unwrap();
     assert!(why.contains("exited with code 4"), "{why}");
     Harness::wait_for(&mut ev, LONG, |e| match e {
         Event::TaskStarted { task_id, attempt: 2, .. } if *task_id == id => Some(()),
         _ => None,
     })
     .await;
-    Harness::wait_for(&mut ev, LONG, finished(&id, "dead")).await;
+    Harness::wait_for(&mut ev, LONG, finished(&id, TaskState::Dead)).await;
     assert_eq!(h.task_state(&id), "dead");
     Harness::wait_for(&mut ev, LONG, dead_depth(1)).await;
-    let jobs = ops::jobs_list(&h.config, Some("dead"), 10).unwrap();
+    let jobs = common::ops(&h.config).await.jobs_list(Some("dead"), 10).await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert!(jobs[0].failure.as_deref().unwrap().starts_with("exit: the handler exited with code 4"), "{jobs:?}");
     assert_eq!(jobs[0].attempt, 2);
 
     // Fixed; the replay runs it again, from attempt 1, to success, and it leaves the dead queue.
     std::fs::write(&ok, "").unwrap();
-    let lines = ops::jobs_replay(&h.config, Jobs::One(id.clone())).await.unwrap();
+    let lines = common::ops(&h.config).await.jobs_replay(Jobs::One(id.clone())).await.unwrap();
     assert!(lines[0].contains("replayed"), "{lines:?}");
     Harness::wait_for(&mut ev, LONG, |e| match e {
         Event::TaskStarted { task_id, attempt: 1, replay: true, .. } if *task_id == id => Some(()),
         _ => None,
     })
     .await;
-    Harness::wait_for(&mut ev, LONG, finished(&id, "done")).await;
+    Harness::wait_for(&mut ev, LONG, finished(&id, TaskState::Done)).await;
     Harness::wait_for(&mut ev, LONG, dead_depth(0)).await;
     assert_eq!(h.task_state(&id), "done");
     let log = std::fs::read_to_string(h.dir.path().join("logs").join(format!("{id}.log"))).unwrap();
@@ -111,11 +112,11 @@ async fn drop_queued_and_running_jobs(backend: Backend) {
     let second = h.send("github:pull_request.labeled").await.1["task_id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let lines = ops::jobs_drop(&h.config, Jobs::One(second.clone())).await.unwrap();
+    let lines = common::ops(&h.config).await.jobs_drop(Jobs::One(second.clone())).await.unwrap();
     assert!(lines[0].contains("dropped; the worker will skip it"), "{lines:?}");
-    let lines = ops::jobs_drop(&h.config, Jobs::One(first.clone())).await.unwrap();
+    let lines = common::ops(&h.config).await.jobs_drop(Jobs::One(first.clone())).await.unwrap();
     assert!(lines[0].contains("cancelling"), "{lines:?}");
-    Harness::wait_for(&mut ev, Duration::from_secs(10), finished(&first, "dropped")).await;
+    Harness::wait_for(&mut ev, Duration::from_secs(10), finished(&first, TaskState::Dropped)).await;
     assert_eq!(h.task_state(&first), "dropped");
     Harness::wait_for(&mut ev, LONG, |e| match e {
         Event::TaskSkipped { task_id, reason } if *task_id == second => Some(reason.clone()),
@@ -123,7 +124,7 @@ async fn drop_queued_and_running_jobs(backend: Backend) {
     })
     .await;
     assert_eq!(h.task_state(&second), "dropped");
-    let again = ops::jobs_drop(&h.config, Jobs::One(first.clone())).await.unwrap();
+    let again = common::ops(&h.config).await.jobs_drop(Jobs::One(first.clone())).await.unwrap();
     assert!(again[0].contains("not dropped"), "{again:?}");
     let config = h.config.clone();
     h.stop().await;
@@ -140,7 +141,7 @@ async fn original_message_format_is_consumed(backend: Backend) {
     let body =
         br#"{"type":"github_issue","owner":"octo","repo":"hello","number":7,"uuid":"legacy-1","user":"octocat"}"#;
     common::raw_queue::publish_raw(&h, "legacy-1", body).await;
-    Harness::wait_for(&mut ev, LONG, finished("legacy-1", "done")).await;
+    Harness::wait_for(&mut ev, LONG, finished("legacy-1", TaskState::Done)).await;
     let seen = std::fs::read_to_string(h.config.worker.work_dir().join("legacy-1/task.json.seen")).unwrap();
     let task: agentctl::task::Task = serde_json::from_str(&seen).unwrap();
     assert_eq!((task.repo_full_name.as_str(), task.number, task.user.as_str()), ("octo/hello", 7, "octocat"));
@@ -162,7 +163,7 @@ async fn timeout_kills_the_whole_process_group() {
     .await;
     let mut ev = h.bus.subscribe();
     let id = h.send("gitlab:issue").await.1["task_id"].as_str().unwrap().to_string();
-    let why = Harness::wait_for(&mut ev, LONG, finished(&id, "dead")).await.unwrap();
+    let why = Harness::wait_for(&mut ev, LONG, finished(&id, TaskState::Dead)).await.unwrap();
     assert!(why.contains("longer than worker.timeout_secs (1 s)"), "{why}");
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -181,9 +182,9 @@ async fn a_command_that_cannot_start_goes_dead_at_once() {
     .await;
     let mut ev = h.bus.subscribe();
     let id = h.send("github:issues.labeled").await.1["task_id"].as_str().unwrap().to_string();
-    let why = Harness::wait_for(&mut ev, LONG, finished(&id, "dead")).await.unwrap();
+    let why = Harness::wait_for(&mut ev, LONG, finished(&id, TaskState::Dead)).await.unwrap();
     assert!(why.contains("could not start") && why.contains("/nonexistent/agent"), "{why}");
-    let jobs = ops::jobs_list(&h.config, Some("dead"), 10).unwrap();
+    let jobs = common::ops(&h.config).await.jobs_list(Some("dead"), 10).await.unwrap();
     assert_eq!(jobs[0].attempt, 1, "no retries for a command that cannot start");
     h.stop().await;
 }
@@ -202,12 +203,12 @@ async fn a_second_task_for_a_running_item_waits() {
         matches!(e, Event::TaskWaiting { task_id, .. } if *task_id == second).then_some(())
     })
     .await;
-    Harness::wait_for(&mut ev, LONG, finished(&first, "done")).await;
+    Harness::wait_for(&mut ev, LONG, finished(&first, TaskState::Done)).await;
     Harness::wait_for(&mut ev, LONG, |e| {
         matches!(e, Event::TaskStarted { task_id, .. } if *task_id == second).then_some(())
     })
     .await;
-    Harness::wait_for(&mut ev, LONG, finished(&second, "done")).await;
+    Harness::wait_for(&mut ev, LONG, finished(&second, TaskState::Done)).await;
     h.stop().await;
 }
 
@@ -215,9 +216,9 @@ async fn drop_a_dead_job(backend: Backend) {
     let h = Harness::start_all(backend, |c| c.worker.command = Command::Argv(vec!["/nonexistent/agent".into()])).await;
     let mut ev = h.bus.subscribe();
     let id = h.send("gitlab:issue").await.1["task_id"].as_str().unwrap().to_string();
-    Harness::wait_for(&mut ev, LONG, finished(&id, "dead")).await;
+    Harness::wait_for(&mut ev, LONG, finished(&id, TaskState::Dead)).await;
     Harness::wait_for(&mut ev, LONG, dead_depth(1)).await;
-    let lines = ops::jobs_drop(&h.config, Jobs::AllDead).await.unwrap();
+    let lines = common::ops(&h.config).await.jobs_drop(Jobs::AllDead).await.unwrap();
     assert_eq!(lines.len(), 1);
     assert!(lines[0].contains("dropped (1 message removed"), "{lines:?}");
     Harness::wait_for(&mut ev, LONG, dead_depth(0)).await;
@@ -239,13 +240,27 @@ async fn shutdown_leaves_an_unfinished_task_to_run_again() {
     let stopping = std::time::Instant::now();
     let (mut config, dir) = h.stop().await;
     assert!(stopping.elapsed() < Duration::from_secs(20), "shutdown waits the grace period, not the handler");
+    // The stop released the claim: it was not finished, so it is not done, retried or dead, nor
+    // counted as an attempt; it is queued again (for any worker sharing the journal) under a new
+    // generation, with its message in the outbox.
     let c = rusqlite::Connection::open(dir.path().join(agentctl::store::JOURNAL_FILE)).unwrap();
-    let state: String = c.query_row("SELECT state FROM tasks WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
-    assert_eq!(state, "running", "still claimed: it was not finished, so it is not done, retried or dead");
+    let (state, owner, attempt, generation): (String, Option<String>, u32, i64) = c
+        .query_row("SELECT state, owner, attempt, generation FROM tasks WHERE id = ?1", [&id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap();
+    assert_eq!((state.as_str(), owner, attempt, generation), ("queued", None, 1, 1), "released at the stop");
+    let rows: i64 = c.query_row("SELECT COUNT(*) FROM outbox WHERE task_id = ?1", [&id], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 2, "its first message and the release's");
+    drop(c);
 
     config.worker.command = Command::Shell("true".into());
     let h = Harness::start_mode(config, dir, agentctl::cli::Mode::All).await;
-    let mut ev = h.bus.subscribe();
-    Harness::wait_for(&mut ev, LONG, finished(&id, "done")).await;
+    // It may end before a subscription made now would see it: the journal says.
+    let deadline = std::time::Instant::now() + LONG;
+    while h.task_state(&id) != "done" {
+        assert!(std::time::Instant::now() < deadline, "the released task runs again: {}", h.task_state(&id));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     h.stop().await;
 }

@@ -8,7 +8,7 @@ mod common;
 
 use agentctl::config::Command;
 use agentctl::event::Event;
-use agentctl::ops;
+use agentctl::store::TaskState;
 use common::raw_queue::publish_raw;
 use common::{Backend, Harness, delete_queues};
 use std::time::Duration;
@@ -41,11 +41,11 @@ async fn hostile_messages_go_to_the_dead_queue_with_a_reason(backend: Backend) {
     let mut done = false;
     while dead.len() < 3 || !done {
         Harness::wait_for(&mut ev, LONG, |e| match e {
-            Event::TaskFinished { task_id, state: "dead", reason, .. } => {
+            Event::TaskFinished { task_id, state: TaskState::Dead, reason, .. } => {
                 dead.push((task_id.clone(), reason.clone().unwrap_or_default()));
                 Some(())
             }
-            Event::TaskFinished { task_id, state: "done", .. } if task_id == "after-1" => {
+            Event::TaskFinished { task_id, state: TaskState::Done, .. } if task_id == "after-1" => {
                 done = true;
                 Some(())
             }
@@ -59,7 +59,7 @@ async fn hostile_messages_go_to_the_dead_queue_with_a_reason(backend: Backend) {
     assert!(reasons.iter().any(|r| r.contains("task id") && r.contains("../../")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("repository")), "{reasons:?}");
 
-    let jobs = ops::jobs_list(&h.config, Some("dead"), 10).unwrap();
+    let jobs = common::ops(&h.config).await.jobs_list(Some("dead"), 10).await.unwrap();
     assert_eq!(jobs.len(), 3, "{jobs:?}");
     for j in &jobs {
         assert!(j.id.starts_with("invalid-") && j.item == "(invalid queue message)", "{j:?}");

@@ -112,6 +112,7 @@ mod tests {
             http_status: 401,
             task_id: None,
             replay_of,
+            instance: None,
         }
     }
 

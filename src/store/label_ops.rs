@@ -118,10 +118,11 @@ mod tests {
     fn one_operation_per_task_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let c = crate::store::connect(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
-        for id in ["a", "b"] {
-            let json = format!(r#"{{"type":"github_issue","owner":"o","repo":"r","number":1,"uuid":"{id}"}}"#);
+        let lease = crate::store::Lease { owner: "me".into(), ms: 30_000 };
+        for (n, id) in ["a", "b"].into_iter().enumerate() {
+            let json = format!(r#"{{"type":"github_issue","owner":"o","repo":"r","number":{n},"uuid":"{id}"}}"#);
             let t = Task::from_message(json.as_bytes()).unwrap();
-            crate::store::tasks::claim(&c, &t, "me").unwrap();
+            crate::store::tasks::claim(&c, &t, &lease, crate::store::unix_now_ms()).unwrap();
         }
         push(&c, "a", LabelOp::Accepted, None).unwrap();
         push(&c, "a", LabelOp::Failed, Some("exit 1")).unwrap();

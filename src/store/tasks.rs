@@ -59,7 +59,9 @@ pub enum Finished {
 /// waits (see [`Claim::Wait`]); the unique index `tasks_one_running` makes that hold whatever
 /// races.
 pub fn claim(c: &Connection, task: &Task, lease: &Lease, now_ms: i64) -> rusqlite::Result<Claim> {
-    let row: Option<(TaskState, u64, bool, Option<String>, Option<i64>)> = c
+    // State, generation, cancel requested, owner, lease end.
+    type Known = (TaskState, u64, bool, Option<String>, Option<i64>);
+    let row: Option<Known> = c
         .query_row(
             "SELECT state, generation, cancel_requested, owner, lease_until_ms FROM tasks WHERE id = ?1",
             [&task.id],
@@ -97,16 +99,18 @@ pub fn claim(c: &Connection, task: &Task, lease: &Lease, now_ms: i64) -> rusqlit
                 task.generation
             ));
         }
-        _ if cancel_requested => {
-            end(c, &task.id, &Finish::Dropped { reason: "dropped by an operator".into() })?;
-            return skip("dropped by an operator");
-        }
+        // A cancelled run still held is its owner's to stop (its watcher sees the flag): ending it
+        // here would leave its handler running with the item's one running slot freed.
         TaskState::Running if owner.as_deref() == Some(lease.owner.as_str()) => {
             return skip("already running here (a message published twice)");
         }
         TaskState::Running if lease_until.is_some_and(|until| until > now_ms) => {
             let who = owner.unwrap_or_default();
             return skip(&format!("already running on instance {who}, whose lease is alive"));
+        }
+        _ if cancel_requested => {
+            end(c, &task.id, &Finish::Dropped { reason: "dropped by an operator".into() })?;
+            return skip("dropped by an operator");
         }
         TaskState::Waiting => return skip("already waiting for its item (a message published twice)"),
         _ => {}

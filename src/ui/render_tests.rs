@@ -7,7 +7,7 @@ use super::state::{Limits, Millis, State};
 use super::view::{self, Chrome, Scene};
 use crate::broker::QueueDepth;
 use crate::event::{Event, Verdict};
-use crate::store::{DeliveryRow, DeliverySummary};
+use crate::store::{DeliveryRow, DeliverySummary, TaskState};
 use crate::task::Source;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -49,17 +49,17 @@ fn started(s: &mut State, at: Millis, task: &str, item: &str, attempt: u32) {
     s.apply(Event::TaskStarted { task_id: task.into(), item: item.into(), attempt, replay: false }, at);
 }
 
-fn finished(s: &mut State, at: Millis, task: &str, state: &'static str, class: Option<&str>, reason: Option<&str>) {
+fn finished(s: &mut State, at: Millis, task: &str, state: TaskState, class: Option<&str>, reason: Option<&str>) {
     s.apply(
         Event::TaskFinished {
             task_id: task.into(),
             item: String::new(),
             state,
-            exit_code: Some(if state == "done" { 0 } else { 2 }),
+            exit_code: Some(if state == TaskState::Done { 0 } else { 2 }),
             duration_ms: 42_000,
             reason: reason.map(str::to_string),
             failure_class: class.map(str::to_string),
-            retry_at_unix: (state == "retrying").then_some((NOW + 30_000) / 1000),
+            retry_at_unix: (state == TaskState::Retrying).then_some((NOW + 30_000) / 1000),
         },
         at,
     );
@@ -119,11 +119,11 @@ fn fixture() -> State {
     s.apply(Event::TaskLog { task_id: t("01"), line: "cloning acme/widgets".into() }, T0 + 11_000);
     s.apply(Event::TaskLog { task_id: t("01"), line: "running cargo test".into() }, T0 + 12_000);
     started(&mut s, T0 + 11_000, &t("05"), "gitlab-org/api!77", 1);
-    finished(&mut s, T0 + 53_000, &t("05"), "retrying", Some("exit"), Some("handler exited with status 2"));
+    finished(&mut s, T0 + 53_000, &t("05"), TaskState::Retrying, Some("exit"), Some("handler exited with status 2"));
     started(&mut s, T0 + 12_000, &t("06"), "acme/api#40", 3);
-    finished(&mut s, T0 + 54_000, &t("06"), "dead", Some("timeout"), Some("no exit within 1800 s"));
+    finished(&mut s, T0 + 54_000, &t("06"), TaskState::Dead, Some("timeout"), Some("no exit within 1800 s"));
     started(&mut s, T0 + 13_000, &t("07"), "acme/web#9", 1);
-    finished(&mut s, T0 + 55_000, &t("07"), "done", None, None);
+    finished(&mut s, T0 + 55_000, &t("07"), TaskState::Done, None, None);
     s.apply(Event::TaskSkipped { task_id: t("08"), reason: "dropped by an operator".into() }, T0 + 56_000);
     s.apply(Event::OutboxBacklog { pending: 3, parked: 0 }, NOW);
     s
@@ -194,6 +194,7 @@ fn delivery_timeline() {
         http_status: 202,
         task_id: Some("0195f3a2-7c1e-7000-8000-000000000001".into()),
         replay_of: None,
+        instance: None,
     };
     let row = DeliveryRow {
         summary,
@@ -215,8 +216,8 @@ fn delivery_timeline() {
         journal_id: 1,
         loaded: Some(Box::new(Ok(DeliveryDetail::new(
             row,
-            Some(crate::store::tasks::Timeline {
-                state: "running".into(),
+            Some(crate::store::jobs::Timeline {
+                state: TaskState::Running,
                 attempt: 1,
                 created: T0 / 1000,
                 started: Some(T0 / 1000 + 10),

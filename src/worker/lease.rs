@@ -88,7 +88,7 @@ pub(super) async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         round = round.wrapping_add(1);
-        if round % ORPHANS_EVERY == 0 {
+        if round.is_multiple_of(ORPHANS_EVERY) {
             match shared.journal.wake_orphans(shared.queues.main.clone()).await {
                 Ok(0) => {}
                 Ok(n) => {

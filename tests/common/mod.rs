@@ -243,6 +243,12 @@ impl QueueReader {
     }
 }
 
+/// The operator's commands on `config`'s journal and broker, opened as `agentctl jobs|deliveries`
+/// opens them (beside a running agentctl, or alone).
+pub async fn ops(config: &Config) -> agentctl::ops::Ops {
+    agentctl::ops::Ops::open(config).await.expect("the journal and broker open")
+}
+
 /// Deletes a RabbitMQ test's queues.
 pub async fn delete_queues(config: &Config) {
     if config.broker.is_embedded() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 pub async fn publish_raw(h: &Harness, message_id: &str, body: &[u8]) {
     if h.config.broker.is_embedded() {
         let b = agentctl::broker::embedded::EmbeddedBroker::new(
-            h.journal(),
+            h.journal().sqlite().expect("the embedded queue lives in an SQLite journal").clone(),
             agentctl::broker::Queues::new(&h.config.broker.queue),
         );
         b.enqueue(&h.config.broker.queue, message_id, body.to_vec(), Duration::ZERO).await.unwrap();

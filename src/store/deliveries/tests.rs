@@ -21,6 +21,7 @@ fn delivery(i: usize, verdict: &'static str, body: &[u8]) -> NewDelivery {
         replay_of: None,
         task: None,
         only_new: false,
+        instance: None,
     }
 }
 

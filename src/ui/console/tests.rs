@@ -163,7 +163,7 @@ fn only_finished_jobs_are_replayed() {
         Event::TaskFinished {
             task_id: "task-1".into(),
             item: "o/r#1".into(),
-            state: "dead",
+            state: crate::store::TaskState::Dead,
             exit_code: Some(1),
             duration_ms: 10,
             reason: Some("exit status 1".into()),

@@ -1,5 +1,6 @@
 use super::*;
 use crate::broker::QueueDepth;
+use crate::store::TaskState;
 use crate::task::Source;
 use std::sync::Arc;
 
@@ -18,12 +19,12 @@ fn decided(journal_id: i64, item: &str, verdict: Verdict, task: Option<&str>) ->
     }
 }
 
-fn finished(task: &str, state: &'static str, class: Option<&str>, retry_at: Option<i64>) -> Event {
+fn finished(task: &str, state: TaskState, class: Option<&str>, retry_at: Option<i64>) -> Event {
     Event::TaskFinished {
         task_id: task.into(),
         item: "o/r#1".into(),
         state,
-        exit_code: Some(if state == "done" { 0 } else { 3 }),
+        exit_code: Some(if state == TaskState::Done { 0 } else { 3 }),
         duration_ms: 1500,
         reason: class.map(|_| "exit status 3".to_string()),
         failure_class: class.map(str::to_string),
@@ -95,7 +96,7 @@ fn jobs_are_bounded_oldest_first_and_come_back_when_heard_of_again() {
     ids.sort();
     assert_eq!(ids, ["b", "c"]);
     // "a" finishing later brings it back (and pushes out the oldest, "b").
-    s.apply(finished("a", "done", None, None), 5);
+    s.apply(finished("a", TaskState::Done, None, None), 5);
     assert_eq!(s.jobs["a"].state, JobState::Done);
     assert!(!s.jobs.contains_key("b"));
     assert_eq!(s.jobs.len(), 2);
@@ -107,7 +108,7 @@ fn a_flood_of_queued_tasks_does_not_push_out_a_running_job_or_lose_its_count() {
     s.apply(decided(1, "o/r#1", Verdict::Queued, Some("run")), 0);
     s.apply(Event::TaskStarted { task_id: "run".into(), item: "o/r#1".into(), attempt: 1, replay: false }, 1);
     s.apply(decided(2, "o/r#2", Verdict::Queued, Some("done")), 2);
-    s.apply(finished("done", "done", None, None), 3);
+    s.apply(finished("done", TaskState::Done, None, None), 3);
     for i in 0..50 {
         s.apply(decided(3, "o/r#3", Verdict::Queued, Some(&format!("q{i}"))), 4);
     }
@@ -115,7 +116,7 @@ fn a_flood_of_queued_tasks_does_not_push_out_a_running_job_or_lose_its_count() {
     assert_eq!(s.jobs["run"].state, JobState::Running, "the running job stays in sight");
     assert!(!s.jobs.contains_key("done"), "the finished job made room first");
     // A job that finishes after the flood is the next to make room, not the oldest queued one.
-    s.apply(finished("q49", "done", None, None), 5);
+    s.apply(finished("q49", TaskState::Done, None, None), 5);
     s.apply(decided(4, "o/r#4", Verdict::Queued, Some("new")), 6);
     assert!(!s.jobs.contains_key("q49") && s.jobs.contains_key("q48") && s.jobs.contains_key("new"));
     // A running task the history no longer holds still counts, and stops counting when it ends.
@@ -123,8 +124,8 @@ fn a_flood_of_queued_tasks_does_not_push_out_a_running_job_or_lose_its_count() {
     s.apply(Event::TaskStarted { task_id: "a".into(), item: "o/r#1".into(), attempt: 1, replay: false }, 1);
     s.apply(Event::TaskStarted { task_id: "b".into(), item: "o/r#2".into(), attempt: 1, replay: false }, 2);
     assert_eq!((s.jobs.len(), s.counters.running), (1, 2));
-    s.apply(finished("a", "done", None, None), 3);
-    s.apply(finished("b", "done", None, None), 3);
+    s.apply(finished("a", TaskState::Done, None, None), 3);
+    s.apply(finished("b", TaskState::Done, None, None), 3);
     assert_eq!(s.counters.running, 0);
 }
 
@@ -143,14 +144,14 @@ fn a_task_runs_retries_and_dies() {
     );
     assert_eq!(j.log.iter().collect::<Vec<_>>(), ["hello"]);
 
-    s.apply(finished("t", "retrying", Some("exit"), Some(60)), 2_000);
+    s.apply(finished("t", TaskState::Retrying, Some("exit"), Some(60)), 2_000);
     let j = &s.jobs["t"];
     assert_eq!((j.state, j.retry_at, j.failure_class.as_deref()), (JobState::Retrying, Some(60_000), Some("exit")));
     assert_eq!((s.counters.running, s.counters.failed), (0, 1));
 
     s.apply(Event::TaskStarted { task_id: "t".into(), item: "o/r#1".into(), attempt: 2, replay: false }, 61_000);
     assert_eq!((s.jobs["t"].percent, s.jobs["t"].retry_at), (None, None), "a new attempt starts clean");
-    s.apply(finished("t", "dead", Some("timeout"), None), 62_000);
+    s.apply(finished("t", TaskState::Dead, Some("timeout"), None), 62_000);
     let j = &s.jobs["t"];
     assert_eq!((j.state, j.attempt, j.failure_class.as_deref()), (JobState::Dead, 2, Some("timeout")));
     assert_eq!((s.counters.running, s.counters.failed), (0, 2));
@@ -253,6 +254,7 @@ fn seeding_keeps_the_journal_order_and_bounds() {
         http_status: 202,
         task_id: None,
         replay_of: None,
+        instance: None,
     };
     let mut s = State::new(limits(2, 10));
     // The journal lists newest first.
@@ -290,7 +292,7 @@ fn poll_cycles_and_their_failures_show_until_a_clean_cycle() {
         Event::TaskFinished {
             task_id: "t".into(),
             item: "o/r#1".into(),
-            state: "skipped",
+            state: TaskState::Skipped,
             exit_code: None,
             duration_ms: 0,
             reason: Some("o/r#1 is closed".into()),
