@@ -115,16 +115,17 @@ pub(super) async fn claim(c: &impl GenericClient, task: &Task, lease: &Lease) ->
                 task.generation
             ));
         }
-        _ if cancel_requested => {
-            end(c, &task.id, &Finish::Dropped { reason: "dropped by an operator".into() }).await?;
-            return skip("dropped by an operator".into());
-        }
+        // A cancelled run still held is its owner's to stop (see `store::tasks::claim`).
         TaskState::Running if owner.as_deref() == Some(lease.owner.as_str()) => {
             return skip("already running here (a message published twice)".into());
         }
         TaskState::Running if alive == Some(true) => {
             let who = owner.unwrap_or_default();
             return skip(format!("already running on instance {who}, whose lease is alive"));
+        }
+        _ if cancel_requested => {
+            end(c, &task.id, &Finish::Dropped { reason: "dropped by an operator".into() }).await?;
+            return skip("dropped by an operator".into());
         }
         TaskState::Waiting => return skip("already waiting for its item (a message published twice)".into()),
         _ => {}
