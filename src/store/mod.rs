@@ -10,6 +10,7 @@ mod body;
 mod deliveries;
 pub mod label_ops;
 mod outbox;
+pub mod pg;
 pub mod retention;
 mod schema;
 pub mod tasks;

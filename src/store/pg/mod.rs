@@ -1,0 +1,8 @@
+//! The journal on PostgreSQL, for a fleet of agentctl instances sharing one journal (the SQLite
+//! file serves one instance). This directory holds what every part of that backend stands on:
+//! reaching the server ([`connect`]: URL, TLS, per-session durability, pool).
+
+pub mod connect;
+
+#[cfg(test)]
+pub(crate) mod testing;
