@@ -38,8 +38,8 @@ pub enum PgUrlError {
     Escape(&'static str),
     #[error("storage.url: unknown sslmode '{0}' (use disable, prefer, require, verify-ca or verify-full)")]
     SslMode(String),
-    #[error("storage.url: cannot read sslrootcert {path}: {source}")]
-    RootCertRead { path: String, source: std::io::Error },
+    #[error("storage.url: cannot read sslrootcert {path}: {error}")]
+    RootCertRead { path: String, error: std::io::Error },
     #[error("storage.url: sslrootcert {path} holds no usable PEM certificate: {detail}")]
     RootCertInvalid { path: String, detail: String },
     #[error("storage.url: {}", chain(.0))]
@@ -59,7 +59,7 @@ pub enum ConnectError {
 
 /// tokio-postgres's `Display` stops at "db error" or "error connecting to server"; the why is in
 /// its sources, which an operator needs to see.
-fn chain(e: &tokio_postgres::Error) -> String {
+pub(super) fn chain(e: &tokio_postgres::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -47,7 +47,7 @@ pub(super) fn verifier(
 
 fn load_roots(path: &str) -> Result<RootCertStore, PgUrlError> {
     let invalid = |detail: String| PgUrlError::RootCertInvalid { path: path.to_owned(), detail };
-    let pem = std::fs::read(path).map_err(|source| PgUrlError::RootCertRead { path: path.to_owned(), source })?;
+    let pem = std::fs::read(path).map_err(|error| PgUrlError::RootCertRead { path: path.to_owned(), error })?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| invalid(e.to_string()))?;
