@@ -9,16 +9,11 @@
 //! The password never leaves this module in a message: errors name a parameter, never its value,
 //! and [`redact`] is what logs and errors show of a URL.
 
+mod tls;
+
 use crate::config::SyncMode;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -43,8 +38,8 @@ pub enum PgUrlError {
     Escape(&'static str),
     #[error("storage.url: unknown sslmode '{0}' (use disable, prefer, require, verify-ca or verify-full)")]
     SslMode(String),
-    #[error("storage.url: cannot read sslrootcert {path}: {source}")]
-    RootCertRead { path: String, source: std::io::Error },
+    #[error("storage.url: cannot read sslrootcert {path}: {error}")]
+    RootCertRead { path: String, error: std::io::Error },
     #[error("storage.url: sslrootcert {path} holds no usable PEM certificate: {detail}")]
     RootCertInvalid { path: String, detail: String },
     #[error("storage.url: {}", chain(.0))]
@@ -64,7 +59,7 @@ pub enum ConnectError {
 
 /// tokio-postgres's `Display` stops at "db error" or "error connecting to server"; the why is in
 /// its sources, which an operator needs to see.
-fn chain(e: &tokio_postgres::Error) -> String {
+pub(super) fn chain(e: &tokio_postgres::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -163,7 +158,7 @@ impl PgTarget {
             TlsMode::Prefer => SslMode::Prefer,
             TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
         });
-        let tls = MakeRustlsConnect::new(client_config(tls_mode, root_cert.as_deref())?);
+        let tls = MakeRustlsConnect::new(tls::client_config(tls_mode, root_cert.as_deref())?);
         Ok(PgTarget { config, tls_mode, tls, redacted: redact(url) })
     }
 
@@ -263,7 +258,7 @@ pub async fn connect_one(target: &PgTarget, sync: SyncMode) -> Result<tokio_post
     let target = target.redacted.clone();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::warn!(target: "agentctl::store::pg", server = %target, "PostgreSQL connection lost: {}", chain(&e));
+            tracing::warn!("the journal's connection to PostgreSQL at {target} ended: {}", chain(&e));
         }
     });
     Ok(client)
@@ -361,147 +356,6 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// The rustls config for a mode, on the ring provider given explicitly.
-fn client_config(mode: TlsMode, root_cert: Option<&str>) -> Result<ClientConfig, PgUrlError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = verifier(mode, root_cert, &provider)?;
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PgUrlError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
-}
-
-fn verifier(
-    mode: TlsMode,
-    root_cert: Option<&str>,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ServerCertVerifier>, PgUrlError> {
-    let algs = provider.signature_verification_algorithms;
-    let roots = || match root_cert {
-        Some(path) => load_roots(path),
-        // libpq would read ~/.postgresql/root.crt; a service has no such home, so the public
-        // web PKI it is (a managed PostgreSQL's certificate chains to it).
-        None => Ok(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }),
-    };
-    Ok(match mode {
-        // Disable never reaches the handshake; the connector just needs a config.
-        TlsMode::Disable | TlsMode::Prefer | TlsMode::Require => Arc::new(NoVerify { algs }),
-        TlsMode::VerifyCa => Arc::new(ChainOnly { roots: roots()?, algs }),
-        TlsMode::VerifyFull => WebPkiServerVerifier::builder_with_provider(Arc::new(roots()?), provider.clone())
-            .build()
-            .map_err(|e| PgUrlError::Tls(e.to_string()))?,
-    })
-}
-
-fn load_roots(path: &str) -> Result<RootCertStore, PgUrlError> {
-    let invalid = |detail: String| PgUrlError::RootCertInvalid { path: path.to_owned(), detail };
-    let pem = std::fs::read(path).map_err(|source| PgUrlError::RootCertRead { path: path.to_owned(), source })?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| invalid(e.to_string()))?;
-        roots.add(cert).map_err(|e| invalid(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(invalid("no CERTIFICATE block found".into()));
-    }
-    Ok(roots)
-}
-
-/// `prefer` and `require`: any certificate is accepted, but the handshake signatures are still
-/// checked, so the server holds the key of the certificate it showed (SCRAM's channel binding
-/// rests on that).
-#[derive(Debug)]
-struct NoVerify {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the host name is not looked at.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: RootCertStore,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -59,17 +59,16 @@ pub enum SchemaError {
          (create it, or fix `options=-csearch_path=…` in storage.url)"
     )]
     NoSchema,
-    #[error("the journal's schema could not be migrated to version {version}: {}", detail(.error))]
+    #[error("the journal's schema could not be migrated to version {version}: {}", super::connect::chain(.error))]
     Migration { version: i32, error: tokio_postgres::Error },
-    #[error("the journal's schema could not be checked: {}", detail(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    #[error("the journal's schema could not be checked: {}", super::connect::chain(.0))]
+    Postgres(tokio_postgres::Error),
 }
 
-/// The server's own message, which tokio-postgres's `Display` leaves out ("db error").
-fn detail(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.to_string(),
-        None => e.to_string(),
+/// Not `#[from]`: that would make the error a `source` too, and the message already holds it.
+impl From<tokio_postgres::Error> for SchemaError {
+    fn from(e: tokio_postgres::Error) -> SchemaError {
+        SchemaError::Postgres(e)
     }
 }
 
@@ -78,6 +77,21 @@ fn detail(e: &tokio_postgres::Error) -> String {
 /// a failure leaves the schema as it was.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<SchemaState, SchemaError> {
     let tx = client.transaction().await?;
+    match migrate_in(&tx).await {
+        Ok(state) => {
+            tx.commit().await?;
+            Ok(state)
+        }
+        Err(e) => {
+            // Now, not when the transaction is dropped: tokio-postgres would send that rollback
+            // only with the connection's next use, and until then the session keeps its locks.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+async fn migrate_in(tx: &tokio_postgres::Transaction<'_>) -> Result<SchemaState, SchemaError> {
     let schema: Option<String> = tx.query_one("SELECT current_schema()", &[]).await?.get(0);
     if schema.is_none() {
         return Err(SchemaError::NoSchema);
@@ -96,12 +110,11 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<SchemaState,
     let row = tx
         .query_one("SELECT COALESCE(max(version), 0), COALESCE(max(min_compatible), 0) FROM schema_version", &[])
         .await?;
-    let (mut version, mut min_compatible): (i32, i32) = (row.get(0), row.get(1));
-    if min_compatible > LATEST {
-        return Err(SchemaError::TooNew { database: version, needs: min_compatible, binary: LATEST });
+    let (found, found_min): (i32, i32) = (row.get(0), row.get(1));
+    if found_min > LATEST {
+        return Err(SchemaError::TooNew { database: found, needs: found_min, binary: LATEST });
     }
-    let mut applied = Vec::new();
-    let found = version;
+    let mut state = SchemaState { version: found, min_compatible: found_min, applied: Vec::new() };
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
         tx.batch_execute(m.sql).await.map_err(|error| SchemaError::Migration { version: m.version, error })?;
         tx.execute(
@@ -111,12 +124,11 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<SchemaState,
         )
         .await
         .map_err(|error| SchemaError::Migration { version: m.version, error })?;
-        version = m.version;
-        min_compatible = min_compatible.max(m.min_compatible);
-        applied.push(m.version);
+        state.version = m.version;
+        state.min_compatible = state.min_compatible.max(m.min_compatible);
+        state.applied.push(m.version);
     }
-    tx.commit().await?;
-    Ok(SchemaState { version, min_compatible, applied })
+    Ok(state)
 }
 
 /// The journal as SQLite has it after its migration 9 (`store::schema`), in PostgreSQL's types,

@@ -72,11 +72,28 @@ pub(crate) fn with_search_path(url: &str, schema: &str) -> String {
     format!("{base}?{}", pairs.join("&"))
 }
 
-/// Runs the `DROP SCHEMA` on a thread with its own runtime, so it works from `Drop` inside any
+/// Drops the schema, first ending any session still holding a lock in it: a test that failed
+/// mid-transaction leaves one behind, and its runtime (blocked in this `Drop`) cannot end it.
+pub(crate) fn drop_schema_sql(schema: &str) -> String {
+    format!(
+        "SET lock_timeout = '10s';
+         SELECT pg_terminate_backend(pid) FROM (
+             SELECT DISTINCT l.pid FROM pg_locks l
+             LEFT JOIN pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
+             WHERE l.pid <> pg_backend_pid()
+               AND (c.relnamespace = to_regnamespace('{schema}')
+                    OR (l.locktype = 'object' AND l.classid = 'pg_namespace'::regclass
+                        AND l.objid = to_regnamespace('{schema}')))
+         ) holders;
+         DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )
+}
+
+/// Runs [`drop_schema_sql`] on a thread with its own runtime, so it works from `Drop` inside any
 /// tokio runtime (blocking a runtime thread for one statement is fine in a test). A failure is
 /// printed, not raised: a panic while the test is already panicking would abort the run.
 fn drop_schema_blocking(schema: &str) {
-    let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    let sql = drop_schema_sql(schema);
     let worker = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a test runtime");
         runtime.block_on(async {
@@ -104,4 +121,21 @@ fn search_path_merges_into_the_query() {
         with_search_path("postgres://h/db?options=-cwork_mem%3D8MB&x=1", "s"),
         "postgres://h/db?options=-cwork_mem%3D8MB%20-csearch_path%3Ds&x=1"
     );
+}
+
+#[tokio::test]
+async fn a_schema_is_dropped_even_with_a_transaction_left_open_in_it() {
+    let db = TestSchema::new().await;
+    let mut c = db.client().await;
+    c.batch_execute("CREATE TABLE x (i int)").await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    tx.execute("LOCK TABLE x", &[]).await.unwrap();
+    // Dropped, but its ROLLBACK waits for this runtime to run the connection: the lock stays.
+    drop(tx);
+    let schema = db.schema.clone();
+    drop(db);
+    let admin = admin(&base_url()).await;
+    let left: i64 =
+        admin.query_one("SELECT count(*) FROM pg_namespace WHERE nspname = $1", &[&schema]).await.unwrap().get(0);
+    assert_eq!(left, 0);
 }

@@ -1,8 +1,12 @@
 //! storage.url parsing, redaction and TLS verification on their own, then sessions, pools and
 //! TLS against the real PostgreSQL (`AGENTCTL_TEST_PG_URL`).
 
+use super::tls::verifier;
 use super::*;
 use crate::store::pg::testing::{TestSchema, admin, base_url};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use std::sync::Arc;
 
 const CA: &[u8] = include_bytes!("testdata/ca.pem");
 const OTHER_CA: &[u8] = include_bytes!("testdata/other-ca.pem");

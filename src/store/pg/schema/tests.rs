@@ -113,6 +113,22 @@ async fn a_newer_database_that_still_admits_this_binary_is_used() {
 }
 
 #[tokio::test]
+async fn a_failed_migration_leaves_nothing_behind() {
+    let db = TestSchema::new().await;
+    let mut c = db.client().await;
+    c.batch_execute("CREATE TABLE meta (k TEXT)").await.unwrap();
+    let err = migrate(&mut c).await.unwrap_err();
+    assert!(matches!(err, SchemaError::Migration { version: 1, .. }), "{err:?}");
+    assert!(err.to_string().contains(r#"relation "meta" already exists"#), "the server's reason: {err}");
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'meta'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "not even schema_version stays");
+}
+
+#[tokio::test]
 async fn a_connection_without_a_schema_is_told_so() {
     let db = TestSchema::new().await;
     let url = db.url.replace(&db.schema, &format!("{}_missing", db.schema));
