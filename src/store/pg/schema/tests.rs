@@ -182,7 +182,10 @@ async fn the_journal_has_its_tables_indexes_and_types() {
         }
     };
     let tables = names("SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1").await;
-    assert_eq!(tables, ["deliveries", "instances", "label_ops", "meta", "outbox", "schema_version", "tasks"]);
+    assert_eq!(
+        tables,
+        ["deliveries", "instances", "label_ops", "meta", "outbox", "schema_version", "settings", "tasks"]
+    );
     let indexes = names("SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema()").await;
     for index in [
         "deliveries_received",
