@@ -4,6 +4,10 @@
 //!
 //!     cargo build --release && cargo run --release --example bench_ingest -- [--count 20000]
 //!         [--concurrency 64] [--backend rabbitmq|embedded] [--sync full|normal]
+//!         [--storage-url postgres://…]
+//!
+//! With `--storage-url`, the journal is that PostgreSQL database (a fresh schema per run, dropped
+//! after) instead of the SQLite file, and the CPU of PostgreSQL's processes is reported too.
 //!
 //! It reports: the baseline's confirmed msg/s; requests/s and latency of the 202 answers;
 //! sustained ingest (from the first request until the broker holds every task); CPU per request
@@ -105,6 +109,33 @@ fn proc_stat(pid: u32) -> (u64, u64) {
     (ticks, kb)
 }
 
+/// Every PostgreSQL server process with its CPU ticks so far (backends come and go with
+/// connections: one that started during the run counts from zero).
+fn postgres_ticks() -> std::collections::HashMap<u32, u64> {
+    let out = Command::new("pgrep").args(["-x", "postgres"]).output().map(|o| o.stdout).unwrap_or_default();
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u32>().ok())
+        .filter_map(|pid| std::panic::catch_unwind(|| proc_stat(pid).0).ok().map(|t| (pid, t)))
+        .collect()
+}
+
+/// A fresh schema in the database at `url`, and the URL that puts every connection in it.
+async fn fresh_schema(url: &str) -> (String, String) {
+    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("PostgreSQL answers");
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    (schema.clone(), format!("{url}{sep}options=-csearch_path%3D{schema}"))
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let ok = Command::new("rabbitmqctl").args(args).stdout(Stdio::null()).status().map(|s| s.success());
     assert_eq!(ok.ok(), Some(true), "rabbitmqctl {args:?}");
@@ -134,6 +165,8 @@ async fn main() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let queue = format!("bench_ingest_{}", uuid::Uuid::new_v4().simple());
     let url = if backend == "embedded" { String::new() } else { AMQP.to_string() };
+    let storage = arg("--storage-url", "");
+    let pg = if storage.is_empty() { None } else { Some(fresh_schema(&storage).await) };
     let mut child = Command::new(&bin)
         .args(["--no-tui", "--mode", "webhook"])
         .env("AGENTCTL_STORAGE_DATA_DIR", dir.path())
@@ -141,6 +174,7 @@ async fn main() {
         .env("AGENTCTL_BROKER_URL", &url)
         .env("AGENTCTL_BROKER_QUEUE", &queue)
         .env("AGENTCTL_STORAGE_SYNC", &sync)
+        .env("AGENTCTL_STORAGE_URL", pg.as_ref().map_or("", |(_, u)| u.as_str()))
         .env("AGENTCTL_GITHUB_WEBHOOK_SECRET", "bench-secret")
         .env("AGENTCTL_LOG", "warn")
         .stdout(Stdio::null())
@@ -156,6 +190,7 @@ async fn main() {
     let (me0, _) = proc_stat(me);
     let rabbit = beam_pid();
     let rabbit0 = rabbit.map(|p| proc_stat(p).0).unwrap_or(0);
+    let postgres0 = postgres_ticks();
 
     let mut config = Config::default();
     config.github.webhook_secret = Secret::new("bench-secret");
@@ -198,11 +233,17 @@ async fn main() {
     let (ticks1, hwm_kb) = proc_stat(pid);
     let (me1, _) = proc_stat(me);
     let rabbit1 = rabbit.map(|p| proc_stat(p).0).unwrap_or(0);
+    let postgres_s = postgres_ticks()
+        .into_iter()
+        .map(|(pid, t)| t.saturating_sub(postgres0.get(&pid).copied().unwrap_or(0)))
+        .sum::<u64>() as f64
+        / 100.0;
     let tick_s = 1.0 / 100.0; // USER_HZ
     let cpu_s = (ticks1 - ticks0) as f64 * tick_s;
 
     report.print(concurrency);
-    println!("backend {backend}, sync {sync}");
+    let journal_kind = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
+    println!("backend {backend}, journal {journal_kind}, sync {sync}");
     let rate = accepted as f64 / sustained.as_secs_f64();
     println!(
         "sustained ingest (202 answered and every task on the broker): {accepted} tasks in {:.2} s = {rate:.0} tasks/s",
@@ -234,8 +275,14 @@ async fn main() {
         (rabbit1 - rabbit0) as f64 * tick_s,
         2.0 * sustained.as_secs_f64()
     );
+    if pg.is_some() {
+        println!("PostgreSQL CPU: {postgres_s:.2} s = {:.0} µs per request", postgres_s * 1e6 / count as f64);
+    }
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let _ = child.wait();
+    if let (Some((schema, _)), false) = (&pg, storage.is_empty()) {
+        drop_schema(&storage, schema).await;
+    }
     if backend != "embedded" {
         let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
         let ch = conn.create_channel().await.unwrap();
