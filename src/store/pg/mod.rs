@@ -321,6 +321,8 @@ impl Backend for PgJournal {
     async fn take_outbox(&self, owner: String, _after: i64, limit: usize) -> R<Vec<OutboxRow>> {
         // Several publishers: each row is leased to one at a time; a dead one's rows come free
         // when their lease runs out. Rows another is taking right now are skipped, not waited for.
+        // A row this publisher holds (in flight, or kept in memory through an outage) is not
+        // taken again while its lease lasts: taking it again would publish it twice.
         let c = self.client().await?;
         let rows = c
             .query(
@@ -329,7 +331,7 @@ impl Backend for PgJournal {
                         UPDATE outbox SET lease_owner = $1, lease_until_ms = {NOW_MS} + $3
                         WHERE id IN (SELECT id FROM outbox
                                      WHERE published_unix IS NULL AND parked_unix IS NULL
-                                       AND (lease_until_ms IS NULL OR lease_until_ms < {NOW_MS} OR lease_owner = $1)
+                                       AND (lease_until_ms IS NULL OR lease_until_ms < {NOW_MS})
                                      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
                         RETURNING id)
                      {OUTBOX_ROW} JOIN taken ON taken.id = o.id ORDER BY o.id"
