@@ -25,16 +25,26 @@ const MAX_BATCH: usize = 256;
 
 pub(super) type Job = (NewDelivery, RejectedCaps, oneshot::Sender<R<Recorded>>);
 
-/// The group-commit writer: runs until every sender is dropped.
-pub(super) async fn writer(journal: PgJournal, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// Group-commit writers running side by side, each on its own connection: while one commits (its
+/// WAL flush), another runs its batch. One would leave the server's other cores idle.
+pub(super) const WRITERS: usize = 3;
+
+/// A group-commit writer: takes every delivery waiting (up to [`MAX_BATCH`]) and commits them
+/// together; runs until every sender is dropped.
+pub(super) async fn writer(journal: PgJournal, rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
-        }
+            batch
+        };
         let deliveries: Vec<(NewDelivery, RejectedCaps)> = batch.iter().map(|(d, c, _)| (d.clone(), *c)).collect();
         match in_one_transaction(&journal, deliveries).await {
             Ok(results) => {

@@ -71,7 +71,10 @@ impl PgJournal {
         let mut for_writer = journal.clone();
         let (closed, _) = mpsc::channel(1);
         for_writer.writer = closed;
-        tokio::spawn(deliveries::writer(for_writer, rx));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..deliveries::WRITERS {
+            tokio::spawn(deliveries::writer(for_writer.clone(), rx.clone()));
+        }
         Ok(Arc::new(journal))
     }
 
