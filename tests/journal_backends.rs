@@ -57,6 +57,7 @@ on_both_backends!(
     a_delivery_id_seen_before_is_a_duplicate_naming_the_original_and_a_replay_is_not,
     label_operations_run_one_per_task_in_order,
     instances_register_beat_stop_and_go,
+    retention_removes_old_finished_work_and_keeps_the_rest,
     the_token_salt_is_made_once_and_the_probe_writes,
 );
 
@@ -84,6 +85,14 @@ async fn outbox(db: &Db, id: &str) -> Vec<(String, i64)> {
 async fn label_ops(db: &Db, id: &str) -> Vec<LabelOp> {
     let due = db.due_label_ops(i64::MAX, 1000).await.unwrap();
     due.into_iter().filter(|p| p.task.id == id).map(|p| p.op).collect()
+}
+
+/// Records a delivery that must be stored; returns its journal id.
+async fn stored(db: &Db, d: agentctl::store::NewDelivery) -> i64 {
+    match db.record(d, RejectedCaps::default()).await.unwrap() {
+        Recorded::Stored { journal_id, .. } => journal_id,
+        r => panic!("{db}: not stored: {r:?}"),
+    }
 }
 
 async fn claim(db: &Db, t: &Task, who: &str) -> Claim {
@@ -737,6 +746,62 @@ async fn instances_register_beat_stop_and_go(b: Kind) {
     assert_eq!(status().await, [("i-a".into(), "running"), ("i-b".into(), "gone")], "{db}");
     db.instance_heartbeat("i-b".into()).await.unwrap();
     assert_eq!(status().await[1], ("i-b".into(), "running"), "{db}");
+}
+
+async fn retention_removes_old_finished_work_and_keeps_the_rest(b: Kind) {
+    let db = Db::open(b).await;
+    let mut journal_ids = std::collections::HashMap::new();
+    // Old: done; queued and handed to the broker (another worker's); running; dead.
+    for id in ["old-done", "old-queued", "old-running", "old-dead", "new-done"] {
+        journal_ids.insert(id, stored(&db, delivery("github", Some(id), Some(&task(id)))).await);
+    }
+    for id in ["old-done", "new-done", "old-running", "old-dead"] {
+        assert_eq!(claim(&db, &task(id), "me").await, Claim::Run, "{db}");
+    }
+    for (id, end) in [("old-done", done()), ("new-done", done()), ("old-dead", dead_of(&task("old-dead")))] {
+        assert!(matches!(end_as(&db, "me", &task(id), end).await, Finished::State(_)), "{db}");
+    }
+    let all = db.take_outbox("pub".into(), 0, 100).await.unwrap();
+    db.mark_published(all.iter().map(|r| r.id).collect()).await.unwrap();
+    // Old, but its message is not published yet; and old deliveries without a task.
+    let unpublished = delivery("github", Some("old-unpublished"), Some(&task("old-unpublished")));
+    journal_ids.insert("old-unpublished", stored(&db, unpublished).await);
+    journal_ids.insert("old-ignored", stored(&db, delivery("github", Some("old-ignored"), None)).await);
+    journal_ids.insert("old-rejected", stored(&db, rejected("old-rejected", b"unsigned")).await);
+    let days_40 = 40 * 86_400;
+    db.sql(&format!("UPDATE deliveries SET received_unix = received_unix - {days_40} WHERE delivery_id LIKE 'old-%'"))
+        .await;
+    db.sql(&format!("UPDATE tasks SET created_unix = created_unix - {days_40} WHERE id LIKE 'old-%'")).await;
+
+    let cutoff = agentctl::store::unix_now() - 30 * 86_400;
+    assert_eq!(db.sweep_before(cutoff, 2000).await.unwrap(), 4, "{db}");
+    for (id, kept) in [
+        ("old-done", false),
+        ("old-queued", false),
+        ("old-ignored", false),
+        ("old-rejected", false),
+        ("old-running", true),
+        ("old-dead", true),
+        ("old-unpublished", true),
+        ("new-done", true),
+    ] {
+        let row = db.load_delivery(journal_ids[id]).await.unwrap();
+        assert_eq!(row.is_some(), kept, "{db}: delivery {id}");
+        if id.contains("ignored") || id.contains("rejected") {
+            continue;
+        }
+        assert_eq!(db.state_of(id.into()).await.unwrap().is_some(), kept, "{db}: task {id}");
+    }
+    assert_eq!(db.sweep_before(cutoff, 2000).await.unwrap(), 0, "{db}: nothing twice");
+
+    // At most `chunk` deliveries per call.
+    for i in 0..3 {
+        stored(&db, rejected(&format!("old-r{i}"), b"unsigned")).await;
+    }
+    db.sql(&format!("UPDATE deliveries SET received_unix = received_unix - {days_40} WHERE delivery_id LIKE 'old-r%'"))
+        .await;
+    assert_eq!(db.sweep_before(cutoff, 2).await.unwrap(), 2, "{db}");
+    assert_eq!(db.sweep_before(cutoff, 2).await.unwrap(), 1, "{db}");
 }
 
 async fn the_token_salt_is_made_once_and_the_probe_writes(b: Kind) {

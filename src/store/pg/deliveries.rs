@@ -250,8 +250,11 @@ async fn rejected_counts(c: &impl GenericClient) -> Result<(i64, i64), tokio_pos
 }
 
 pub(super) async fn add_counts(c: &impl GenericClient, rows: i64, bytes: i64) -> Result<(), tokio_postgres::Error> {
+    // The casts: left to infer, PostgreSQL types `GREATEST($1, 0)` by its literal as `integer`,
+    // and an i64 parameter is then refused before the statement runs.
     c.execute(
-        "INSERT INTO meta (key, value) VALUES ('rejected_rows', GREATEST($1, 0)), ('rejected_bytes', GREATEST($2, 0))
+        "INSERT INTO meta (key, value)
+         VALUES ('rejected_rows', GREATEST($1::bigint, 0)), ('rejected_bytes', GREATEST($2::bigint, 0))
          ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value + CASE meta.key
              WHEN 'rejected_rows' THEN $1 ELSE $2 END, 0)",
         &[&rows, &bytes],
