@@ -55,6 +55,7 @@ on_both_backends!(
     an_invalid_message_is_a_dead_job_recorded_once,
     a_running_task_shows_its_instance_progress_log_and_process_group,
     a_delivery_id_seen_before_is_a_duplicate_naming_the_original_and_a_replay_is_not,
+    rejected_rows_stay_under_their_caps_and_their_counts_follow_retention,
     label_operations_run_one_per_task_in_order,
     instances_register_beat_stop_and_go,
     retention_removes_old_finished_work_and_keeps_the_rest,
@@ -668,6 +669,54 @@ async fn a_delivery_id_seen_before_is_a_duplicate_naming_the_original_and_a_repl
     assert!(db.poll_known("github:d-1".into(), task("elsewhere").item_key()).await.unwrap(), "{db}: a seen id");
     assert!(db.poll_known("github:d-new".into(), item).await.unwrap(), "{db}: an item with a live task");
     assert!(!db.poll_known("github:d-new".into(), task("elsewhere").item_key()).await.unwrap(), "{db}");
+}
+
+async fn rejected_rows_stay_under_their_caps_and_their_counts_follow_retention(b: Kind) {
+    let db = Db::open(b).await;
+    let rejected_ids = async || -> Vec<String> {
+        let rows = db.list_deliveries(true, 1000).await.unwrap();
+        rows.into_iter().map(|d| d.delivery_id.unwrap()).collect()
+    };
+    // The row cap: the oldest go, and only as many as must.
+    let rows3 = RejectedCaps { per_row: 64 * 1024, total: 1 << 40, max_rows: 3 };
+    for i in 0..5 {
+        db.record(rejected(&format!("r{i}"), b"unsigned"), rows3).await.unwrap();
+    }
+    assert_eq!(rejected_ids().await, ["r4", "r3", "r2"], "{db}: the newest rows up to the cap");
+    db.record(delivery("github", Some("ok"), None), rows3).await.unwrap();
+    assert_eq!(rejected_ids().await.len(), 3, "{db}: an accepted delivery prunes nothing");
+
+    // Retention removes them and takes them off the running counts: the cap then holds again
+    // as if they never were.
+    let removed = db.sweep_before(agentctl::store::unix_now() + 10, 1000).await.unwrap();
+    assert_eq!(removed, 4, "{db}");
+    for i in 0..3 {
+        db.record(rejected(&format!("s{i}"), b"unsigned"), rows3).await.unwrap();
+    }
+    assert_eq!(rejected_ids().await, ["s2", "s1", "s0"], "{db}: the counts forgot the swept rows");
+    db.sweep_before(agentctl::store::unix_now() + 10, 1000).await.unwrap();
+
+    // The byte cap: room for two rows' headers and bodies.
+    let body = vec![b'x'; 4000];
+    let one = rejected("probe", &body);
+    let size = (one.headers_json.len() + one.body.packed.len()) as i64;
+    let bytes2 = RejectedCaps { per_row: 64 * 1024, total: 2 * size, max_rows: 100 };
+    for i in 0..3 {
+        db.record(rejected(&format!("b{i}"), &body), bytes2).await.unwrap();
+    }
+    assert_eq!(rejected_ids().await, ["b2", "b1"], "{db}: the oldest went to make room, only it");
+    for d in db.list_deliveries(true, 10).await.unwrap() {
+        let row = db.load_delivery(d.id).await.unwrap().unwrap();
+        assert_eq!(row.body.as_deref(), Some(&body[..]), "{db}: kept whole");
+    }
+    // A row that cannot fit even alone keeps only its metadata.
+    let huge: Vec<u8> = (0..200_000u32).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+    let Recorded::Stored { journal_id, .. } = db.record(rejected("huge", &huge), bytes2).await.unwrap() else {
+        panic!("{db}: a rejected row is stored")
+    };
+    let row = db.load_delivery(journal_id).await.unwrap().unwrap();
+    assert_eq!((row.body, row.headers.len(), row.body_stored), (None, 0, false), "{db}");
+    assert_eq!(row.body_size, huge.len() as i64, "{db}: the size it had is kept");
 }
 
 async fn label_operations_run_one_per_task_in_order(b: Kind) {

@@ -219,20 +219,25 @@ async fn rejected_room(
     caps: RejectedCaps,
 ) -> Result<(String, Option<Vec<u8>>), tokio_postgres::Error> {
     let wanted = (d.headers_json.len() + d.body.packed.len()) as i64;
-    let (rows, bytes) = rejected_counts(c).await?;
-    if rows >= caps.max_rows || bytes + wanted > caps.total {
-        let freed = c
-            .query(
-                "DELETE FROM deliveries WHERE id IN
-                   (SELECT id FROM deliveries WHERE verdict = 'rejected' ORDER BY id LIMIT $1)
+    let (mut rows, mut bytes) = rejected_counts(c).await?;
+    // The oldest rows go one at a time, and only while over a cap: no more than make room.
+    let mut removed = 0;
+    while removed < PRUNE_PER_INSERT && (rows >= caps.max_rows || bytes + wanted > caps.total) {
+        let Some(freed) = c
+            .query_opt(
+                "DELETE FROM deliveries WHERE id =
+                   (SELECT id FROM deliveries WHERE verdict = 'rejected' ORDER BY id LIMIT 1)
                  RETURNING COALESCE(length(body), 0) + octet_length(headers)",
-                &[&(PRUNE_PER_INSERT as i64)],
+                &[],
             )
-            .await?;
-        let freed_bytes: i64 = freed.iter().map(|r| r.get::<_, i32>(0) as i64).sum();
-        add_counts(c, -(freed.len() as i64), -freed_bytes).await?;
+            .await?
+        else {
+            break;
+        };
+        let freed = i64::from(freed.get::<_, i32>(0));
+        add_counts(c, -1, -freed).await?;
+        (rows, bytes, removed) = (rows - 1, bytes - freed, removed + 1);
     }
-    let (_, bytes) = rejected_counts(c).await?;
     let (headers, body) = if bytes + wanted <= caps.total {
         (d.headers_json.clone(), Some(d.body.packed.clone()))
     } else {
