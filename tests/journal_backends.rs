@@ -17,7 +17,7 @@ use agentctl::store::instances::NewInstance;
 use agentctl::store::jobs::{Dropped, JobRow};
 use agentctl::store::label_ops::LabelOp;
 use agentctl::store::tasks::{Claim, Finish, Finished, INVALID_ITEM};
-use agentctl::store::{Recorded, RejectedCaps, TaskState};
+use agentctl::store::{MAX_REFUSALS, Recorded, Refusal, RejectedCaps, TaskState, judge_refusal};
 use agentctl::task::{ItemKey, Kind as ItemKind, Source, Task};
 use journals::*;
 
@@ -56,6 +56,7 @@ on_both_backends!(
     a_running_task_shows_its_instance_progress_log_and_process_group,
     a_delivery_id_seen_before_is_a_duplicate_naming_the_original_and_a_replay_is_not,
     rejected_rows_stay_under_their_caps_and_their_counts_follow_retention,
+    the_outbox_hands_out_rows_oldest_first_and_parks_a_row_refused_too_often,
     label_operations_run_one_per_task_in_order,
     instances_register_beat_stop_and_go,
     retention_removes_old_finished_work_and_keeps_the_rest,
@@ -717,6 +718,70 @@ async fn rejected_rows_stay_under_their_caps_and_their_counts_follow_retention(b
     let row = db.load_delivery(journal_id).await.unwrap().unwrap();
     assert_eq!((row.body, row.headers.len(), row.body_stored), (None, 0, false), "{db}");
     assert_eq!(row.body_size, huge.len() as i64, "{db}: the size it had is kept");
+}
+
+async fn the_outbox_hands_out_rows_oldest_first_and_parks_a_row_refused_too_often(b: Kind) {
+    let db = Db::open(b).await;
+    for id in ["t1", "t2", "t3"] {
+        let d = delivery("github", Some(id), Some(&task(id)));
+        db.record(d, RejectedCaps::default()).await.unwrap();
+    }
+    assert_eq!(db.outbox_counts().await.unwrap(), (3, 0), "{db}");
+    let rows = db.take_outbox("pub".into(), 0, 10).await.unwrap();
+    let taken: Vec<&str> = rows.iter().map(|r| r.task_id.as_str()).collect();
+    assert_eq!(taken, ["t1", "t2", "t3"], "{db}: oldest first");
+    for r in &rows {
+        let message = Task::from_message(&r.payload).unwrap();
+        assert_eq!((message.id.as_str(), r.queue.as_str(), r.delay_ms, r.tries), (r.task_id.as_str(), Q, 0, 0), "{db}");
+    }
+    assert_eq!(db.take_outbox("pub".into(), 0, 2).await.unwrap().len(), 2, "{db}: at most `limit`");
+
+    db.mark_published(vec![rows[0].id]).await.unwrap();
+    db.mark_published(vec![]).await.unwrap();
+    assert_eq!(db.outbox_counts().await.unwrap(), (2, 0), "{db}");
+    assert!(db.pending_for_task("t1".into()).await.unwrap().is_empty(), "{db}");
+    let left: Vec<String> = db.take_outbox("pub".into(), 0, 10).await.unwrap().into_iter().map(|r| r.task_id).collect();
+    assert_eq!(left, ["t2", "t3"], "{db}");
+
+    // The broker refuses t2's message: counted each time, parked at the last refusal.
+    for tries in 0..MAX_REFUSALS {
+        let row = db.pending_for_task("t2".into()).await.unwrap().remove(0);
+        assert_eq!(row.tries, tries, "{db}");
+        match judge_refusal(&row, "nack") {
+            Refusal::Counted => db.record_refusal(row.id, "nack".into(), None).await.unwrap(),
+            Refusal::Parked(reason) => {
+                assert_eq!(tries, MAX_REFUSALS - 1, "{db}");
+                db.record_refusal(row.id, "nack".into(), Some(reason)).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(db.outbox_counts().await.unwrap(), (1, 1), "{db}");
+    let parked = job(&db, "t2").await;
+    assert_eq!(parked.state, TaskState::Parked, "{db}");
+    assert!(
+        parked.failure.as_deref().is_some_and(|f| f.contains(&format!("refused its message {MAX_REFUSALS} times"))),
+        "{db}: {parked:?}"
+    );
+    let left: Vec<String> = db.take_outbox("pub".into(), 0, 10).await.unwrap().into_iter().map(|r| r.task_id).collect();
+    assert_eq!(left, ["t3"], "{db}: a parked row is not published");
+    // A replay publishes it again, as a new row.
+    db.replay_task("t2".into(), Q.into(), false).await.unwrap().expect("a parked task replays");
+    assert_eq!(db.outbox_counts().await.unwrap(), (2, 1), "{db}");
+
+    let t3 = rows[2].id;
+    let mine: Vec<String> = db.take_outbox("pub".into(), 0, 10).await.unwrap().into_iter().map(|r| r.task_id).collect();
+    assert_eq!(mine, ["t3", "t2"], "{db}");
+    let theirs = db.take_outbox("another".into(), 0, 10).await.unwrap();
+    if db.shared() {
+        // Several publishers: what one holds, another does not get.
+        assert!(theirs.is_empty(), "{db}: rows leased to another publisher: {theirs:?}");
+    } else {
+        // One publisher per file, with its cursor: rows after it, whoever asks.
+        assert_eq!(theirs.len(), 2, "{db}");
+        let after: Vec<String> =
+            db.take_outbox("pub".into(), t3, 10).await.unwrap().into_iter().map(|r| r.task_id).collect();
+        assert_eq!(after, ["t2"], "{db}: the cursor");
+    }
 }
 
 async fn label_operations_run_one_per_task_in_order(b: Kind) {
