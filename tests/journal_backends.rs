@@ -55,6 +55,7 @@ on_both_backends!(
     an_invalid_message_is_a_dead_job_recorded_once,
     a_running_task_shows_its_instance_progress_log_and_process_group,
     a_delivery_id_seen_before_is_a_duplicate_naming_the_original_and_a_replay_is_not,
+    the_poller_and_the_webhook_join_on_a_task_not_yet_started,
     rejected_rows_stay_under_their_caps_and_their_counts_follow_retention,
     the_outbox_hands_out_rows_oldest_first_and_parks_a_row_refused_too_often,
     label_operations_run_one_per_task_in_order,
@@ -670,6 +671,56 @@ async fn a_delivery_id_seen_before_is_a_duplicate_naming_the_original_and_a_repl
     assert!(db.poll_known("github:d-1".into(), task("elsewhere").item_key()).await.unwrap(), "{db}: a seen id");
     assert!(db.poll_known("github:d-new".into(), item).await.unwrap(), "{db}: an item with a live task");
     assert!(!db.poll_known("github:d-new".into(), task("elsewhere").item_key()).await.unwrap(), "{db}");
+}
+
+/// A poll finding as the poller records it: only if new, deduplicated on its own key.
+fn finding(key: &str, t: &Task) -> agentctl::store::NewDelivery {
+    agentctl::store::NewDelivery { only_new: true, ..delivery("poll", Some(key), Some(t)) }
+}
+
+async fn the_poller_and_the_webhook_join_on_a_task_not_yet_started(b: Kind) {
+    let db = Db::open(b).await;
+    let caps = RejectedCaps::default;
+    let tp = task_on("tp", 9);
+    let Recorded::Stored { journal_id: jp, .. } = db.record(finding("sweep-1", &tp), caps()).await.unwrap() else {
+        panic!("{db}: a new finding is stored")
+    };
+    // The same finding, and another finding for the item, while its task lives: nothing recorded.
+    let seen = db.record(finding("sweep-1", &task_on("tp-again", 9)), caps()).await.unwrap();
+    assert_eq!(seen, Recorded::Known { task_id: Some("tp".into()) }, "{db}");
+    let live = db.record(finding("sweep-2", &task_on("tp-2", 9)), caps()).await.unwrap();
+    assert_eq!(live, Recorded::Known { task_id: Some("tp".into()) }, "{db}");
+    assert_eq!(db.state_of("tp-2".into()).await.unwrap(), None, "{db}");
+
+    // The webhook of the labelling arrives after the poller found it: it joins the poll's task.
+    let hook = db.record(delivery("github", Some("d-9"), Some(&task_on("tw", 9))), caps()).await.unwrap();
+    let Recorded::Duplicate { journal_id: jw, original, task_id } = hook else { panic!("{db}: {hook:?}") };
+    assert_eq!((original, task_id.as_deref()), (jp, Some("tp")), "{db}");
+    assert_eq!(db.state_of("tw".into()).await.unwrap(), None, "{db}: no second task");
+    let row = db.load_delivery(jw).await.unwrap().unwrap();
+    assert!(row.summary.reason.contains("poller already queued"), "{db}: {}", row.summary.reason);
+    // It is a delivery of its own, not a follower of the poll's.
+    let heads: Vec<i64> = db.list_grouped(false, 10).await.unwrap().iter().map(|g| g.head.id).collect();
+    assert_eq!(heads, [jw, jp], "{db}");
+    // Its own delivery id is taken now: the forge's retry of it is a duplicate of it.
+    let retry = db.record(delivery("github", Some("d-9"), Some(&task_on("tw-retry", 9))), caps()).await.unwrap();
+    assert!(matches!(retry, Recorded::Duplicate { original, .. } if original == jw), "{db}: {retry:?}");
+
+    // Once the poll's task has started, a new labelling is its own task (and waits its turn).
+    assert_eq!(claim(&db, &tp, "me").await, Claim::Run, "{db}");
+    let next = db.record(delivery("github", Some("d-10"), Some(&task_on("tw2", 9))), caps()).await.unwrap();
+    assert!(matches!(&next, Recorded::Stored { task_id: Some(t), .. } if t == "tw2"), "{db}: {next:?}");
+    assert_eq!(claim(&db, &task_on("tw2", 9), "me").await, Claim::Wait { behind: "tp".into() }, "{db}");
+    assert_eq!(end_as(&db, "me", &tp, done()).await, Finished::State(TaskState::Done), "{db}");
+    let live = db.record(finding("sweep-3", &task_on("tp-3", 9)), caps()).await.unwrap();
+    assert_eq!(live, Recorded::Known { task_id: Some("tw2".into()) }, "{db}: the woken task is live");
+    let woken = current(&db, "tw2").await;
+    assert_eq!(claim(&db, &woken, "me").await, Claim::Run, "{db}");
+    assert_eq!(end_as(&db, "me", &woken, done()).await, Finished::State(TaskState::Done), "{db}");
+    // Nothing lives for the item: a new finding is stored with its task.
+    let fresh = db.record(finding("sweep-4", &task_on("tp-4", 9)), caps()).await.unwrap();
+    assert!(matches!(&fresh, Recorded::Stored { task_id: Some(t), .. } if t == "tp-4"), "{db}: {fresh:?}");
+    assert_eq!(state(&db, "tp-4").await, TaskState::Queued, "{db}");
 }
 
 async fn rejected_rows_stay_under_their_caps_and_their_counts_follow_retention(b: Kind) {

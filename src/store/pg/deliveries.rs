@@ -101,7 +101,15 @@ async fn insert(c: &impl GenericClient, d: NewDelivery, caps: RejectedCaps) -> R
     {
         let (original, task_id): (i64, String) = (row.get(0), row.get(1));
         let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
-        return duplicate(c, &d, key.as_deref(), original, Some(task_id), &why).await;
+        let headers = &d.headers_json;
+        if let Some(journal_id) =
+            insert_row(c, &d, key.as_deref(), headers, None, "duplicate", &why, Some(&task_id)).await?
+        {
+            return Ok(Recorded::Duplicate { journal_id, original, task_id: Some(task_id) });
+        }
+        // Its delivery id is taken (the forge's retry of a webhook that joined the poll's task):
+        // a duplicate of that delivery, as on SQLite, which checks the id before the poll.
+        return seen_before(c, &d, key.as_deref()).await;
     }
     let (headers, body) = if d.verdict == "rejected" {
         rejected_room(c, &d, caps).await?
@@ -114,10 +122,7 @@ async fn insert(c: &impl GenericClient, d: NewDelivery, caps: RejectedCaps) -> R
     let Some(journal_id) = inserted else {
         // The delivery id is taken: by a delivery committed before (on any instance), or by one
         // earlier in this very batch.
-        let original = c.query_one("SELECT id, task_id FROM deliveries WHERE dedupe_key = $1", &[&key]).await?;
-        let (original, task_id): (i64, Option<String>) = (original.get(0), original.get(1));
-        let why = format!("delivery id seen before as journal entry {original}");
-        return duplicate(c, &d, None, original, task_id, &why).await;
+        return seen_before(c, &d, key.as_deref()).await;
     };
     if let Some(task) = &d.task {
         let now = unix_now();
@@ -150,15 +155,16 @@ async fn insert(c: &impl GenericClient, d: NewDelivery, caps: RejectedCaps) -> R
     Ok(Recorded::Stored { journal_id, task_id })
 }
 
-async fn duplicate(
+/// `d` as a duplicate of the delivery that holds its dedupe `key`.
+async fn seen_before(
     c: &impl GenericClient,
     d: &NewDelivery,
     key: Option<&str>,
-    original: i64,
-    task_id: Option<String>,
-    why: &str,
 ) -> Result<Recorded, tokio_postgres::Error> {
-    let journal_id = insert_row(c, d, key, &d.headers_json, None, "duplicate", why, task_id.as_deref())
+    let original = c.query_one("SELECT id, task_id FROM deliveries WHERE dedupe_key = $1", &[&key]).await?;
+    let (original, task_id): (i64, Option<String>) = (original.get(0), original.get(1));
+    let why = format!("delivery id seen before as journal entry {original}");
+    let journal_id = insert_row(c, d, None, &d.headers_json, None, "duplicate", &why, task_id.as_deref())
         .await?
         .expect("a row without a dedupe key always goes in");
     Ok(Recorded::Duplicate { journal_id, original, task_id })
