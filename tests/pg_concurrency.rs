@@ -429,3 +429,46 @@ async fn free_running_workers_on_two_instances_run_every_task_once_one_per_item(
     assert_eq!(db.ids_in_state(TaskState::Done).await.unwrap().len() as u64, TASKS);
 }
 
+/// The labelling's webhook and the poller's finding of it arriving at the same moment — on two
+/// instances, or in one instance's group commit — make one task: the webhook joins the poll's
+/// task, or the finding is known by the webhook's. Never one task each (the agent would run twice
+/// for one labelling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_and_the_pollers_finding_of_it_at_once_make_one_task() {
+    let (db, journals) = fleet().await;
+    for (instances, base) in [("two instances", 0u64), ("one instance", 1000)] {
+        for n in base..base + 30 {
+            let finding = agentctl::store::NewDelivery {
+                only_new: true,
+                ..delivery("poll", Some(&format!("sweep-{n}")), Some(&task_on(&format!("poll-{n}"), n)))
+            };
+            let webhook = delivery("github", Some(&format!("hook-{n}")), Some(&task_on(&format!("hook-{n}"), n)));
+            let webhook_journal = if base == 0 { journals[1].clone() } else { journals[0].clone() };
+            let barrier = Arc::new(Barrier::new(2));
+            let mut handles = Vec::new();
+            for (j, d) in [(journals[0].clone(), finding), (webhook_journal, webhook)] {
+                let barrier = barrier.clone();
+                handles.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    j.record(d, RejectedCaps::default()).await.expect("recorded")
+                }));
+            }
+            let r = all(handles).await;
+            match (&r[0], &r[1]) {
+                (Recorded::Stored { journal_id, task_id: Some(t) }, Recorded::Duplicate { original, task_id, .. }) => {
+                    assert_eq!((original, task_id.as_deref()), (journal_id, Some(t.as_str())), "{instances}: {r:?}");
+                }
+                (Recorded::Known { task_id }, Recorded::Stored { task_id: Some(t), .. }) => {
+                    assert_eq!(task_id.as_deref(), Some(t.as_str()), "{instances}: {r:?}");
+                }
+                _ => panic!("{instances}, item {n}: one task for the labelling: {r:?}"),
+            }
+        }
+        let jobs = db.list_jobs(None, 10_000).await.unwrap();
+        let mut items: Vec<&str> = jobs.iter().map(|j| j.item.as_str()).collect();
+        let tasks = items.len();
+        items.sort();
+        items.dedup();
+        assert_eq!(items.len(), tasks, "{instances}: one task per item");
+    }
+}

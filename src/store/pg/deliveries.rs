@@ -9,7 +9,9 @@
 //! statements pipelined, since tokio-postgres sends the queries of concurrent futures without
 //! waiting for each answer — and commits once. A batch that fails (a lost connection, a
 //! deadlock between two instances' batches) is retried one delivery per transaction, so one
-//! bad delivery fails alone.
+//! bad delivery fails alone. Deliveries that make a task hold their item's advisory lock to the
+//! commit, and those of one item run in order: the rules that read an item's tasks and
+//! deliveries before writing see every earlier delivery of it, as under SQLite's single writer.
 
 use super::{PgJournal, R, pg_err};
 use crate::store::deliveries::{
@@ -59,10 +61,51 @@ async fn in_one_transaction(journal: &PgJournal, deliveries: Vec<(NewDelivery, R
     let mut client = journal.client().await?;
     let tx = client.transaction().await.map_err(pg_err)?;
     let c: &tokio_postgres::Transaction<'_> = &tx;
-    let results = futures_util::future::join_all(deliveries.into_iter().map(|(d, caps)| insert(c, d, caps))).await;
-    let results = results.into_iter().collect::<Result<Vec<_>, _>>().map_err(pg_err)?;
+    // The rules that read an item's state before writing it (the poller/webhook join, a poll
+    // finding's live task) hold only while nobody else writes that item in between: another
+    // instance's batch waits on the item's lock, and deliveries of one item in this batch run one
+    // after another (pipelined, they would all read before any wrote).
+    let mut locks: Vec<i64> =
+        deliveries.iter().filter_map(|(d, _)| d.task.as_ref().map(|t| item_lock(&t.item_key))).collect();
+    locks.sort_unstable();
+    locks.dedup();
+    if !locks.is_empty() {
+        // In ascending order, as every batch takes them: no two batches wait on each other for them.
+        c.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", &[&locks]).await.map_err(pg_err)?;
+    }
+    let mut chains: Vec<Vec<(usize, NewDelivery, RejectedCaps)>> = Vec::new();
+    let mut chain_of_item: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, (d, caps)) in deliveries.into_iter().enumerate() {
+        let mut new_chain = || {
+            chains.push(Vec::new());
+            chains.len() - 1
+        };
+        let at = match &d.task {
+            Some(t) => *chain_of_item.entry(t.item_key.as_str().to_owned()).or_insert_with(new_chain),
+            None => new_chain(),
+        };
+        chains[at].push((i, d, caps));
+    }
+    let runs = chains.into_iter().map(|chain| async move {
+        let mut done = Vec::with_capacity(chain.len());
+        for (i, d, caps) in chain {
+            done.push((i, insert(c, d, caps).await?));
+        }
+        Ok::<_, tokio_postgres::Error>(done)
+    });
+    let chains =
+        futures_util::future::join_all(runs).await.into_iter().collect::<Result<Vec<_>, _>>().map_err(pg_err)?;
+    let mut results: Vec<(usize, Recorded)> = chains.into_iter().flatten().collect();
+    results.sort_unstable_by_key(|(i, _)| *i);
     tx.commit().await.map_err(pg_err)?;
-    Ok(results)
+    Ok(results.into_iter().map(|(_, r)| r).collect())
+}
+
+/// The advisory lock of an item's deliveries: the same number on every instance and binary.
+fn item_lock(item: &crate::task::ItemKey) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("agentctl-item:{}", item.as_str()));
+    i64::from_be_bytes(digest[..8].try_into().expect("a digest has 8 bytes"))
 }
 
 fn dedupe_key(d: &NewDelivery) -> Option<String> {
