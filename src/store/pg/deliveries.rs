@@ -9,7 +9,9 @@
 //! statements pipelined, since tokio-postgres sends the queries of concurrent futures without
 //! waiting for each answer — and commits once. A batch that fails (a lost connection, a
 //! deadlock between two instances' batches) is retried one delivery per transaction, so one
-//! bad delivery fails alone.
+//! bad delivery fails alone. Deliveries that make a task hold their item's advisory lock to the
+//! commit, and those of one item run in order: the rules that read an item's tasks and
+//! deliveries before writing see every earlier delivery of it, as under SQLite's single writer.
 
 use super::{PgJournal, R, pg_err};
 use crate::store::deliveries::{
@@ -70,10 +72,75 @@ async fn in_one_transaction(journal: &PgJournal, deliveries: Vec<(NewDelivery, R
     let mut client = journal.client().await?;
     let tx = client.transaction().await.map_err(pg_err)?;
     let c = &tx;
-    let results = futures_util::future::join_all(deliveries.into_iter().map(|(d, caps)| insert(c, d, caps))).await;
-    let results = results.into_iter().collect::<Result<Vec<_>, _>>().map_err(pg_err)?;
+    // The rules that read an item's state before writing it — the poller/webhook join, a poll
+    // finding's "does the item have a live task" — hold only while nobody writes that item in
+    // between. A batch holding a poll finding takes its item's advisory lock exclusively, one with
+    // only webhooks for the item takes it shared: webhooks for one item never wait on each other
+    // (their dedupe is the unique delivery id), a poll finding and a webhook of one item never
+    // interleave, on this instance or another. Locks are taken in ascending order, as every batch
+    // takes them, so no two batches wait on each other for them.
+    let mut locks: std::collections::BTreeMap<i64, bool> = std::collections::BTreeMap::new();
+    for (d, _) in &deliveries {
+        if let Some(t) = &d.task {
+            *locks.entry(item_lock(&t.item_key)).or_default() |= d.only_new;
+        }
+    }
+    if !locks.is_empty() {
+        let (keys, exclusive): (Vec<i64>, Vec<bool>) = locks.iter().map(|(k, x)| (*k, *x)).unzip();
+        let statement = c
+            .prepare_cached(
+                "SELECT CASE WHEN x THEN pg_advisory_xact_lock(k)::text ELSE pg_advisory_xact_lock_shared(k)::text END
+                 FROM unnest($1::bigint[], $2::bool[]) WITH ORDINALITY AS u(k, x, n) ORDER BY n",
+            )
+            .await
+            .map_err(pg_err)?;
+        c.query(&statement, &[&keys, &exclusive]).await.map_err(pg_err)?;
+    }
+    // Within the batch, the deliveries of an item that has a poll finding in it run one after
+    // another (pipelined, they would all read before any wrote); every other delivery runs beside
+    // the rest.
+    let polled_items: std::collections::HashSet<&str> = deliveries
+        .iter()
+        .filter(|(d, _)| d.only_new)
+        .filter_map(|(d, _)| d.task.as_ref().map(|t| t.item_key.as_str()))
+        .collect();
+    let mut chains: Vec<Vec<(usize, NewDelivery, RejectedCaps)>> = Vec::new();
+    let mut chain_of_item: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, (d, caps)) in deliveries.iter().cloned().enumerate() {
+        let item =
+            d.task.as_ref().map(|t| t.item_key.as_str().to_owned()).filter(|k| polled_items.contains(k.as_str()));
+        let at = match item {
+            Some(k) => *chain_of_item.entry(k).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            }),
+            None => {
+                chains.push(Vec::new());
+                chains.len() - 1
+            }
+        };
+        chains[at].push((i, d, caps));
+    }
+    let runs = chains.into_iter().map(|chain| async move {
+        let mut done = Vec::with_capacity(chain.len());
+        for (i, d, caps) in chain {
+            done.push((i, insert(c, d, caps).await?));
+        }
+        Ok::<_, tokio_postgres::Error>(done)
+    });
+    let chains =
+        futures_util::future::join_all(runs).await.into_iter().collect::<Result<Vec<_>, _>>().map_err(pg_err)?;
+    let mut results: Vec<(usize, Recorded)> = chains.into_iter().flatten().collect();
+    results.sort_unstable_by_key(|(i, _)| *i);
     tx.commit().await.map_err(pg_err)?;
-    Ok(results)
+    Ok(results.into_iter().map(|(_, r)| r).collect())
+}
+
+/// The advisory lock of an item's deliveries: the same number on every instance and binary.
+fn item_lock(item: &crate::task::ItemKey) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("agentctl-item:{}", item.as_str()));
+    i64::from_be_bytes(digest[..8].try_into().expect("a digest has 8 bytes"))
 }
 
 fn dedupe_key(d: &NewDelivery) -> Option<String> {
@@ -131,7 +198,15 @@ async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Record
     {
         let (original, task_id): (i64, String) = (row.get(0), row.get(1));
         let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
-        return duplicate(c, &d, key.as_deref(), original, Some(task_id), &why).await;
+        let headers = &d.headers_json;
+        if let Some(journal_id) =
+            insert_row(c, &d, key.as_deref(), headers, None, "duplicate", &why, Some(&task_id)).await?
+        {
+            return Ok(Recorded::Duplicate { journal_id, original, task_id: Some(task_id) });
+        }
+        // Its delivery id is taken (the forge's retry of a webhook that joined the poll's task):
+        // a duplicate of that delivery, as on SQLite, which checks the id before the poll.
+        return seen_before(c, &d, key.as_deref()).await;
     }
     let (headers, body) = if d.verdict == "rejected" {
         rejected_room(c, &d, caps).await?
@@ -144,10 +219,7 @@ async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Record
     let Some(journal_id) = inserted else {
         // The delivery id is taken: by a delivery committed before (on any instance), or by one
         // earlier in this very batch.
-        let original = c.query_one("SELECT id, task_id FROM deliveries WHERE dedupe_key = $1", &[&key]).await?;
-        let (original, task_id): (i64, Option<String>) = (original.get(0), original.get(1));
-        let why = format!("delivery id seen before as journal entry {original}");
-        return duplicate(c, &d, None, original, task_id, &why).await;
+        return seen_before(c, &d, key.as_deref()).await;
     };
     if let Some(task) = &d.task {
         let now = unix_now();
@@ -284,15 +356,24 @@ async fn duplicate(
     task_id: Option<String>,
     why: &str,
 ) -> Result<Recorded, tokio_postgres::Error> {
-    let row = insert_row(c, d, key, &d.headers_json, None, "duplicate", why, task_id.as_deref()).await?;
-    let journal_id = match row {
-        Some(id) => id,
-        // Its delivery id was taken meanwhile (by the same delivery, sent again): the row goes in
-        // without the key.
-        None => insert_row(c, d, None, &d.headers_json, None, "duplicate", why, task_id.as_deref())
-            .await?
-            .expect("a row without a dedupe key always goes in"),
-    };
+    match insert_row(c, d, key, &d.headers_json, None, "duplicate", why, task_id.as_deref()).await? {
+        Some(journal_id) => Ok(Recorded::Duplicate { journal_id, original, task_id }),
+        // Its delivery id is taken (the forge's retry of a webhook that joined the poll's task):
+        // a duplicate of that delivery, as on SQLite, which checks the id before the poll.
+        None => seen_before(c, d, key).await,
+    }
+}
+
+/// `d` as a duplicate of the delivery that holds its dedupe `key`.
+async fn seen_before(c: &Tx<'_>, d: &NewDelivery, key: Option<&str>) -> Result<Recorded, tokio_postgres::Error> {
+    let original = one(c, "SELECT id, task_id FROM deliveries WHERE dedupe_key = $1", &[&key])
+        .await?
+        .expect("a dedupe key that refused an insert names a row");
+    let (original, task_id): (i64, Option<String>) = (original.get(0), original.get(1));
+    let why = format!("delivery id seen before as journal entry {original}");
+    let journal_id = insert_row(c, d, None, &d.headers_json, None, "duplicate", &why, task_id.as_deref())
+        .await?
+        .expect("a row without a dedupe key always goes in");
     Ok(Recorded::Duplicate { journal_id, original, task_id })
 }
 
@@ -351,20 +432,25 @@ async fn rejected_room(
     caps: RejectedCaps,
 ) -> Result<(String, Option<Vec<u8>>), tokio_postgres::Error> {
     let wanted = (d.headers_json.len() + d.body.packed.len()) as i64;
-    let (rows, bytes) = rejected_counts(&**c).await?;
-    if rows >= caps.max_rows || bytes + wanted > caps.total {
-        let freed = c
-            .query(
-                "DELETE FROM deliveries WHERE id IN
-                   (SELECT id FROM deliveries WHERE verdict = 'rejected' ORDER BY id LIMIT $1)
+    let (mut rows, mut bytes) = rejected_counts(&**c).await?;
+    // The oldest rows go one at a time, and only while over a cap: no more than make room.
+    let mut removed = 0;
+    while removed < PRUNE_PER_INSERT && (rows >= caps.max_rows || bytes + wanted > caps.total) {
+        let Some(freed) = c
+            .query_opt(
+                "DELETE FROM deliveries WHERE id =
+                   (SELECT id FROM deliveries WHERE verdict = 'rejected' ORDER BY id LIMIT 1)
                  RETURNING COALESCE(length(body), 0) + octet_length(headers)",
-                &[&(PRUNE_PER_INSERT as i64)],
+                &[],
             )
-            .await?;
-        let freed_bytes: i64 = freed.iter().map(|r| r.get::<_, i32>(0) as i64).sum();
-        add_counts(&**c, -(freed.len() as i64), -freed_bytes).await?;
+            .await?
+        else {
+            break;
+        };
+        let freed = i64::from(freed.get::<_, i32>(0));
+        add_counts(&**c, -1, -freed).await?;
+        (rows, bytes, removed) = (rows - 1, bytes - freed, removed + 1);
     }
-    let (_, bytes) = rejected_counts(&**c).await?;
     let (headers, body) = if bytes + wanted <= caps.total {
         (d.headers_json.clone(), Some(d.body.packed.clone()))
     } else {
@@ -382,8 +468,11 @@ async fn rejected_counts(c: &impl GenericClient) -> Result<(i64, i64), tokio_pos
 }
 
 pub(super) async fn add_counts(c: &impl GenericClient, rows: i64, bytes: i64) -> Result<(), tokio_postgres::Error> {
+    // The casts: left to infer, PostgreSQL types `GREATEST($1, 0)` by its literal as `integer`,
+    // and an i64 parameter is then refused before the statement runs.
     c.execute(
-        "INSERT INTO meta (key, value) VALUES ('rejected_rows', GREATEST($1, 0)), ('rejected_bytes', GREATEST($2, 0))
+        "INSERT INTO meta (key, value)
+         VALUES ('rejected_rows', GREATEST($1::bigint, 0)), ('rejected_bytes', GREATEST($2::bigint, 0))
          ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value + CASE meta.key
              WHEN 'rejected_rows' THEN $1 ELSE $2 END, 0)",
         &[&rows, &bytes],

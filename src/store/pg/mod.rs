@@ -379,7 +379,7 @@ impl Backend for PgJournal {
             let now = unix_now();
             c.execute(
                 "UPDATE outbox SET tries = tries + 1, last_error = $2,
-                     parked_unix = CASE WHEN $3::text IS NULL THEN NULL ELSE $4 END
+                     parked_unix = CASE WHEN $3::text IS NULL THEN NULL ELSE $4::bigint END
                  WHERE id = $1 AND published_unix IS NULL",
                 &[&id, &error, &parked, &now],
             )
