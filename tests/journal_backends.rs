@@ -785,12 +785,22 @@ async fn the_outbox_hands_out_rows_oldest_first_and_parks_a_row_refused_too_ofte
         let message = Task::from_message(&r.payload).unwrap();
         assert_eq!((message.id.as_str(), r.queue.as_str(), r.delay_ms, r.tries), (r.task_id.as_str(), Q, 0, 0), "{db}");
     }
-    assert_eq!(db.take_outbox("pub".into(), 0, 2).await.unwrap().len(), 2, "{db}: at most `limit`");
+    let again = db.take_outbox("pub".into(), 0, 2).await.unwrap().len();
+    match b {
+        // One publisher, whose cursor decides what it reads again.
+        Kind::Sqlite => assert_eq!(again, 2, "{db}: at most `limit`"),
+        // Rows a publisher holds are not handed out again, to it or another, while its lease
+        // lasts: taking them again would publish them twice.
+        Kind::Postgres => assert_eq!(again, 0, "{db}: rows in flight are not taken again"),
+    }
 
     db.mark_published(vec![rows[0].id]).await.unwrap();
     db.mark_published(vec![]).await.unwrap();
     assert_eq!(db.outbox_counts().await.unwrap(), (2, 0), "{db}");
     assert!(db.pending_for_task("t1".into()).await.unwrap().is_empty(), "{db}");
+    if b == Kind::Postgres {
+        db.sql("UPDATE outbox SET lease_until_ms = 0").await;
+    }
     let left: Vec<String> = db.take_outbox("pub".into(), 0, 10).await.unwrap().into_iter().map(|r| r.task_id).collect();
     assert_eq!(left, ["t2", "t3"], "{db}");
 
@@ -813,6 +823,9 @@ async fn the_outbox_hands_out_rows_oldest_first_and_parks_a_row_refused_too_ofte
         parked.failure.as_deref().is_some_and(|f| f.contains(&format!("refused its message {MAX_REFUSALS} times"))),
         "{db}: {parked:?}"
     );
+    if b == Kind::Postgres {
+        db.sql("UPDATE outbox SET lease_until_ms = 0").await;
+    }
     let left: Vec<String> = db.take_outbox("pub".into(), 0, 10).await.unwrap().into_iter().map(|r| r.task_id).collect();
     assert_eq!(left, ["t3"], "{db}: a parked row is not published");
     // A replay publishes it again, as a new row.
@@ -820,6 +833,9 @@ async fn the_outbox_hands_out_rows_oldest_first_and_parks_a_row_refused_too_ofte
     assert_eq!(db.outbox_counts().await.unwrap(), (2, 1), "{db}");
 
     let t3 = rows[2].id;
+    if b == Kind::Postgres {
+        db.sql("UPDATE outbox SET lease_until_ms = 0").await;
+    }
     let mine: Vec<String> = db.take_outbox("pub".into(), 0, 10).await.unwrap().into_iter().map(|r| r.task_id).collect();
     assert_eq!(mine, ["t3", "t2"], "{db}");
     let theirs = db.take_outbox("another".into(), 0, 10).await.unwrap();
