@@ -296,7 +296,7 @@ async fn two_publishers_take_disjoint_outbox_rows_and_a_dead_ones_rows_come_back
     assert_eq!(db.outbox_counts().await.unwrap(), (0, 0));
 
     // A publisher takes rows and dies before publishing them: nobody else gets them while its
-    // lease lives (it gets them again itself, after a restart under its id); then they come back.
+    // lease lives (it frees them itself at a restart under its id); then they come back.
     for i in 0..3 {
         let d = delivery("github", Some(&format!("late{i}")), Some(&task(&format!("late{i}"))));
         db.record(d, RejectedCaps::default()).await.unwrap();
@@ -304,8 +304,11 @@ async fn two_publishers_take_disjoint_outbox_rows_and_a_dead_ones_rows_come_back
     let held: Vec<i64> = journals[0].take_outbox("dead".into(), 0, 10).await.unwrap().iter().map(|r| r.id).collect();
     assert_eq!(held.len(), 3);
     assert!(journals[1].take_outbox(publishers[1].into(), 0, 10).await.unwrap().is_empty(), "leased to another");
+    assert!(journals[1].take_outbox("dead".into(), 0, 10).await.unwrap().is_empty(), "in flight: not taken again");
+    // Restarted under its id, it frees them at once.
+    journals[1].release_outbox("dead".into()).await.unwrap();
     let again: Vec<i64> = journals[1].take_outbox("dead".into(), 0, 10).await.unwrap().iter().map(|r| r.id).collect();
-    assert_eq!(again, held, "its own rows, whichever handle it asks through");
+    assert_eq!(again, held, "its own rows, once it released them at its start");
     let aged = db
         .sql(&format!("UPDATE outbox SET lease_until_ms = lease_until_ms - {AN_HOUR_MS} WHERE lease_owner = 'dead'"))
         .await;

@@ -179,6 +179,11 @@ pub async fn run(
     // Unpublished rows in the journal, recounted every tick.
     let mut backlog = 0u64;
 
+    if let Err(e) = journal.release_outbox(owner.clone()).await {
+        tracing::warn!(
+            "cannot release the outbox rows this instance held before: {e} (they come free within a minute)"
+        );
+    }
     if let Err(e) = broker.setup().await {
         bus.emit(Event::BrokerDown { broker: describe.clone(), error: e.to_string() });
         up = Some(false);

@@ -109,6 +109,11 @@ pub trait Backend: Send + Sync {
     /// while, so one instance at a time publishes it; `after` is the caller's cursor where the
     /// backend has one publisher.
     async fn take_outbox(&self, owner: String, after: i64, limit: usize) -> R<Vec<OutboxRow>>;
+    /// At a publisher's start: rows its previous life leased and never published are free again
+    /// at once (not when their lease runs out). Nothing to do with one publisher per file.
+    async fn release_outbox(&self, _owner: String) -> R<()> {
+        Ok(())
+    }
     async fn pending_for_task(&self, task_id: String) -> R<Vec<OutboxRow>>;
     async fn mark_published(&self, ids: Vec<i64>) -> R<()>;
     async fn record_refusal(&self, id: i64, error: String, parked: Option<String>) -> R<()>;

@@ -346,6 +346,17 @@ impl Backend for PgJournal {
         Ok(rows.iter().map(outbox_row).collect())
     }
 
+    async fn release_outbox(&self, owner: String) -> R<()> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE outbox SET lease_owner = NULL, lease_until_ms = NULL WHERE lease_owner = $1 AND published_unix IS NULL",
+            &[&owner],
+        )
+        .await
+        .map_err(pg_err)?;
+        Ok(())
+    }
+
     async fn pending_for_task(&self, task_id: String) -> R<Vec<OutboxRow>> {
         let c = self.client().await?;
         let rows = c
