@@ -15,7 +15,7 @@ use super::{PgJournal, R, pg_err};
 use crate::store::deliveries::{
     DeliveryGroup, DeliveryRow, DeliverySummary, NewDelivery, PRUNE_PER_INSERT, Recorded, RejectedCaps, SUMMARY_COLUMNS,
 };
-use crate::store::{StoreError, unix_now};
+use crate::store::{StoreError, Verdict, unix_now};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{GenericClient, Row};
 
@@ -103,14 +103,15 @@ async fn insert(c: &impl GenericClient, d: NewDelivery, caps: RejectedCaps) -> R
         let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
         return duplicate(c, &d, key.as_deref(), original, Some(task_id), &why).await;
     }
-    let (headers, body) = if d.verdict == "rejected" {
+    let (headers, body) = if d.verdict == Verdict::Rejected {
         rejected_room(c, &d, caps).await?
     } else {
         (d.headers_json.clone(), Some(d.body.packed.clone()))
     };
     let task_id = d.task.as_ref().map(|t| t.id.clone());
     let inserted =
-        insert_row(c, &d, key.as_deref(), &headers, body.as_deref(), d.verdict, &d.reason, task_id.as_deref()).await?;
+        insert_row(c, &d, key.as_deref(), &headers, body.as_deref(), d.verdict.as_str(), &d.reason, task_id.as_deref())
+            .await?;
     let Some(journal_id) = inserted else {
         // The delivery id is taken: by a delivery committed before (on any instance), or by one
         // earlier in this very batch.

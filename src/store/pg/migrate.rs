@@ -15,9 +15,12 @@ use rusqlite::types::Value;
 /// Rows per committed chunk.
 const CHUNK: i64 = 1000;
 
-/// The tables, their columns (the same names on both sides), and the PostgreSQL type of each
-/// column that is not text: the copy binds every value with its column's type.
-const TABLES: &[(&str, &str, &[(&str, &str)])] = &[
+/// A table: its name, its columns (the same names on both sides), and the PostgreSQL type of
+/// each column that is not text.
+type Table = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+/// The tables the copy moves: it binds every value with its column's type.
+const TABLES: &[Table] = &[
     (
         "deliveries",
         "id, route, delivery_id, dedupe_key, event, action, item, received_at, received_unix, headers, body, \

@@ -1,8 +1,8 @@
-//! The header: where agentctl listens, the broker and its state, the mode, uptime, and the
-//! counters an operator glances at.
+//! The header: where agentctl listens, the broker and its state, the mode, uptime, on a shared
+//! journal the fleet (instances alive / registered), and the counters an operator glances at.
 
 use super::{Scene, duration};
-use crate::ui::state::BrokerState;
+use crate::ui::state::{BrokerState, Fleet};
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
@@ -52,6 +52,9 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         Span::styled("  up ", dim),
         Span::raw(duration(scene.now - chrome.started_at)),
     ]);
+    if let Some(fleet) = &state.fleet {
+        first.extend(fleet_spans(fleet, dim));
+    }
     let c = &state.counters;
     let count = |name: &'static str, n: u64, color: Color| {
         let style = if n > 0 { Style::new().fg(color).add_modifier(Modifier::BOLD) } else { dim };
@@ -91,4 +94,25 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     }
     let block = Block::new().borders(Borders::BOTTOM).border_style(dim);
     frame.render_widget(Paragraph::new(vec![Line::from(first), Line::from(second)]).block(block), area);
+}
+
+/// `fleet 3/4`: instances alive of those registered; then why the last read failed, and what the
+/// console missed to keep up, when it did.
+fn fleet_spans(fleet: &Fleet, dim: Style) -> Vec<Span<'static>> {
+    let count = if fleet.read_at.is_none() { "?".to_string() } else { format!("{}/{}", fleet.alive, fleet.total) };
+    let style = if fleet.alive < fleet.total { Style::new().fg(Color::Yellow) } else { Style::new() };
+    let mut spans = vec![Span::styled("  fleet ", dim), Span::styled(count, style)];
+    let warn = Style::new().fg(Color::Black).bg(Color::Yellow);
+    if fleet.skipped_reads > 0 {
+        spans.push(Span::raw(" "));
+        spans.push(Span::styled(format!("{} reads skipped", fleet.skipped_reads), warn));
+    }
+    if fleet.missed_deliveries > 0 {
+        spans.push(Span::raw(" "));
+        spans.push(Span::styled(format!("~{} deliveries not shown", fleet.missed_deliveries), warn));
+    }
+    if let Some(error) = &fleet.error {
+        spans.push(Span::styled(format!(" journal read failed: {error}"), Style::new().fg(Color::Red)));
+    }
+    spans
 }
