@@ -75,7 +75,11 @@ fn finished(
 
 /// A console that has seen a bit of everything.
 fn fixture() -> State {
-    let mut s = State::new(Limits { deliveries: 100, jobs: 100 });
+    fixture_in(State::new(Limits { deliveries: 100, jobs: 100 }))
+}
+
+/// [`fixture`]'s events, applied to `s`.
+fn fixture_in(mut s: State) -> State {
     s.apply(Event::ListenerStarted { addr: "0.0.0.0:8000".into() }, T0);
     s.apply(Event::BrokerUp { broker: "amqp".into() }, T0);
     // The minute and a half before: queue depths and publish rates for the sparklines.
@@ -311,3 +315,5 @@ fn read_only_footer() {
     c.handle(Action::Replay, &s, NOW);
     insta::assert_snapshot!(render(&s, &c));
 }
+
+mod fleet;

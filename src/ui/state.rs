@@ -409,4 +409,6 @@ fn event_name(event: &str, action: Option<&str>) -> String {
 }
 
 #[cfg(test)]
+mod fleet_tests;
+#[cfg(test)]
 mod tests;

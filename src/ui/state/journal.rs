@@ -121,12 +121,15 @@ impl State {
 
 /// An Events row from a journal row (the history at start, or another listener's delivery).
 fn delivery_entry(d: DeliverySummary) -> DeliveryEntry {
-    let event = event_name(d.event.as_deref().unwrap_or("-"), d.action.as_deref());
+    let rejected = d.verdict == Verdict::Rejected;
+    // A refused delivery's event is what its header claimed.
+    let event =
+        if rejected { d.event_label() } else { event_name(d.event.as_deref().unwrap_or("-"), d.action.as_deref()) };
     // As this process's own events name them: the forge of a decided delivery, the route of a
     // refused one; a poller's finding may be of either forge.
     let source = match Route::from_stored(d.route) {
         None => DeliveryRoute::Poll.as_str().to_string(),
-        Some(route) if d.verdict == Verdict::Rejected => route.path().to_string(),
+        Some(route) if rejected => route.path().to_string(),
         Some(route) => route.source().as_str().to_string(),
     };
     DeliveryEntry {
@@ -136,7 +139,8 @@ fn delivery_entry(d: DeliverySummary) -> DeliveryEntry {
         event,
         item: d.item,
         verdict: d.verdict,
-        reason: d.reason,
+        // As this process's own refusals show: with the HTTP status it was answered.
+        reason: if rejected { format!("{}: {}", d.http_status, d.reason) } else { d.reason },
         journal_id: Some(d.id),
         task_id: d.task_id,
         replay_of: d.replay_of,
