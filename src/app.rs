@@ -139,6 +139,11 @@ impl Service {
         crate::ops::Ops::new(self.config.clone(), self.journal.clone(), self.broker.clone())
     }
 
+    /// This instance's id (the owner of its claims, the receiver recorded on its deliveries).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     pub async fn run(self, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Service { config, mode, journal, broker, forges, listener, instance, has_handler, _lock } = self;
         let poll_source = config.poll.source();

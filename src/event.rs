@@ -3,28 +3,15 @@
 //! bus is a tokio broadcast channel: senders never block, and a reader that falls behind is told
 //! how many events it missed (the policy is drop-and-count, never back-pressure on ingest).
 
-use crate::task::Source;
+use crate::ingest::Route;
+use crate::store::tasks::SkipReason;
+use crate::task::{FailureClass, Source};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Queued,
-    Ignored,
-    Duplicate,
-    Pong,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Queued => "queued",
-            Verdict::Ignored => "ignored",
-            Verdict::Duplicate => "duplicate",
-            Verdict::Pong => "pong",
-        }
-    }
-}
+/// A delivery's verdict, as the journal records it (a decided delivery is never `Rejected`:
+/// refusals are [`Event::DeliveryRejected`]).
+pub use crate::store::Verdict;
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -39,7 +26,7 @@ pub enum Event {
     },
     /// A delivery was refused (bad signature, malformed, too large) with its HTTP status.
     DeliveryRejected {
-        route: &'static str,
+        route: Route,
         status: u16,
         reason: String,
         /// Its journal entry, when it could be written.
@@ -120,8 +107,8 @@ pub enum Event {
         exit_code: Option<i32>,
         duration_ms: u64,
         reason: Option<String>,
-        /// `exit`, `signal`, `timeout`, `start` or `cancelled` when the attempt failed.
-        failure_class: Option<String>,
+        /// How the attempt failed, when it did.
+        failure_class: Option<FailureClass>,
         /// When a retrying task runs again (Unix seconds).
         retry_at_unix: Option<i64>,
     },
@@ -130,10 +117,11 @@ pub enum Event {
         task_id: String,
         item: String,
     },
-    /// Acknowledged without running (dropped, or a duplicate message).
+    /// Acknowledged without running (dropped, or a duplicate message), or stopped without
+    /// recording its end (this instance lost its lease).
     TaskSkipped {
         task_id: String,
-        reason: String,
+        reason: SkipReason,
     },
     /// Main, retry and dead queue counts, every second.
     QueueDepths {

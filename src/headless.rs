@@ -37,7 +37,7 @@ pub fn log(event: &Event) {
             action.as_deref().unwrap_or("none")
         ),
         Event::DeliveryRejected { route, status, reason, .. } => {
-            warn!("Rejected delivery to {route} ({status}): {reason}")
+            warn!("Rejected delivery to {} ({status}): {reason}", route.path())
         }
         Event::DeliveryDecided { journal_id, item, verdict, reason, label, task_id, replay_of, .. } => {
             let item = item.as_deref().unwrap_or("-");
@@ -58,6 +58,8 @@ pub fn log(event: &Event) {
                     task_id.as_deref().unwrap_or("none")
                 ),
                 Verdict::Pong => info!("Ping received: answered pong (delivery {journal_id})"),
+                // Refusals come as `DeliveryRejected`; a decided delivery is never one.
+                Verdict::Rejected => warn!("Rejected delivery {journal_id} ({item}): {reason}{replay}"),
             }
         }
         Event::JournalFailed { error: e } => error!("Journal write failed, answered 503: {e}"),

@@ -2,7 +2,7 @@
 //! task turns events into counters, gauges and histograms, so no part of the pipeline knows
 //! about them.
 
-use crate::event::{Bus, Event};
+use crate::event::{Bus, Event, Verdict};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -164,9 +164,7 @@ impl Metrics {
         };
         match event {
             Event::DeliveryDecided { source, verdict, .. } => delivery(source.as_str(), verdict.as_str()),
-            Event::DeliveryRejected { route, .. } => {
-                delivery(if route.contains("gitlab") { "gitlab" } else { "github" }, "rejected")
-            }
+            Event::DeliveryRejected { route, .. } => delivery(route.source().as_str(), Verdict::Rejected.as_str()),
             Event::Published { count, backlog, seconds } => {
                 self.published.inc_by(*count as u64);
                 self.publish_seconds.observe(*seconds);
@@ -279,7 +277,7 @@ mod tests {
         m.observe(&decided(Verdict::Queued));
         m.observe(&decided(Verdict::Ignored));
         m.observe(&Event::DeliveryRejected {
-            route: "/webhook/gitlab",
+            route: crate::ingest::Route::Gitlab,
             status: 401,
             reason: "bad".into(),
             journal_id: Some(1),

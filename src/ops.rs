@@ -109,14 +109,11 @@ impl Ops {
     /// events go to `bus` (the console's, so the replay shows in its feed).
     pub async fn replay(&self, id: i64, bus: Bus) -> anyhow::Result<Replayed> {
         let row = self.show(id).await?;
-        let Some(route) = Route::parse(&row.summary.route) else {
-            if row.summary.route == crate::ingest::accept::POLL_ROUTE {
-                bail!(
-                    "delivery {id} is a poller's finding, not a webhook: replay its job instead (agentctl jobs replay ID); \
-                     the next poll cycle finds the item again if it still carries the trigger label"
-                );
-            }
-            bail!("delivery {id} came to an unknown route '{}'", row.summary.route);
+        let Some(route) = Route::from_stored(row.summary.route) else {
+            bail!(
+                "delivery {id} is a poller's finding, not a webhook: replay its job instead (agentctl jobs replay ID); \
+                 the next poll cycle finds the item again if it still carries the trigger label"
+            );
         };
         let body = match (&row.body, row.body_stored) {
             (Some(body), true) => body.clone(),

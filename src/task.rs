@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod failure;
+pub use failure::{Failure, FailureClass};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -89,19 +92,6 @@ pub struct Task {
     /// Why the last attempt failed (on retried and dead messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
-}
-
-/// How an attempt failed. The classes stay distinct: a bad command is not a crash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Failure {
-    /// `exit`, `signal`, `timeout`, `start` (could not start), `cancelled`.
-    pub class: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    pub reason: String,
-    /// The last lines of the attempt's log.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub log_tail: String,
 }
 
 /// The forge item a task is about, as the ingest parsers normalize it.

@@ -1,5 +1,11 @@
 //! The console as an operator uses it: the built `agentctl` in a real terminal (tmux), fed by
-//! `agentctl send`, driven with keys, read back with `capture-pane`.
+//! `agentctl send`, driven with keys, read back with `capture-pane`. The fleet test shares a
+//! PostgreSQL journal (a schema of its own, see `common/pg.rs`) and a RabbitMQ queue (a name of
+//! its own) between the console's instance and a headless one.
+
+#[allow(dead_code)]
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -255,4 +261,133 @@ fn read_only_console_refuses_actions_and_stdout_not_a_terminal_runs_headless() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("stdout is not a terminal: running headless"), "{stderr}");
+}
+
+fn amqp_url() -> String {
+    std::env::var("AGENTCTL_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// One instance of a fleet: its own data dir and listener, the shared journal and queue.
+fn write_fleet_config(dir: &Path, name: &str, port: u16, journal: &str, queue: &str) -> PathBuf {
+    let own = dir.join(name);
+    std::fs::create_dir_all(&own).unwrap();
+    let handler = write_handler(&own);
+    let path = own.join("config.toml");
+    let config = format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n[storage]\ndata_dir = \"{data}\"\nurl = \"{journal}\"\n\
+         [broker]\nurl = \"{amqp}\"\nqueue = \"{queue}\"\n\
+         [worker]\nwork_dir = \"{work}\"\ncommand = [\"sh\", \"{handler}\"]\nmax_attempts = 1\n",
+        data = own.join("data").display(),
+        work = own.join("work").display(),
+        handler = handler.display(),
+        amqp = amqp_url(),
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Deletes the test's queues from the shared RabbitMQ.
+fn delete_queues(queue: &str) {
+    let mut config = agentctl::config::Config::default();
+    config.broker.url = amqp_url();
+    config.broker.queue = queue.into();
+    let queues = agentctl::broker::Queues::from_config(&config);
+    let names: Vec<String> = queues.all().into_iter().map(|q| q.to_string()).collect();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let Ok(conn) = lapin::Connection::connect(&config.broker.url, lapin::ConnectionProperties::default()).await
+        else {
+            return;
+        };
+        if let Ok(ch) = conn.create_channel().await {
+            for q in names {
+                let _ = ch.queue_delete(q.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+    });
+}
+
+/// A headless agentctl, stopped (SIGTERM, then waited for) when dropped.
+struct Headless(std::process::Child);
+
+impl Drop for Headless {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The console of a listener-only instance on a PostgreSQL journal shared with a headless
+/// instance that listens and runs the jobs: it counts both instances, shows the other listener's
+/// delivery with that instance's id, the job the other instance runs, and drops it there.
+#[test]
+fn the_console_shows_the_fleet_on_a_shared_journal_and_drops_a_job_another_instance_runs() {
+    let db = pg::TestPg::new_blocking();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("agentctl-console-fleet-{}", uuid::Uuid::new_v4().simple());
+    let (port_a, port_b) = (free_port(), free_port());
+    let console = write_fleet_config(dir.path(), "a", port_a, &db.url, &queue);
+    let headless = write_fleet_config(dir.path(), "b", port_b, &db.url, &queue);
+
+    let log = std::fs::File::create(dir.path().join("b.log")).unwrap();
+    let b = Headless(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&headless)
+            .arg("--no-tui")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port_b);
+    let b_id = std::fs::read_to_string(dir.path().join("b/data/instance.id")).unwrap().trim().to_string();
+    let b_short = &b_id[..8];
+
+    // The console's instance only listens: every job runs on the headless one.
+    let tmux = Tmux::start(&format!(
+        "'{BIN}' --config '{}' --mode webhook; echo AGENTCTL_EXIT=$?; sleep 60",
+        console.display()
+    ));
+    let screen = tmux.wait_for("both instances in the header", |s| s.contains("fleet 2/2"));
+    let a_id = std::fs::read_to_string(dir.path().join("a/data/instance.id")).unwrap().trim().to_string();
+    assert!(screen.contains(&format!("(this {})", &a_id[..8])), "{screen}");
+
+    // A delivery to the other instance's listener shows here, marked with that instance.
+    send(&headless, &["gitlab:issue"]);
+    let screen = tmux.wait_for("the other listener's delivery", |s| !rows_with(s, "issue.open").is_empty());
+    let row = rows_with(&screen, "issue.open")[0];
+    assert!(row.contains(b_short) && row.contains("queued"), "{screen}");
+    assert!(screen.contains("INSTANCE"), "{screen}");
+
+    // Jobs: the other instance runs it, with its progress.
+    tmux.key("2");
+    let screen = tmux.wait_for("the job running on the other instance", |s| {
+        rows_with(s, "running ").iter().any(|r| r.contains(b_short) && r.contains("10%"))
+    });
+    assert!(rows_with(&screen, "running ")[0].contains("gitlabhq/gitlab-test#23"), "{screen}");
+
+    // `d`, `y`: the drop goes through the shared journal; the other instance stops its handler.
+    tmux.key("d");
+    let popup = tmux.wait_for("the drop popup", |s| s.contains("Drop job"));
+    assert!(popup.contains("cancelled now"), "{popup}");
+    tmux.key("y");
+    let screen = tmux.wait_for("the job dropped by its instance", |s| !rows_with(s, "dropped ").is_empty());
+    assert!(rows_with(&screen, "dropped ")[0].contains("gitlabhq/gitlab-test#23"), "{screen}");
+
+    tmux.key("q");
+    let screen = tmux.wait_for("agentctl to exit", |s| s.contains("AGENTCTL_EXIT="));
+    assert!(screen.contains("AGENTCTL_EXIT=0"), "{screen}");
+    drop(b);
+    let b_log = std::fs::read_to_string(dir.path().join("b.log")).unwrap_or_default();
+    assert!(b_log.contains("Task dropped: task="), "the headless instance stopped it: {b_log}");
+    delete_queues(&queue);
 }

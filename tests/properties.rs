@@ -10,7 +10,7 @@ use agentctl::ingest::verify::{
     verify_token,
 };
 use agentctl::ingest::{Parsed, github, gitlab};
-use agentctl::task::{Failure, Item, Kind, Source, Task};
+use agentctl::task::{Failure, FailureClass, Item, Kind, Source, Task};
 use agentctl::worker::progress;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -345,8 +345,14 @@ fn task() -> impl Strategy<Value = Task> {
         },
     );
     let failure = prop::option::of(
-        (".{0,10}", prop::option::of(any::<i32>()), ".{0,30}", prop_oneof![Just(String::new()), ".{0,60}"])
-            .prop_map(|(class, exit_code, reason, log_tail)| Failure { class, exit_code, reason, log_tail }),
+        (".{0,10}", prop::option::of(any::<i32>()), ".{0,30}", prop_oneof![Just(String::new()), ".{0,60}"]).prop_map(
+            |(class, exit_code, reason, log_tail)| Failure {
+                class: FailureClass::from(class),
+                exit_code,
+                reason,
+                log_tail,
+            },
+        ),
     );
     (item, "[A-Za-z0-9_-]{1,40}", ".{0,20}", prop::option::of(".{0,40}"), 1u32..10, any::<bool>(), failure).prop_map(
         |(item, id, label, delivery_id, attempt, replay, failure)| {

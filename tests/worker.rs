@@ -119,7 +119,7 @@ async fn drop_queued_and_running_jobs(backend: Backend) {
     Harness::wait_for(&mut ev, Duration::from_secs(10), finished(&first, TaskState::Dropped)).await;
     assert_eq!(h.task_state(&first), "dropped");
     Harness::wait_for(&mut ev, LONG, |e| match e {
-        Event::TaskSkipped { task_id, reason } if *task_id == second => Some(reason.clone()),
+        Event::TaskSkipped { task_id, reason } if *task_id == second => Some(reason.to_string()),
         _ => None,
     })
     .await;

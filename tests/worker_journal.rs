@@ -96,7 +96,7 @@ async fn a_duplicate_of_a_dead_task_is_acked_not_run(backend: Backend) {
     publish_raw(&h, &id, &first).await;
     let outcome = Harness::wait_for(&mut ev, LONG, |e| match e {
         Event::TaskStarted { task_id, .. } if *task_id == id => Some(None),
-        Event::TaskSkipped { task_id, reason } if *task_id == id => Some(Some(reason.clone())),
+        Event::TaskSkipped { task_id, reason } if *task_id == id => Some(Some(reason.to_string())),
         _ => None,
     })
     .await;

@@ -2,7 +2,7 @@
 //! unauthenticated sender (a rejected delivery's headers and body are stored as received), so
 //! every field goes through the terminal sanitizer (`crate::text`) on its way out.
 
-use crate::store::{DeliveryGroup, DeliveryRow, DeliverySummary};
+use crate::store::{DeliveryGroup, DeliveryRow, DeliverySummary, Verdict};
 use crate::text::{for_terminal, for_terminal_line};
 use std::fmt::Write;
 
@@ -27,11 +27,11 @@ fn line(out: &mut String, r: &DeliverySummary, follower: bool) {
         out,
         "{id:>7}  {:<20}  {:<13}  {:<36}  {:<28}  {:<24}  {:<9}  {}{replay}",
         cell(r.received_at.get(..19).unwrap_or(&r.received_at), 20),
-        cell(&r.route, 13),
+        cell(r.route.as_str(), 13),
         cell(r.delivery_id.as_deref().unwrap_or("-"), 36),
         cell(&r.event_label(), 28),
         cell(r.item.as_deref().unwrap_or("-"), 24),
-        cell(&r.verdict, 9),
+        cell(r.verdict.as_str(), 9),
         cell(&r.reason, 200),
     );
 }
@@ -53,7 +53,7 @@ pub fn render_show(row: &DeliveryRow, followers: &[DeliverySummary]) -> String {
     let mut out = String::new();
     let summary = serde_json::to_string_pretty(&row.summary).expect("a summary serializes");
     let _ = writeln!(out, "{}", for_terminal(&summary));
-    if row.summary.verdict == "rejected" && row.summary.event.is_some() {
+    if row.summary.verdict == Verdict::Rejected && row.summary.event.is_some() {
         let _ = writeln!(out, "event: from the delivery's header, unverified");
     }
     let _ = writeln!(out, "verification: {}", for_terminal_line(&row.verification));
@@ -86,7 +86,7 @@ pub fn render_show(row: &DeliveryRow, followers: &[DeliverySummary]) -> String {
         for f in followers {
             let what = match f.replay_of {
                 Some(o) => format!("replay of {o}"),
-                None => f.verdict.clone(),
+                None => f.verdict.to_string(),
             };
             let _ = writeln!(out, "  {} {}: {}", f.id, cell(&what, 40), cell(&f.reason, 200));
         }
@@ -98,16 +98,16 @@ pub fn render_show(row: &DeliveryRow, followers: &[DeliverySummary]) -> String {
 mod tests {
     use super::*;
 
-    fn summary(id: i64, verdict: &str, replay_of: Option<i64>) -> DeliverySummary {
+    fn summary(id: i64, verdict: Verdict, replay_of: Option<i64>) -> DeliverySummary {
         DeliverySummary {
             id,
             received_at: "2026-12-01T20:00:00Z".into(),
-            route: "github".into(),
+            route: crate::store::DeliveryRoute::Github,
             delivery_id: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
             event: Some("issues\u{1b}[2J".into()),
             action: None,
             item: None,
-            verdict: verdict.into(),
+            verdict,
             reason: "signature does not match\u{1b}]0;owned\u{7}".into(),
             http_status: 401,
             task_id: None,
@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn show_and_list_print_no_control_characters() {
         let row = DeliveryRow {
-            summary: summary(7, "rejected", None),
+            summary: summary(7, Verdict::Rejected, None),
             headers: vec![("x-evil".into(), "a\u{9b}31mb\u{1b}c".into())],
             body: Some(b"not json \x1b[31mred\x1b[0m\r\nline two\x07".to_vec()),
             body_size: 40,
@@ -129,9 +129,11 @@ mod tests {
             token_fp: None,
             verification: "bad_signature".into(),
         };
-        let shown = render_show(&row, &[summary(9, "rejected", Some(7))]);
-        let listed =
-            render_list(&[DeliveryGroup { head: row.summary.clone(), followers: vec![summary(9, "ok", Some(7))] }]);
+        let shown = render_show(&row, &[summary(9, Verdict::Rejected, Some(7))]);
+        let listed = render_list(&[DeliveryGroup {
+            head: row.summary.clone(),
+            followers: vec![summary(9, Verdict::Queued, Some(7))],
+        }]);
         for out in [&shown, &listed] {
             assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
         }

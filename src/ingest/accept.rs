@@ -10,7 +10,7 @@ use super::{ParseError, Parsed, Route, github, gitlab};
 use crate::config::{Config, Filter, Secret};
 use crate::event::{Bus, Event, Verdict};
 use crate::forge::Found;
-use crate::store::{Journal, NewDelivery, NewTask, Recorded, RejectedCaps, StoredBody};
+use crate::store::{DeliveryRoute, Journal, NewDelivery, NewTask, Recorded, RejectedCaps, StoredBody};
 use crate::task::{Source, Task, new_task_id, now_rfc3339};
 use bytes::Bytes;
 use hyper::HeaderMap;
@@ -62,7 +62,7 @@ impl SelfUsers {
 }
 
 /// The route name of deliveries the poller makes up for the items it finds.
-pub const POLL_ROUTE: &str = "poll";
+pub const POLL_ROUTE: &str = DeliveryRoute::Poll.as_str();
 
 /// A poller's finding's delivery id: the same for one labelling of one item
 /// (`github:octo/hello#7@<updated_at>`).
@@ -165,7 +165,7 @@ impl Ingest {
         };
         let decision = filter::decide(&parsed, &self.filter);
         let record = NewDelivery {
-            route: POLL_ROUTE,
+            route: DeliveryRoute::Poll,
             delivery_id: Some(poll_delivery_id(found)),
             dedupe: true,
             event: None,
@@ -177,7 +177,7 @@ impl Ingest {
             body_size: body.len(),
             token_fp: None,
             verification: "poll".into(),
-            verdict: "rejected",
+            verdict: Verdict::Rejected,
             reason: String::new(),
             http_status: 200,
             replay_of: None,
@@ -320,7 +320,7 @@ impl Ingest {
             (headers::to_json(&incoming.headers, None), StoredBody::pack(&incoming.body, None))
         };
         NewDelivery {
-            route: incoming.route.as_str(),
+            route: incoming.route.into(),
             delivery_id: headers::delivery_id(incoming.route, &incoming.headers, self.signs(incoming.route)),
             dedupe: false,
             // As the (unverified) header names it; a verified delivery's parsed event replaces it.
@@ -333,7 +333,7 @@ impl Ingest {
             body_size: incoming.body.len(),
             token_fp,
             verification: verification.to_string(),
-            verdict: "rejected",
+            verdict: Verdict::Rejected,
             reason,
             http_status: status,
             replay_of: incoming.replay_of,
@@ -363,12 +363,7 @@ impl Ingest {
                 None
             }
         };
-        self.bus.emit(Event::DeliveryRejected {
-            route: incoming.route.path(),
-            status: answer.status(),
-            reason,
-            journal_id,
-        });
+        self.bus.emit(Event::DeliveryRejected { route: incoming.route, status: answer.status(), reason, journal_id });
         answer
     }
 
@@ -396,7 +391,7 @@ impl Ingest {
         record.event = Some(parsed.event.clone());
         record.action = parsed.action.clone();
         record.item = parsed.item.as_ref().map(|i| crate::task::item_ref(&i.repo_full_name, i.kind, i.number));
-        record.verdict = verdict.as_str();
+        record.verdict = verdict;
         if let (Some(label), Some(item)) = (&label, &parsed.item) {
             let task = Task::new(item, new_task_id(), label, record.delivery_id.clone(), record.received_at.clone());
             record.task = Some(NewTask {

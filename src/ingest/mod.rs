@@ -14,6 +14,7 @@ pub mod headers;
 pub mod server;
 pub mod verify;
 
+use crate::store::DeliveryRoute;
 use crate::task::{Item, Source};
 
 /// A delivery's body could not be understood (answered 400).
@@ -89,6 +90,27 @@ impl Route {
         match self {
             Route::Github => Source::Github,
             Route::Gitlab | Route::GitlabSystem => Source::Gitlab,
+        }
+    }
+
+    /// The webhook route a stored delivery came by; `None` for a poller's finding.
+    pub fn from_stored(route: DeliveryRoute) -> Option<Route> {
+        match route {
+            DeliveryRoute::Github => Some(Route::Github),
+            DeliveryRoute::Gitlab => Some(Route::Gitlab),
+            DeliveryRoute::GitlabSystem => Some(Route::GitlabSystem),
+            DeliveryRoute::Poll => None,
+        }
+    }
+}
+
+/// How the journal records the route.
+impl From<Route> for DeliveryRoute {
+    fn from(route: Route) -> DeliveryRoute {
+        match route {
+            Route::Github => DeliveryRoute::Github,
+            Route::Gitlab => DeliveryRoute::Gitlab,
+            Route::GitlabSystem => DeliveryRoute::GitlabSystem,
         }
     }
 }

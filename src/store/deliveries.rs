@@ -2,7 +2,7 @@
 //! dedupe on the forge's delivery id) and reading them back for `agentctl deliveries` and replays.
 
 use super::body::{StoredBody, unpack};
-use super::unix_now;
+use super::{DeliveryRoute, Verdict, unix_now};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// What rejected deliveries may keep, so that unauthenticated traffic cannot fill the disk. A
@@ -57,7 +57,7 @@ pub struct NewTask {
 
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
-    pub route: &'static str,
+    pub route: DeliveryRoute,
     pub delivery_id: Option<String>,
     /// Take the dedupe key (`route:delivery_id`): only verified deliveries that are not replays.
     pub dedupe: bool,
@@ -71,7 +71,7 @@ pub struct NewDelivery {
     pub body_size: usize,
     pub token_fp: Option<String>,
     pub verification: String,
-    pub verdict: &'static str,
+    pub verdict: Verdict,
     pub reason: String,
     pub http_status: u16,
     pub replay_of: Option<i64>,
@@ -135,7 +135,7 @@ impl NewDelivery {
                     c,
                     None,
                     StoredParts { headers: &self.headers_json, body: None },
-                    "duplicate",
+                    Verdict::Duplicate,
                     &format!("delivery id seen before as journal entry {original}"),
                     task_id.as_deref(),
                 )?;
@@ -151,10 +151,11 @@ impl NewDelivery {
         {
             let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
             let parts = StoredParts { headers: &self.headers_json, body: None };
-            let journal_id = self.insert_row(c, dedupe_key.as_deref(), parts, "duplicate", &why, Some(&task_id))?;
+            let journal_id =
+                self.insert_row(c, dedupe_key.as_deref(), parts, Verdict::Duplicate, &why, Some(&task_id))?;
             return Ok(Recorded::Duplicate { journal_id, original, task_id: Some(task_id) });
         }
-        let (headers, body) = if self.verdict == "rejected" {
+        let (headers, body) = if self.verdict == Verdict::Rejected {
             self.rejected_room(c, caps)?
         } else {
             (self.headers_json.as_str(), Some(&self.body.packed[..]))
@@ -224,7 +225,7 @@ impl NewDelivery {
         c: &Connection,
         dedupe_key: Option<&str>,
         StoredParts { headers, body }: StoredParts<'_>,
-        verdict: &str,
+        verdict: Verdict,
         reason: &str,
         task_id: Option<&str>,
     ) -> rusqlite::Result<i64> {
@@ -313,12 +314,12 @@ pub(super) fn forget_rejected(c: &Connection, rows: i64, bytes: i64) -> rusqlite
 pub struct DeliverySummary {
     pub id: i64,
     pub received_at: String,
-    pub route: String,
+    pub route: DeliveryRoute,
     pub delivery_id: Option<String>,
     pub event: Option<String>,
     pub action: Option<String>,
     pub item: Option<String>,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub reason: String,
     pub http_status: u16,
     pub task_id: Option<String>,
@@ -336,7 +337,7 @@ impl DeliverySummary {
             (Some(e), None) => e.clone(),
             _ => return "-".into(),
         };
-        if self.verdict == "rejected" { format!("{name} (unverified)") } else { name }
+        if self.verdict == Verdict::Rejected { format!("{name} (unverified)") } else { name }
     }
 }
 

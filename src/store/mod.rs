@@ -18,10 +18,13 @@ pub mod leases;
 pub mod outbox;
 pub mod pg;
 pub mod retention;
+mod route;
 mod schema;
 mod sqlite;
 mod state;
 pub mod tasks;
+mod text_column;
+mod verdict;
 mod writer;
 
 pub use body::StoredBody;
@@ -30,7 +33,9 @@ pub use deliveries::{
 };
 pub use journal::{Backend, Journal, LabelChange, Lease};
 pub use outbox::{MAX_MESSAGE_BYTES, MAX_REFUSALS, OutboxRow, Refusal, judge_refusal, oversize};
+pub use route::DeliveryRoute;
 pub use state::TaskState;
+pub use verdict::Verdict;
 pub use writer::SqliteJournal;
 
 use crate::config::SyncMode;

@@ -14,6 +14,9 @@ use super::unix_now;
 use crate::task::{ItemKey, Task};
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod skip;
+pub use skip::SkipReason;
+
 /// States of a task that will still run (or is running): an item with one needs no new task.
 pub const LIVE: &str = "('queued', 'running', 'waiting', 'retrying')";
 
@@ -35,7 +38,7 @@ pub enum Claim {
     /// behind it in the journal and is queued again when that one ends. Acknowledge the message.
     Wait { behind: String },
     /// Acknowledge it without running: the reason says why (dropped, already done, …).
-    Skip(String),
+    Skip(SkipReason),
 }
 
 /// The end of an attempt, as recorded.
@@ -68,7 +71,7 @@ pub fn claim(c: &Connection, task: &Task, lease: &Lease, now_ms: i64) -> rusqlit
             |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    let skip = |why: &str| Ok(Claim::Skip(why.to_string()));
+    let skip = |why: SkipReason| Ok(Claim::Skip(why));
     let payload = String::from_utf8(task.to_json()).expect("JSON is UTF-8");
     let Some((state, generation, cancel_requested, owner, lease_until)) = row else {
         c.execute(
@@ -91,28 +94,24 @@ pub fn claim(c: &Connection, task: &Task, lease: &Lease, now_ms: i64) -> rusqlit
         return run_or_wait(c, task, &payload, lease, now_ms);
     };
     match state {
-        TaskState::Dropped => return skip("dropped by an operator"),
-        s if s.is_final() => return skip(&format!("already {s} (a duplicate message)")),
+        TaskState::Dropped => return skip(SkipReason::Dropped),
+        s if s.is_final() => return skip(SkipReason::Finished(s)),
         _ if task.generation != generation => {
-            return skip(&format!(
-                "a stale message (generation {} of a task now at generation {generation}, {state})",
-                task.generation
-            ));
+            return skip(SkipReason::Stale { generation: task.generation, current: generation, state });
         }
         // A cancelled run still held is its owner's to stop (its watcher sees the flag): ending it
         // here would leave its handler running with the item's one running slot freed.
         TaskState::Running if owner.as_deref() == Some(lease.owner.as_str()) => {
-            return skip("already running here (a message published twice)");
+            return skip(SkipReason::RunningHere);
         }
         TaskState::Running if lease_until.is_some_and(|until| until > now_ms) => {
-            let who = owner.unwrap_or_default();
-            return skip(&format!("already running on instance {who}, whose lease is alive"));
+            return skip(SkipReason::RunningElsewhere { instance: owner.unwrap_or_default() });
         }
         _ if cancel_requested => {
-            end(c, &task.id, &Finish::Dropped { reason: "dropped by an operator".into() })?;
-            return skip("dropped by an operator");
+            end(c, &task.id, &Finish::Dropped { reason: SkipReason::Dropped.to_string() })?;
+            return skip(SkipReason::Dropped);
         }
-        TaskState::Waiting => return skip("already waiting for its item (a message published twice)"),
+        TaskState::Waiting => return skip(SkipReason::Waiting),
         _ => {}
     }
     run_or_wait(c, task, &payload, lease, now_ms)

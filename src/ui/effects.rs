@@ -170,3 +170,6 @@ pub fn log_event(key: LogKey) -> TuiWidgetEvent {
         LogKey::EndPaging => TuiWidgetEvent::EscapeKey,
     }
 }
+
+#[cfg(test)]
+mod tests;

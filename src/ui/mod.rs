@@ -5,10 +5,13 @@
 //!
 //! The console never slows the pipeline: it reads the bus (a bounded broadcast channel) and,
 //! when it falls behind, the bus drops the oldest events for it and says how many; the header
-//! shows that count. Replays and drops run on their own tasks and report back.
+//! shows that count. Replays and drops run on their own tasks and report back. On a shared
+//! journal, the fleet watcher (`fleet`) reads what the other instances do from the journal every
+//! second and sends it on a bounded channel of its own (drop and count; see there).
 
 pub mod console;
 mod effects;
+pub mod fleet;
 pub mod keys;
 mod popup;
 pub mod state;
@@ -68,6 +71,23 @@ pub async fn run(
     let service = crate::app::Service::open(config.clone(), mode).await?;
     let ops = Arc::new(service.ops());
     effects::seed(&ops, &mut state).await;
+    // On a shared journal the fleet watcher runs beside the service, on this runtime.
+    let fleet_stop = CancellationToken::new();
+    let (fleet, fleet_rx) = if ops.journal.shared() {
+        state.share(service.instance());
+        let cursor = state.deliveries.iter().filter_map(|d| d.journal_id).max();
+        let followed = state.jobs.values().filter(|j| j.state.is_live() && j.state != state::JobState::Queued);
+        let watcher = fleet::Watcher::new(
+            ops.journal.clone(),
+            cursor,
+            limits.deliveries,
+            followed.map(|j| j.task_id.clone()).collect::<Vec<_>>(),
+        );
+        let (tx, rx) = mpsc::channel(fleet::CHANNEL);
+        (Some(tokio::spawn(watcher.run(tx, fleet_stop.clone()))), Some(rx))
+    } else {
+        (None, None)
+    };
     let chrome = Chrome {
         mode: format!("{mode:?}").to_lowercase(),
         broker: if config.broker.url.is_empty() { "embedded".into() } else { redact_url(&config.broker.url) },
@@ -95,6 +115,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         service_ended: service_ended.clone(),
         events,
+        fleet: fleet_rx,
         runtime: tokio::runtime::Handle::current(),
     };
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
@@ -127,6 +148,10 @@ pub async fn run(
     };
     // However the console ended, the service stops and is waited for.
     shutdown.cancel();
+    fleet_stop.cancel();
+    if let Some(fleet) = fleet {
+        let _ = fleet.await;
+    }
     let served = match served {
         Some(served) => served,
         None => {
@@ -150,6 +175,8 @@ struct Parts {
     /// Cancelled when the service has stopped (on its own, or after `shutdown`).
     service_ended: CancellationToken,
     events: broadcast::Receiver<Event>,
+    /// The fleet watcher's reads, on a shared journal.
+    fleet: Option<mpsc::Receiver<fleet::FleetEvent>>,
     /// The main runtime, where actions run.
     runtime: tokio::runtime::Handle,
 }
@@ -159,7 +186,8 @@ const MAX_INPUT_ERRORS: u32 = 10;
 
 /// Draws and reacts until the service has ended or the terminal's input is gone.
 async fn event_loop(terminal: &mut ratatui::DefaultTerminal, parts: Parts) -> anyhow::Result<()> {
-    let Parts { mut state, chrome, read_only, ops, bus, shutdown, service_ended, mut events, runtime } = parts;
+    let Parts { mut state, chrome, read_only, ops, bus, shutdown, service_ended, mut events, mut fleet, runtime } =
+        parts;
     let chrome = &chrome;
     let mut console = Console::new(read_only);
     let logger = tui_logger::TuiWidgetState::new().set_default_display_level(tui_logger::LevelFilter::Info);
@@ -242,6 +270,9 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, parts: Parts) -> an
                 effects::apply(result, &mut state, &mut console, now_ms());
                 dirty = true;
             }
+            Some(read) = recv_fleet(&mut fleet) => {
+                dirty |= state.apply_fleet(read, now_ms());
+            }
             _ = second.tick() => {
                 state.tick(now_ms());
                 // Uptime, elapsed times and "next attempt in" move every second.
@@ -258,6 +289,21 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, parts: Parts) -> an
             }
             _ = tokio::time::sleep_until(next_frame), if dirty => {}
         }
+    }
+}
+
+/// The fleet watcher's next read; never, on a journal of this instance alone (or once the
+/// watcher has stopped).
+async fn recv_fleet(fleet: &mut Option<mpsc::Receiver<fleet::FleetEvent>>) -> Option<fleet::FleetEvent> {
+    match fleet {
+        Some(rx) => match rx.recv().await {
+            Some(read) => Some(read),
+            None => {
+                *fleet = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

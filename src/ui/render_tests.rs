@@ -7,8 +7,9 @@ use super::state::{Limits, Millis, State};
 use super::view::{self, Chrome, Scene};
 use crate::broker::QueueDepth;
 use crate::event::{Event, Verdict};
+use crate::store::tasks::SkipReason;
 use crate::store::{DeliveryRow, DeliverySummary, TaskState};
-use crate::task::Source;
+use crate::task::{FailureClass, Source};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use std::sync::Arc;
@@ -49,7 +50,14 @@ fn started(s: &mut State, at: Millis, task: &str, item: &str, attempt: u32) {
     s.apply(Event::TaskStarted { task_id: task.into(), item: item.into(), attempt, replay: false }, at);
 }
 
-fn finished(s: &mut State, at: Millis, task: &str, state: TaskState, class: Option<&str>, reason: Option<&str>) {
+fn finished(
+    s: &mut State,
+    at: Millis,
+    task: &str,
+    state: TaskState,
+    class: Option<FailureClass>,
+    reason: Option<&str>,
+) {
     s.apply(
         Event::TaskFinished {
             task_id: task.into(),
@@ -58,7 +66,7 @@ fn finished(s: &mut State, at: Millis, task: &str, state: TaskState, class: Opti
             exit_code: Some(if state == TaskState::Done { 0 } else { 2 }),
             duration_ms: 42_000,
             reason: reason.map(str::to_string),
-            failure_class: class.map(str::to_string),
+            failure_class: class,
             retry_at_unix: (state == TaskState::Retrying).then_some((NOW + 30_000) / 1000),
         },
         at,
@@ -67,7 +75,11 @@ fn finished(s: &mut State, at: Millis, task: &str, state: TaskState, class: Opti
 
 /// A console that has seen a bit of everything.
 fn fixture() -> State {
-    let mut s = State::new(Limits { deliveries: 100, jobs: 100 });
+    fixture_in(State::new(Limits { deliveries: 100, jobs: 100 }))
+}
+
+/// [`fixture`]'s events, applied to `s`.
+fn fixture_in(mut s: State) -> State {
     s.apply(Event::ListenerStarted { addr: "0.0.0.0:8000".into() }, T0);
     s.apply(Event::BrokerUp { broker: "amqp".into() }, T0);
     // The minute and a half before: queue depths and publish rates for the sparklines.
@@ -92,7 +104,7 @@ fn fixture() -> State {
     decided(&mut s, T0 + 2_000, 3, "acme/docs#3", Verdict::Ignored, "label 'bug' is not a trigger label", None);
     s.apply(
         Event::DeliveryRejected {
-            route: "/webhook/github",
+            route: crate::ingest::Route::Github,
             status: 401,
             reason: "signature does not match".into(),
             journal_id: Some(4),
@@ -119,12 +131,26 @@ fn fixture() -> State {
     s.apply(Event::TaskLog { task_id: t("01"), line: "cloning acme/widgets".into() }, T0 + 11_000);
     s.apply(Event::TaskLog { task_id: t("01"), line: "running cargo test".into() }, T0 + 12_000);
     started(&mut s, T0 + 11_000, &t("05"), "gitlab-org/api!77", 1);
-    finished(&mut s, T0 + 53_000, &t("05"), TaskState::Retrying, Some("exit"), Some("handler exited with status 2"));
+    finished(
+        &mut s,
+        T0 + 53_000,
+        &t("05"),
+        TaskState::Retrying,
+        Some(FailureClass::Exit),
+        Some("handler exited with status 2"),
+    );
     started(&mut s, T0 + 12_000, &t("06"), "acme/api#40", 3);
-    finished(&mut s, T0 + 54_000, &t("06"), TaskState::Dead, Some("timeout"), Some("no exit within 1800 s"));
+    finished(
+        &mut s,
+        T0 + 54_000,
+        &t("06"),
+        TaskState::Dead,
+        Some(FailureClass::Timeout),
+        Some("no exit within 1800 s"),
+    );
     started(&mut s, T0 + 13_000, &t("07"), "acme/web#9", 1);
     finished(&mut s, T0 + 55_000, &t("07"), TaskState::Done, None, None);
-    s.apply(Event::TaskSkipped { task_id: t("08"), reason: "dropped by an operator".into() }, T0 + 56_000);
+    s.apply(Event::TaskSkipped { task_id: t("08"), reason: SkipReason::Dropped }, T0 + 56_000);
     s.apply(Event::OutboxBacklog { pending: 3, parked: 0 }, NOW);
     s
 }
@@ -184,12 +210,12 @@ fn delivery_timeline() {
     let summary = DeliverySummary {
         id: 1,
         received_at: "2026-11-29T10:00:00.000000Z".into(),
-        route: "/webhook/github".into(),
+        route: crate::store::DeliveryRoute::Github,
         delivery_id: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
         event: Some("issues".into()),
         action: Some("labeled".into()),
         item: Some("acme/widgets#12".into()),
-        verdict: "queued".into(),
+        verdict: Verdict::Queued,
         reason: "label 'coding agent' matched".into(),
         http_status: 202,
         task_id: Some("0195f3a2-7c1e-7000-8000-000000000001".into()),
@@ -289,3 +315,5 @@ fn read_only_footer() {
     c.handle(Action::Replay, &s, NOW);
     insta::assert_snapshot!(render(&s, &c));
 }
+
+mod fleet;

@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::event::{Bus, Event};
 use crate::forge::{Forges, ItemState};
 use crate::store::label_ops::LabelOp;
-use crate::store::tasks::{Claim, Finish, Finished, INVALID_ITEM};
+use crate::store::tasks::{Claim, Finish, Finished, INVALID_ITEM, SkipReason};
 use crate::store::{Journal, Lease, TaskState, unix_now};
 use crate::task::Task;
 use std::collections::HashMap;
@@ -370,10 +370,7 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     shared.running.lock().expect("running lock").remove(&task.id);
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         // Another instance may run it now: this one records nothing and touches nothing.
-        shared.bus.emit(Event::TaskSkipped {
-            task_id: task.id.clone(),
-            reason: "stopped: this instance lost its lease on it".into(),
-        });
+        shared.bus.emit(Event::TaskSkipped { task_id: task.id.clone(), reason: SkipReason::LeaseLost });
         return;
     }
     if shared.stop_handlers.is_cancelled() && attempt.outcome == runner::Outcome::Cancelled {

@@ -4,25 +4,27 @@ use super::runner::{Attempt, Outcome};
 use crate::broker::Queues;
 use crate::config::Worker;
 use crate::store::tasks::Finish;
-use crate::task::{Failure, Task};
+use crate::task::{Failure, FailureClass, Task};
 
 pub fn decide(task: &Task, attempt: &Attempt, config: &Worker, queues: &Queues, now_unix: i64) -> Finish {
     let (class, exit_code, reason) = match &attempt.outcome {
         Outcome::Exited(0) => return Finish::Done { exit_code: 0 },
         Outcome::Cancelled => return Finish::Dropped { reason: "cancelled by an operator".into() },
-        Outcome::Exited(code) => ("exit", Some(*code), format!("the handler exited with code {code}")),
-        Outcome::Signalled(sig) => ("signal", None, format!("the handler was killed by signal {sig}")),
+        Outcome::Exited(code) => (FailureClass::Exit, Some(*code), format!("the handler exited with code {code}")),
+        Outcome::Signalled(sig) => (FailureClass::Signal, None, format!("the handler was killed by signal {sig}")),
         Outcome::TimedOut => {
-            ("timeout", None, format!("the handler ran longer than worker.timeout_secs ({} s)", config.timeout_secs))
+            let why = format!("the handler ran longer than worker.timeout_secs ({} s)", config.timeout_secs);
+            (FailureClass::Timeout, None, why)
         }
-        Outcome::FailedToStart(why) => ("start", None, format!("the handler could not start: {why}")),
+        Outcome::FailedToStart(why) => (FailureClass::Start, None, format!("the handler could not start: {why}")),
     };
     let mut next = task.clone();
     // The retry or dead letter is a new publish of the task.
     next.generation = task.generation + 1;
-    next.failure = Some(Failure { class: class.into(), exit_code, reason, log_tail: attempt.log_tail.clone() });
     // A command that cannot start will not start on a retry either.
-    if class == "start" || task.attempt >= config.max_attempts {
+    let retried = class != FailureClass::Start;
+    next.failure = Some(Failure { class, exit_code, reason, log_tail: attempt.log_tail.clone() });
+    if !retried || task.attempt >= config.max_attempts {
         return Finish::Dead { task: next, queue: queues.dead.clone() };
     }
     let index = (task.attempt as usize).saturating_sub(1);
@@ -60,13 +62,13 @@ mod tests {
             Finish::Retry { task, queue, delay_ms, next_unix } => {
                 assert_eq!((task.attempt, queue.as_str(), delay_ms, next_unix), (2, "q.retry.5s", 5000, 1005));
                 let f = task.failure.unwrap();
-                assert_eq!((f.class.as_str(), f.exit_code, f.log_tail.as_str()), ("exit", Some(2), "last line"));
+                assert_eq!((f.class, f.exit_code, f.log_tail.as_str()), (FailureClass::Exit, Some(2), "last line"));
             }
             other => panic!("{other:?}"),
         }
         match decide(&task(2), &attempt(Outcome::TimedOut), &cfg, &q, 0) {
             Finish::Retry { delay_ms, task, queue, .. } => {
-                assert_eq!((delay_ms, task.failure.unwrap().class.as_str()), (60_000, "timeout"));
+                assert_eq!((delay_ms, task.failure.unwrap().class), (60_000, FailureClass::Timeout));
                 assert_eq!(queue, "q.retry.60s", "each delay has its own retry queue");
             }
             other => panic!("{other:?}"),
@@ -74,7 +76,7 @@ mod tests {
         match decide(&task(3), &attempt(Outcome::Signalled(9)), &cfg, &q, 0) {
             Finish::Dead { task, queue } => {
                 assert_eq!(queue, "q.dead");
-                assert_eq!(task.failure.unwrap().class, "signal");
+                assert_eq!(task.failure.unwrap().class, FailureClass::Signal);
             }
             other => panic!("{other:?}"),
         }
@@ -87,7 +89,7 @@ mod tests {
         assert!(matches!(decide(&task(1), &attempt(Outcome::Exited(0)), &cfg, &q, 0), Finish::Done { .. }));
         assert!(matches!(decide(&task(1), &attempt(Outcome::Cancelled), &cfg, &q, 0), Finish::Dropped { .. }));
         match decide(&task(1), &attempt(Outcome::FailedToStart("no such file".into())), &cfg, &q, 0) {
-            Finish::Dead { task, .. } => assert_eq!(task.failure.unwrap().class, "start"),
+            Finish::Dead { task, .. } => assert_eq!(task.failure.unwrap().class, FailureClass::Start),
             other => panic!("{other:?}"),
         }
     }

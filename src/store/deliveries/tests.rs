@@ -3,7 +3,7 @@ use crate::config::SyncMode;
 
 fn delivery(i: usize, verdict: &'static str, body: &[u8]) -> NewDelivery {
     NewDelivery {
-        route: "github",
+        route: DeliveryRoute::Github,
         delivery_id: Some(format!("d-{i}")),
         dedupe: verdict != "rejected",
         event: Some("issues".into()),
@@ -15,7 +15,7 @@ fn delivery(i: usize, verdict: &'static str, body: &[u8]) -> NewDelivery {
         body_size: body.len(),
         token_fp: None,
         verification: if verdict == "rejected" { "bad_signature" } else { "ok" }.into(),
-        verdict,
+        verdict: Verdict::parse(verdict).expect("a verdict"),
         reason: String::new(),
         http_status: if verdict == "rejected" { 401 } else { 200 },
         replay_of: None,

@@ -17,7 +17,7 @@ use super::{PgJournal, R, pg_err};
 use crate::store::deliveries::{
     DeliveryGroup, DeliveryRow, DeliverySummary, NewDelivery, PRUNE_PER_INSERT, Recorded, RejectedCaps, SUMMARY_COLUMNS,
 };
-use crate::store::{StoreError, unix_now};
+use crate::store::{StoreError, Verdict, unix_now};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
@@ -169,7 +169,7 @@ async fn exec(c: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u
 /// Records one delivery (see `NewDelivery::insert` for the rules).
 async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Recorded, tokio_postgres::Error> {
     let key = dedupe_key(&d);
-    if !d.only_new && d.verdict != "rejected" {
+    if !d.only_new && d.verdict != Verdict::Rejected {
         return insert_accepted(c, d, key).await;
     }
     if d.only_new {
@@ -208,14 +208,15 @@ async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Record
         // a duplicate of that delivery, as on SQLite, which checks the id before the poll.
         return seen_before(c, &d, key.as_deref()).await;
     }
-    let (headers, body) = if d.verdict == "rejected" {
+    let (headers, body) = if d.verdict == Verdict::Rejected {
         rejected_room(c, &d, caps).await?
     } else {
         (d.headers_json.clone(), Some(d.body.packed.clone()))
     };
     let task_id = d.task.as_ref().map(|t| t.id.clone());
     let inserted =
-        insert_row(c, &d, key.as_deref(), &headers, body.as_deref(), d.verdict, &d.reason, task_id.as_deref()).await?;
+        insert_row(c, &d, key.as_deref(), &headers, body.as_deref(), d.verdict.as_str(), &d.reason, task_id.as_deref())
+            .await?;
     let Some(journal_id) = inserted else {
         // The delivery id is taken: by a delivery committed before (on any instance), or by one
         // earlier in this very batch.

@@ -8,7 +8,7 @@
 use super::schema::NOW_MS;
 use crate::store::jobs::{Dropped, JOB_COLUMNS, JobRow, Timeline};
 use crate::store::label_ops::LabelOp;
-use crate::store::tasks::{Claim, Finish, Finished, INVALID_ITEM};
+use crate::store::tasks::{Claim, Finish, Finished, INVALID_ITEM, SkipReason};
 use crate::store::{LabelChange, Lease, TaskState, unix_now};
 use crate::task::Task;
 use tokio_postgres::{Error, GenericClient, Row};
@@ -105,29 +105,25 @@ pub(super) async fn claim(c: &impl GenericClient, task: &Task, lease: &Lease) ->
         .await?;
     let (st, generation, cancel_requested, owner, alive): (TaskState, i64, bool, Option<String>, Option<bool>) =
         (state(&row, 0), row.get(1), row.get(2), row.get(3), row.get(4));
-    let skip = |why: String| Ok(Claim::Skip(why));
+    let skip = |why: SkipReason| Ok(Claim::Skip(why));
     match st {
-        TaskState::Dropped => return skip("dropped by an operator".into()),
-        s if s.is_final() => return skip(format!("already {s} (a duplicate message)")),
+        TaskState::Dropped => return skip(SkipReason::Dropped),
+        s if s.is_final() => return skip(SkipReason::Finished(s)),
         _ if task.generation != generation as u64 => {
-            return skip(format!(
-                "a stale message (generation {} of a task now at generation {generation}, {st})",
-                task.generation
-            ));
+            return skip(SkipReason::Stale { generation: task.generation, current: generation as u64, state: st });
         }
         // A cancelled run still held is its owner's to stop (see `store::tasks::claim`).
         TaskState::Running if owner.as_deref() == Some(lease.owner.as_str()) => {
-            return skip("already running here (a message published twice)".into());
+            return skip(SkipReason::RunningHere);
         }
         TaskState::Running if alive == Some(true) => {
-            let who = owner.unwrap_or_default();
-            return skip(format!("already running on instance {who}, whose lease is alive"));
+            return skip(SkipReason::RunningElsewhere { instance: owner.unwrap_or_default() });
         }
         _ if cancel_requested => {
-            end(c, &task.id, &Finish::Dropped { reason: "dropped by an operator".into() }).await?;
-            return skip("dropped by an operator".into());
+            end(c, &task.id, &Finish::Dropped { reason: SkipReason::Dropped.to_string() }).await?;
+            return skip(SkipReason::Dropped);
         }
-        TaskState::Waiting => return skip("already waiting for its item (a message published twice)".into()),
+        TaskState::Waiting => return skip(SkipReason::Waiting),
         _ => {}
     }
     let blocker = c

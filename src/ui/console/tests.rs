@@ -167,7 +167,7 @@ fn only_finished_jobs_are_replayed() {
             exit_code: Some(1),
             duration_ms: 10,
             reason: Some("exit status 1".into()),
-            failure_class: Some("exit".into()),
+            failure_class: Some(crate::task::FailureClass::Exit),
             retry_at_unix: None,
         },
         9,

@@ -1,7 +1,8 @@
 use super::*;
 use crate::broker::QueueDepth;
-use crate::store::TaskState;
-use crate::task::Source;
+use crate::ingest::Route;
+use crate::store::{DeliveryRoute, DeliverySummary, TaskState};
+use crate::task::{FailureClass, Source};
 use std::sync::Arc;
 
 fn decided(journal_id: i64, item: &str, verdict: Verdict, task: Option<&str>) -> Event {
@@ -19,15 +20,15 @@ fn decided(journal_id: i64, item: &str, verdict: Verdict, task: Option<&str>) ->
     }
 }
 
-fn finished(task: &str, state: TaskState, class: Option<&str>, retry_at: Option<i64>) -> Event {
+fn finished(task: &str, state: TaskState, class: Option<FailureClass>, retry_at: Option<i64>) -> Event {
     Event::TaskFinished {
         task_id: task.into(),
         item: "o/r#1".into(),
         state,
         exit_code: Some(if state == TaskState::Done { 0 } else { 3 }),
         duration_ms: 1500,
-        reason: class.map(|_| "exit status 3".to_string()),
-        failure_class: class.map(str::to_string),
+        reason: class.as_ref().map(|_| "exit status 3".to_string()),
+        failure_class: class,
         retry_at_unix: retry_at,
     }
 }
@@ -44,7 +45,7 @@ fn a_queued_delivery_makes_a_row_a_queued_job_and_counts() {
     assert_eq!(s.counters.received, 1);
     assert_eq!(s.counters.queued, 1);
     let d = s.deliveries.back().unwrap();
-    assert_eq!((d.journal_id, d.verdict, d.event.as_str()), (Some(7), RowVerdict::Queued, "issues.labeled"));
+    assert_eq!((d.journal_id, d.verdict, d.event.as_str()), (Some(7), Verdict::Queued, "issues.labeled"));
     assert_eq!(s.jobs["t1"].state, JobState::Queued);
     assert_eq!(s.jobs["t1"].item, "o/r#1");
 }
@@ -56,7 +57,7 @@ fn ignored_duplicate_and_rejected_deliveries_count_apart() {
     s.apply(decided(2, "o/r#1", Verdict::Duplicate, Some("t1")), 0);
     s.apply(
         Event::DeliveryRejected {
-            route: "/webhook/github",
+            route: Route::Github,
             status: 401,
             reason: "signature mismatch".into(),
             journal_id: Some(3),
@@ -66,7 +67,7 @@ fn ignored_duplicate_and_rejected_deliveries_count_apart() {
     let c = &s.counters;
     assert_eq!((c.ignored, c.duplicates, c.rejected, c.received, c.queued), (1, 1, 1, 1, 0));
     let rejected = s.deliveries.back().unwrap();
-    assert_eq!(rejected.verdict, RowVerdict::Rejected);
+    assert_eq!(rejected.verdict, Verdict::Rejected);
     assert_eq!(rejected.reason, "401: signature mismatch");
     assert_eq!(rejected.journal_id, Some(3));
     // A duplicate does not invent a job.
@@ -144,16 +145,19 @@ fn a_task_runs_retries_and_dies() {
     );
     assert_eq!(j.log.iter().collect::<Vec<_>>(), ["hello"]);
 
-    s.apply(finished("t", TaskState::Retrying, Some("exit"), Some(60)), 2_000);
+    s.apply(finished("t", TaskState::Retrying, Some(FailureClass::Exit), Some(60)), 2_000);
     let j = &s.jobs["t"];
-    assert_eq!((j.state, j.retry_at, j.failure_class.as_deref()), (JobState::Retrying, Some(60_000), Some("exit")));
+    assert_eq!(
+        (j.state, j.retry_at, j.failure_class.clone()),
+        (JobState::Retrying, Some(60_000), Some(FailureClass::Exit))
+    );
     assert_eq!((s.counters.running, s.counters.failed), (0, 1));
 
     s.apply(Event::TaskStarted { task_id: "t".into(), item: "o/r#1".into(), attempt: 2, replay: false }, 61_000);
     assert_eq!((s.jobs["t"].percent, s.jobs["t"].retry_at), (None, None), "a new attempt starts clean");
-    s.apply(finished("t", TaskState::Dead, Some("timeout"), None), 62_000);
+    s.apply(finished("t", TaskState::Dead, Some(FailureClass::Timeout), None), 62_000);
     let j = &s.jobs["t"];
-    assert_eq!((j.state, j.attempt, j.failure_class.as_deref()), (JobState::Dead, 2, Some("timeout")));
+    assert_eq!((j.state, j.attempt, j.failure_class.clone()), (JobState::Dead, 2, Some(FailureClass::Timeout)));
     assert_eq!((s.counters.running, s.counters.failed), (0, 2));
 }
 
@@ -174,17 +178,19 @@ fn skipped_and_dropped_tasks_leave_the_live_states() {
     let mut s = State::new(limits(10, 10));
     s.apply(decided(1, "o/r#1", Verdict::Queued, Some("a")), 0);
     s.apply(decided(2, "o/r#2", Verdict::Queued, Some("b")), 0);
-    s.apply(Event::TaskSkipped { task_id: "a".into(), reason: "dropped by an operator".into() }, 1);
-    s.apply(Event::TaskSkipped { task_id: "b".into(), reason: "the item is closed".into() }, 1);
-    assert_eq!(s.jobs["a"].state, JobState::Dropped);
-    assert_eq!(s.jobs["b"].state, JobState::Skipped);
+    s.apply(Event::TaskSkipped { task_id: "a".into(), reason: SkipReason::Dropped }, 1);
+    assert_eq!((s.jobs["a"].state, s.jobs["a"].reason.as_deref()), (JobState::Dropped, Some("dropped by an operator")));
     // A second message for a task that is running here is skipped; the task still runs.
     s.apply(Event::TaskStarted { task_id: "c".into(), item: "o/r#3".into(), attempt: 1, replay: false }, 2);
-    s.apply(
-        Event::TaskSkipped { task_id: "c".into(), reason: "already running here (a message published twice)".into() },
-        3,
-    );
-    assert_eq!(s.jobs["c"].state, JobState::Running);
+    s.apply(Event::TaskSkipped { task_id: "c".into(), reason: SkipReason::RunningHere }, 3);
+    assert_eq!((s.jobs["c"].state, s.counters.running), (JobState::Running, 1));
+    // So does a stale message of a task that moved on (its journal state is not "skipped").
+    let stale = SkipReason::Stale { generation: 0, current: 1, state: TaskState::Queued };
+    s.apply(Event::TaskSkipped { task_id: "b".into(), reason: stale }, 4);
+    assert_eq!(s.jobs["b"].state, JobState::Queued);
+    // A run whose lease this instance lost is not running here any more.
+    s.apply(Event::TaskSkipped { task_id: "c".into(), reason: SkipReason::LeaseLost }, 5);
+    assert_eq!((s.jobs["c"].state, s.counters.running), (JobState::Skipped, 0));
 }
 
 #[test]
@@ -244,12 +250,12 @@ fn seeding_keeps_the_journal_order_and_bounds() {
     let summary = |id: i64| DeliverySummary {
         id,
         received_at: "2026-11-29T10:00:00Z".into(),
-        route: "/webhook/gitlab".into(),
+        route: DeliveryRoute::Gitlab,
         delivery_id: None,
         event: Some("issue".into()),
         action: Some("open".into()),
         item: Some("g/p#1".into()),
-        verdict: "queued".into(),
+        verdict: Verdict::Queued,
         reason: "label 'coding agent' matched".into(),
         http_status: 202,
         task_id: None,

@@ -44,7 +44,7 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
                     Span::styled("received  ", label),
                     Span::raw(format!("{} ({} UTC)", s.received_at, clock_of(&s.received_at))),
                 ]),
-                Line::from(vec![Span::styled("route     ", label), Span::raw(s.route.clone())]),
+                Line::from(vec![Span::styled("route     ", label), Span::raw(s.route.as_str())]),
                 Line::from(vec![
                     Span::styled("event     ", label),
                     Span::raw(for_terminal_line(&s.event_label()).into_owned()),

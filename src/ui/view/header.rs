@@ -1,8 +1,8 @@
-//! The header: where agentctl listens, the broker and its state, the mode, uptime, and the
-//! counters an operator glances at.
+//! The header: where agentctl listens, the broker and its state, the mode, uptime, on a shared
+//! journal the fleet (instances alive / registered), and the counters an operator glances at.
 
 use super::{Scene, duration};
-use crate::ui::state::BrokerState;
+use crate::ui::state::{BrokerState, Fleet, short_instance};
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
@@ -41,6 +41,9 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         ));
         first.push(Span::raw(" "));
     }
+    if let Some(fleet) = &state.fleet {
+        first.extend(fleet_flags(fleet));
+    }
     first.extend([
         Span::styled("listen ", dim),
         Span::raw(format!("{listen}  ")),
@@ -52,6 +55,9 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
         Span::styled("  up ", dim),
         Span::raw(duration(scene.now - chrome.started_at)),
     ]);
+    if let Some(fleet) = &state.fleet {
+        first.extend(fleet_count(fleet, dim));
+    }
     let c = &state.counters;
     let count = |name: &'static str, n: u64, color: Color| {
         let style = if n > 0 { Style::new().fg(color).add_modifier(Modifier::BOLD) } else { dim };
@@ -91,4 +97,35 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     }
     let block = Block::new().borders(Borders::BOTTOM).border_style(dim);
     frame.render_widget(Paragraph::new(vec![Line::from(first), Line::from(second)]).block(block), area);
+}
+
+/// Flags about the fleet's reads (first, with the other flags, so a narrow terminal never cuts
+/// them off): why the last read failed, and what the console skipped to keep up.
+fn fleet_flags(fleet: &Fleet) -> Vec<Span<'static>> {
+    let warn = Style::new().fg(Color::Black).bg(Color::Yellow);
+    let mut spans = Vec::new();
+    if let Some(error) = &fleet.error {
+        spans.push(Span::styled(format!("journal read failed: {error}"), Style::new().fg(Color::White).bg(Color::Red)));
+        spans.push(Span::raw(" "));
+    }
+    if fleet.skipped_reads > 0 {
+        spans.push(Span::styled(format!("{} fleet reads skipped", fleet.skipped_reads), warn));
+        spans.push(Span::raw(" "));
+    }
+    if fleet.missed_deliveries > 0 {
+        spans.push(Span::styled(format!("~{} fleet deliveries not shown", fleet.missed_deliveries), warn));
+        spans.push(Span::raw(" "));
+    }
+    spans
+}
+
+/// `fleet 3/4 (this 1111aaaa)`: instances alive of those registered, and which one this is.
+fn fleet_count(fleet: &Fleet, dim: Style) -> Vec<Span<'static>> {
+    let count = if fleet.read_at.is_none() { "?".to_string() } else { format!("{}/{}", fleet.alive, fleet.total) };
+    let style = if fleet.alive < fleet.total { Style::new().fg(Color::Yellow) } else { Style::new() };
+    vec![
+        Span::styled("  fleet ", dim),
+        Span::styled(count, style),
+        Span::styled(format!(" (this {})", short_instance(&fleet.me)), dim),
+    ]
 }

@@ -1,10 +1,12 @@
 //! A job's live log tail: its state, attempt and elapsed time, a progress gauge while it runs,
-//! and the last lines of its handler's output (the task's log file, re-read while it runs).
+//! and the last lines of its handler's output: the task's log file, re-read while it runs; for a
+//! run on another instance (no log file here), the tail that run records in the journal.
 
 use super::Scene;
 use super::jobs::{detail, elapsed, state_style};
 use crate::text::for_terminal;
 use crate::ui::console::Detail;
+use crate::ui::state::short_instance;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
@@ -24,6 +26,10 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
     let summary = match job {
         Some(j) => Line::from(vec![
             Span::styled(j.state.as_str(), state_style(j.state)),
+            Span::raw(match j.instance.as_deref().filter(|_| scene.state.fleet.is_some()) {
+                Some(on) => format!("  on {}", short_instance(on)),
+                None => String::new(),
+            }),
             Span::raw(format!(
                 "  {}  attempt {}  {}  {}",
                 j.item,
@@ -48,11 +54,16 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
             .label(format!("{p}% {}", j.message));
         frame.render_widget(g, gauge);
     }
-    // The file has every line; the events carry the recent ones if the file is not there.
-    let text: Vec<&str> = if lines.is_empty() {
-        job.map(|j| j.log.iter().map(String::as_str).collect()).unwrap_or_default()
-    } else {
-        lines.iter().map(String::as_str).collect()
+    // The file has every line; the events carry the recent ones if the file is not there; the
+    // journal has the last few of any instance's run (and the only ones of a run elsewhere).
+    let me = scene.state.fleet.as_ref().map(|f| f.me.as_str());
+    let elsewhere = job.is_some_and(|j| j.instance.is_some() && j.instance.as_deref() != me);
+    let journal_tail = job.and_then(|j| j.journal_tail.as_deref()).filter(|t| !t.is_empty());
+    let bus_lines = job.map(|j| j.log.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_or_default();
+    let (text, from_journal): (Vec<&str>, bool) = match journal_tail {
+        Some(tail) if elsewhere || (lines.is_empty() && bus_lines.is_empty()) => (tail.lines().collect(), true),
+        _ if lines.is_empty() => (bus_lines, false),
+        _ => (lines.iter().map(String::as_str).collect(), false),
     };
     let height = log.height.saturating_sub(2) as usize;
     let bottom = text.len().saturating_sub(height);
@@ -65,7 +76,8 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
     let shown: Vec<Line> =
         text.iter().skip(top).take(height).map(|l| Line::from(for_terminal(l).into_owned())).collect();
     let follow = if scroll.is_none() { "following" } else { "G to follow" };
-    let title = format!(" log: {} lines, {follow} ", text.len());
+    let source = if from_journal { " (the journal's tail of its run)" } else { "" };
+    let title = format!(" log: {} lines{source}, {follow} ", text.len());
     frame.render_widget(Paragraph::new(shown).block(Block::new().borders(Borders::ALL).title(title)), log);
     bottom.min(u16::MAX as usize) as u16
 }

@@ -1,8 +1,10 @@
 //! Jobs: every task the console knows of — running ones first with a progress bar, the last
-//! progress message, elapsed time and attempt; then retrying (next attempt in …), waiting,
-//! queued, dead (failure class and reason), and finished ones.
+//! progress message, elapsed time and attempt; then retrying (next attempt in …), waiting (and
+//! behind which task), queued, dead (failure class and reason), and finished ones. On a shared
+//! journal, the jobs of every instance, with the instance that runs each running one.
 
-use super::{Scene, draw_list, duration, page_rows};
+use super::{Scene, draw_list, duration, instance_cell, page_rows};
+use crate::ui::console::short;
 use crate::ui::state::{JobEntry, JobState, Millis};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
@@ -49,7 +51,10 @@ pub fn detail(j: &JobEntry, now: Millis) -> String {
             Some(code) => format!("exit {code}"),
             None => String::new(),
         },
-        JobState::Waiting => "waits for another task on this item".into(),
+        JobState::Waiting => match &j.waiting_behind {
+            Some(task) => format!("waiting behind {}", short(task)),
+            None => "waits for another task on this item".into(),
+        },
         JobState::Queued => {
             if j.replay {
                 "replay, queued".into()
@@ -72,31 +77,41 @@ pub fn elapsed(j: &JobEntry, now: Millis) -> String {
 pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     let console = scene.console;
     let page = console.jobs_page(scene.state, page_rows(area));
+    let fleet = scene.state.fleet.as_ref();
     let table_rows = page.rows.iter().map(|j| {
-        Row::new(vec![
+        let mut cells = vec![
             Cell::from(Span::styled(j.state.as_str(), state_style(j.state))),
-            Cell::from(crate::ui::console::short(&j.task_id).to_string()),
+            Cell::from(short(&j.task_id).to_string()),
+        ];
+        if let Some(fleet) = fleet {
+            let runs = j.instance.as_deref().filter(|_| j.state == JobState::Running);
+            cells.push(if runs.is_some() { instance_cell(runs, fleet) } else { Cell::from("") });
+        }
+        cells.extend([
             Cell::from(j.item.clone()),
             Cell::from(j.attempt.to_string()),
             Cell::from(Span::styled(bar(j.percent), Style::new().fg(Color::Cyan))),
             Cell::from(elapsed(j, scene.now)),
             Cell::from(detail(j, scene.now)),
-        ])
+        ]);
+        Row::new(cells)
     });
     let mut title = format!(" Jobs ({}", page.total);
     if !console.jobs.filter.is_empty() {
         title.push_str(&format!(" filter: {}", console.jobs.filter));
     }
     title.push_str(") ");
-    let columns = [
-        ("STATE", Constraint::Length(8)),
-        ("JOB", Constraint::Length(8)),
+    let mut columns = vec![("STATE", Constraint::Length(8)), ("JOB", Constraint::Length(8))];
+    if fleet.is_some() {
+        columns.push(("INSTANCE", Constraint::Length(8)));
+    }
+    columns.extend([
         ("ITEM", Constraint::Length(26)),
         ("TRY", Constraint::Length(3)),
         ("PROGRESS", Constraint::Length(15)),
         ("ELAPSED", Constraint::Length(7)),
         ("DETAIL", Constraint::Fill(1)),
-    ];
+    ]);
     let selected = (!page.rows.is_empty()).then_some(page.selected - page.start);
     draw_list(frame, area, title, &columns, table_rows, selected);
 }

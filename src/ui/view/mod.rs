@@ -14,7 +14,7 @@ mod queues;
 use super::console::{Console, Detail};
 use super::keys::Tab;
 use super::popup;
-use super::state::{Millis, State};
+use super::state::{Fleet, Millis, State, short_instance};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -102,6 +102,17 @@ pub fn duration(ms: i64) -> String {
         1_000..60_000 => format!("{}s", ms / 1000),
         60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
         _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
+/// An instance's short id in a table cell: another instance's stands out from this one's.
+pub fn instance_cell(instance: Option<&str>, fleet: &Fleet) -> ratatui::widgets::Cell<'static> {
+    match instance {
+        None => ratatui::widgets::Cell::from("-"),
+        Some(id) if id == fleet.me => ratatui::widgets::Cell::from(short_instance(id).to_string()),
+        Some(id) => {
+            ratatui::widgets::Cell::from(Span::styled(short_instance(id).to_string(), Style::new().fg(Color::Cyan)))
+        }
     }
 }
 
