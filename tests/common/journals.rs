@@ -135,7 +135,7 @@ pub fn dead_of(t: &Task) -> Finish {
 }
 
 pub fn is_skip(claim: &Claim, why: &str) -> bool {
-    matches!(claim, Claim::Skip(r) if r.contains(why))
+    matches!(claim, Claim::Skip(r) if r.to_string().contains(why))
 }
 
 /// `t` as the row a delivery creates (its outbox message goes to [`Q`]).
@@ -158,7 +158,7 @@ pub fn new_task(t: &Task, label_op: bool) -> NewTask {
 pub fn delivery(route: &'static str, id: Option<&str>, task: Option<&Task>) -> NewDelivery {
     let body = format!(r#"{{"action":"labeled","delivery":"{}"}}"#, id.unwrap_or_default());
     NewDelivery {
-        route,
+        route: agentctl::store::DeliveryRoute::parse(route).expect("a stored route"),
         delivery_id: id.map(str::to_owned),
         dedupe: true,
         event: Some("issues".into()),
@@ -170,7 +170,7 @@ pub fn delivery(route: &'static str, id: Option<&str>, task: Option<&Task>) -> N
         body_size: body.len(),
         token_fp: None,
         verification: "ok".into(),
-        verdict: if task.is_some() { "queued" } else { "ignored" },
+        verdict: if task.is_some() { agentctl::store::Verdict::Queued } else { agentctl::store::Verdict::Ignored },
         reason: String::new(),
         http_status: 200,
         replay_of: None,
@@ -185,7 +185,7 @@ pub fn rejected(id: &str, body: &[u8]) -> NewDelivery {
     NewDelivery {
         dedupe: false,
         verification: "bad_signature".into(),
-        verdict: "rejected",
+        verdict: agentctl::store::Verdict::Rejected,
         http_status: 401,
         body: StoredBody::pack(body, None),
         body_size: body.len(),
