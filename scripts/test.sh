@@ -9,7 +9,7 @@
 # PostgreSQL: an AGENTCTL_TEST_PG_URL already set is used as it is. Otherwise the tests get
 # postgres://agentctl_test:agentctl_test@127.0.0.1:5432/agentctl_test: when nothing answers on
 # 127.0.0.1:5432, Debian's postgresql is installed if missing and its cluster started (created
-# if there is none); the LOGIN/CREATEDB role agentctl_test and its database are created (or
+# if there is none); the LOGIN/SUPERUSER role agentctl_test and its database are created (or
 # reset) through the postgres OS user on the local socket, which works with Debian's default
 # authentication (peer on the socket, scram on TCP) as well as with trust.
 set -euo pipefail
@@ -106,12 +106,14 @@ else
   command -v pg_isready >/dev/null 2>&1 || apt_install postgresql-client
   pg_isready -q -h 127.0.0.1 -p "$pg_port" \
     || { echo "PostgreSQL did not come up on 127.0.0.1:$pg_port" >&2; exit 1; }
-  # The tests' role and database, created or reset (the password, LOGIN, CREATEDB, the owner)
+  # The tests' role and database, created or reset (the password, LOGIN, the owner). SUPERUSER:
+  # the tests create roles (a role's synchronous_commit default) and read the server's TLS
+  # certificate (pg_read_file); it is a test cluster's throwaway role. Reset on every run
   # so that a second run, or a role left over from elsewhere, ends in the same state.
   if id postgres >/dev/null 2>&1; then
     as_postgres psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$pg_port" -d postgres <<'SQL'
 SELECT 'CREATE ROLE agentctl_test' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'agentctl_test') \gexec
-ALTER ROLE agentctl_test WITH LOGIN CREATEDB PASSWORD 'agentctl_test';
+ALTER ROLE agentctl_test WITH LOGIN SUPERUSER PASSWORD 'agentctl_test';
 SELECT 'CREATE DATABASE agentctl_test OWNER agentctl_test' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'agentctl_test') \gexec
 ALTER DATABASE agentctl_test OWNER TO agentctl_test;
 SQL

@@ -176,8 +176,13 @@ async fn one_value(client: &tokio_postgres::Client, sql: &str) -> String {
 async fn every_session_sets_synchronous_commit_over_the_role_default() {
     let admin = admin(&base_url()).await;
     let role = format!("r_{}", uuid::Uuid::new_v4().simple());
+    // A password, so the role logs in over TCP whatever the server's authentication (trust here,
+    // scram on a fresh Debian cluster).
+    let password = uuid::Uuid::new_v4().simple().to_string();
     admin
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN; ALTER ROLE {role} SET synchronous_commit = off"))
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}'; ALTER ROLE {role} SET synchronous_commit = off"
+        ))
         .await
         .unwrap();
     let result = async {
@@ -185,7 +190,7 @@ async fn every_session_sets_synchronous_commit_over_the_role_default() {
         let mut seen = Vec::new();
         for sync in [SyncMode::Full, SyncMode::Normal] {
             let mut config = session_config(&target, sync);
-            config.user(&role);
+            config.user(&role).password(&password);
             let (client, connection) = config.connect(target.tls()).await.map_err(|e| chain(&e))?;
             tokio::spawn(connection);
             seen.push(one_value(&client, "SHOW synchronous_commit").await);
