@@ -1,0 +1,161 @@
+//! A fleet as an operator runs one: several agentctl processes (the built binary) on one
+//! PostgreSQL journal and one RabbitMQ — listeners deduplicating for each other, workers sharing
+//! items and leases, a worker killed or cut off from the database, operations from a third
+//! process, migrations at start, and an SQLite journal moved in.
+//!
+//! The tests in this file run one at a time (`SERIAL`): they measure leases in seconds, and two
+//! fleets at once on a shared two-core machine would measure the machine instead.
+
+mod common;
+#[allow(dead_code)]
+#[path = "common/fleet.rs"]
+mod fleet;
+#[allow(dead_code)]
+#[path = "common/pg.rs"]
+mod pg;
+
+use fleet::{Fleet, Mark, eventually, post_issue, queue_issue, task_row};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The marks of one task.
+fn marks_of(marks: &[Mark], task: &str) -> Vec<Mark> {
+    marks.iter().filter(|m| m.task == task).cloned().collect()
+}
+
+fn count(marks: &[Mark], what: &str) -> usize {
+    marks.iter().filter(|m| m.what == what).count()
+}
+
+async fn wait_state(fleet: &Fleet, id: &str, want: &str, limit: Duration) -> (String, i64, Option<String>, i64) {
+    let c = fleet.sql().await;
+    eventually(&format!("task {id} to be {want}"), limit, async || {
+        task_row(&c, id).await.filter(|(state, ..)| state == want)
+    })
+    .await
+}
+
+/// The same delivery posted to two listeners at once is one task: the journal's dedupe key is
+/// shared, so one listener answers 202 and the other 200 duplicate, naming the same task, and
+/// one of the two workers runs it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_delivery_at_two_listeners_is_one_task() {
+    let _serial = serial();
+    let fleet = Fleet::new().await;
+    let l1 = fleet.process("L1").start("webhook").await;
+    let l2 = fleet.process("L2").start("webhook").await;
+    let _w1 = fleet.process("W1").start("consumer").await;
+    let _w2 = fleet.process("W2").start("consumer").await;
+    fleet.wait_consumers(2).await;
+
+    let delivery = uuid::Uuid::new_v4().to_string();
+    let (a, b) = tokio::join!(post_issue(l1.addr(), 7, &delivery), post_issue(l2.addr(), 7, &delivery));
+    let mut answers = [a, b];
+    answers.sort_by_key(|(status, _)| *status);
+    let [(s_dup, dup), (s_new, new)] = answers;
+    assert_eq!((s_new, new["status"].as_str()), (202, Some("queued")), "{new}");
+    assert_eq!((s_dup, dup["status"].as_str()), (200, Some("duplicate")), "{dup}");
+    let task = new["task_id"].as_str().unwrap().to_string();
+    assert_eq!(dup["task_id"].as_str(), Some(task.as_str()), "the duplicate names the queued task");
+
+    wait_state(&fleet, &task, "done", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let marks = marks_of(&fleet.marks(), &task);
+    assert_eq!((count(&marks, "start"), count(&marks, "end")), (1, 1), "run once: {marks:?}");
+
+    let (ok, out, err) = fleet.command(&["jobs", "list"]).await;
+    assert!(ok, "{err}");
+    let jobs: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(jobs.len(), 1, "one job:\n{out}");
+    assert!(jobs[0].starts_with(&task) && jobs[0].contains("done"), "{out}");
+
+    // Both deliveries are journaled, each by the listener that took it.
+    let c = fleet.sql().await;
+    let rows = c.query("SELECT verdict, instance, task_id FROM deliveries ORDER BY id", &[]).await.unwrap();
+    let seen: BTreeSet<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.get::<_, Option<String>>(2).as_deref() == Some(task.as_str())));
+    let instances: BTreeSet<&String> = seen.iter().map(|(_, i)| i).collect();
+    assert_eq!(instances, BTreeSet::from([&l1.id, &l2.id]), "{seen:?}");
+}
+
+/// 20 tasks over 5 items on two workers of 4 slots each: never two runs of one item at once,
+/// every task run exactly once, and both workers take part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_tasks_over_five_items_on_two_workers() {
+    let _serial = serial();
+    let fleet = Fleet::new().await;
+    fleet.switch("sleep", Some("0.3"));
+    let l = fleet.process("L").start("webhook").await;
+    let w1 = fleet.process("W1").env("AGENTCTL_WORKER_CONCURRENCY", "4").start("consumer").await;
+    let w2 = fleet.process("W2").env("AGENTCTL_WORKER_CONCURRENCY", "4").start("consumer").await;
+    fleet.wait_consumers(2).await;
+
+    let started = std::time::Instant::now();
+    let mut tasks = BTreeMap::new();
+    for i in 0..20u64 {
+        let item = 101 + i % 5;
+        tasks.insert(queue_issue(l.addr(), item).await, item);
+    }
+    let c = fleet.sql().await;
+    eventually("all 20 tasks done", Duration::from_secs(90), async || {
+        let done: i64 = c.query_one("SELECT count(*) FROM tasks WHERE state = 'done'", &[]).await.unwrap().get(0);
+        (done == 20).then_some(())
+    })
+    .await;
+    eprintln!("20 tasks over 5 items posted and done in {:.1} s", started.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let marks = fleet.marks();
+    let runs: BTreeSet<&str> = marks.iter().map(|m| m.task.as_str()).collect();
+    assert_eq!(runs.len(), 20, "every task ran");
+    for (task, item) in &tasks {
+        let m = marks_of(&marks, task);
+        assert_eq!((count(&m, "start"), count(&m, "end"), m.len()), (1, 1, 2), "task {task} ran once: {m:?}");
+        assert!(m.iter().all(|m| m.item == *item && m.attempt == 1), "{m:?}");
+    }
+    // Per item, each run ends before the next starts.
+    let mut overlap_any = 0usize;
+    let intervals: Vec<(u64, u128, u128)> = tasks
+        .keys()
+        .map(|t| {
+            let m = marks_of(&marks, t);
+            let at = |w: &str| m.iter().find(|m| m.what == w).unwrap().ns;
+            (m[0].item, at("start"), at("end"))
+        })
+        .collect();
+    for item in 101..=105 {
+        let mut runs: Vec<(u128, u128)> =
+            intervals.iter().filter(|(i, ..)| *i == item).map(|(_, s, e)| (*s, *e)).collect();
+        runs.sort();
+        assert_eq!(runs.len(), 4);
+        for pair in runs.windows(2) {
+            assert!(pair[0].1 <= pair[1].0, "two runs of item {item} overlapped: {runs:?}");
+        }
+    }
+    // Runs of different items did overlap: the workers ran in parallel, not one after another.
+    for a in &intervals {
+        let at_once = intervals.iter().filter(|b| b.1 <= a.1 && a.1 < b.2).count();
+        overlap_any = overlap_any.max(at_once);
+    }
+    eprintln!("at most {overlap_any} runs at once");
+    assert!(overlap_any >= 2, "runs of different items overlap (at most {overlap_any} at once)");
+    let workers: BTreeSet<&str> = marks.iter().map(|m| m.worker.as_str()).collect();
+    assert_eq!(workers, BTreeSet::from(["W1", "W2"]), "both workers ran tasks");
+    let attempts: i64 = c.query_one("SELECT count(*) FROM tasks WHERE attempt <> 1", &[]).await.unwrap().get(0);
+    assert_eq!(attempts, 0);
+    // Nothing went wrong, so no message was published twice: each one the workers took was run
+    // or left waiting, none skipped as a duplicate. (The listener's publisher used to take its
+    // own rows again while they were in flight: up to four copies of each message.)
+    for w in [&w1, &w2] {
+        let log = w.log();
+        let skipped: Vec<&str> = log.lines().filter(|l| l.contains("Task skipped")).collect();
+        assert!(skipped.is_empty(), "{} was given duplicates:\n{}", w.name, skipped.join("\n"));
+    }
+}
