@@ -14,7 +14,7 @@ mod fleet;
 #[path = "common/pg.rs"]
 mod pg;
 
-use fleet::{Fleet, Mark, eventually, post_issue, queue_issue, task_row};
+use fleet::{Fleet, Mark, eventually, now_ns, post_issue, queue_issue, task_row};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -39,6 +39,11 @@ async fn wait_state(fleet: &Fleet, id: &str, want: &str, limit: Duration) -> (St
         task_row(&c, id).await.filter(|(state, ..)| state == want)
     })
     .await
+}
+
+async fn wait_mark(fleet: &Fleet, what: &str, limit: Duration, f: impl Fn(&Mark) -> bool) -> Mark {
+    eventually(&format!("a '{what}' mark"), limit, async || fleet.marks().into_iter().find(|m| m.what == what && f(m)))
+        .await
 }
 
 /// The same delivery posted to two listeners at once is one task: the journal's dedupe key is
@@ -158,4 +163,59 @@ async fn twenty_tasks_over_five_items_on_two_workers() {
         let skipped: Vec<&str> = log.lines().filter(|l| l.contains("Task skipped")).collect();
         assert!(skipped.is_empty(), "{} was given duplicates:\n{}", w.name, skipped.join("\n"));
     }
+}
+
+/// A worker killed with SIGKILL (its handler's process group too, as a host that died) in the
+/// middle of a task: once the lease runs out the other worker takes the task over and completes
+/// it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_task_is_taken_over_after_its_lease() {
+    let _serial = serial();
+    const LEASE: f64 = 4.0;
+    let fleet = Fleet::new().await;
+    fleet.switch("sleep", Some("30"));
+    let l = fleet.process("L").start("webhook").await;
+    let mut workers = vec![
+        fleet.process("W1").env("AGENTCTL_WORKER_LEASE_SECS", "4").start("consumer").await,
+        fleet.process("W2").env("AGENTCTL_WORKER_LEASE_SECS", "4").start("consumer").await,
+    ];
+    fleet.wait_consumers(2).await;
+    let task = queue_issue(l.addr(), 3).await;
+    let first = wait_mark(&fleet, "start", Duration::from_secs(30), |m| m.task == task).await;
+    let victim = workers.iter().position(|w| w.name == first.worker).unwrap();
+    let (_, _, owner, _) = task_row(&fleet.sql().await, &task).await.unwrap();
+    assert_eq!(owner.as_deref(), Some(workers[victim].id.as_str()), "the journal names the running worker");
+    // Let a heartbeat or two pass: the lease is being renewed, not just claimed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.switch("sleep", Some("1"));
+
+    let killed_at = now_ns();
+    workers[victim].kill();
+    // SAFETY: kill(2) on the handler's process group (its leader's pid, from its mark).
+    unsafe {
+        libc::kill(-first.pid, libc::SIGKILL);
+    }
+    let second =
+        wait_mark(&fleet, "start", Duration::from_secs(30), |m| m.task == task && m.worker != first.worker).await;
+    let takeover = second.secs_since(killed_at);
+    eprintln!(
+        "SIGKILL of {} -> task running on {} after {takeover:.1} s (lease {LEASE} s)",
+        first.worker, second.worker
+    );
+    // Not while the lease was alive (it was renewed at most a third of it before the kill), and
+    // soon after it ran out (the sweeper looks every second).
+    assert!(takeover >= LEASE * 2.0 / 3.0 - 0.5, "taken over after {takeover:.1} s, before the lease ran out");
+    assert!(takeover <= LEASE + 3.0, "taken over only after {takeover:.1} s");
+
+    let (state, attempt, owner, generation) = wait_state(&fleet, &task, "done", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let marks = marks_of(&fleet.marks(), &task);
+    assert_eq!(count(&marks, "start"), 2, "{marks:?}");
+    assert_eq!(count(&marks, "end"), 1, "completed once: {marks:?}");
+    assert!(marks.iter().any(|m| m.what == "end" && m.worker == second.worker), "{marks:?}");
+    // A takeover is the same attempt under a new generation; nothing else changed it.
+    assert_eq!((state.as_str(), attempt, owner, generation), ("done", 1, None, 1));
+    assert!(marks.iter().all(|m| m.attempt == 1));
+    let survivor = &workers[1 - victim];
+    assert!(survivor.log().contains("its lease ran out; taking it over"), "{}", survivor.log());
 }

@@ -114,15 +114,22 @@ pub(super) async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
         for task in taken {
             tracing::warn!("task {} ({}): its lease ran out; taking it over", task.id, task.item_ref());
             // A slot is free (counted above), perhaps held by the consumer waiting for a message:
-            // ask for it. Should a message have taken it meanwhile, wait for the next one: the
-            // lease is ours and renewed.
-            let permit = loop {
-                if let Ok(p) = shared.slots.clone().try_acquire_owned() {
-                    break p;
+            // queue for it first, then ask the consumer to let go. The semaphore is fair, so the
+            // slot the consumer drops comes here, not back to the consumer (polling with
+            // `try_acquire` lost that race every time: the takeover never ran). Should a message
+            // have taken the slot meanwhile, this waits for the next one: the lease is ours and
+            // renewed.
+            let acquire = shared.slots.clone().acquire_owned();
+            tokio::pin!(acquire);
+            let permit = tokio::select! {
+                biased;
+                p = &mut acquire => p,
+                () = std::future::ready(()) => {
+                    shared.slot_wanted.notify_one();
+                    acquire.await
                 }
-                shared.slot_wanted.notify_one();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
+            }
+            .expect("the semaphore is never closed");
             let shared = shared.clone();
             tokio::spawn(async move {
                 run_attempt(&shared, task).await;
