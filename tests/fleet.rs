@@ -14,6 +14,7 @@ mod fleet;
 #[path = "common/pg.rs"]
 mod pg;
 
+use common::proxy::Proxy;
 use fleet::{Fleet, Mark, eventually, now_ns, post_issue, queue_issue, task_row};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -218,4 +219,138 @@ async fn a_killed_workers_task_is_taken_over_after_its_lease() {
     assert!(marks.iter().all(|m| m.attempt == 1));
     let survivor = &workers[1 - victim];
     assert!(survivor.log().contains("its lease ran out; taking it over"), "{}", survivor.log());
+}
+
+/// Where the proxy in front of PostgreSQL listens for `Proxy::start`: the test server's host
+/// and port, from its URL.
+fn pg_addr() -> &'static str {
+    let url = pg::base_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if host.contains(':') { host.to_string() } else { format!("{host}:5432") };
+    Box::leak(host.into_boxed_str())
+}
+
+/// `url` (the test's journal) reached through the proxy on `port`.
+fn through(url: &str, port: u16) -> String {
+    url.replacen(pg_addr(), &format!("127.0.0.1:{port}"), 1)
+}
+
+/// A worker cut off from PostgreSQL for longer than its lease stops its handler on its own
+/// clock before the other worker takes the task over; the task completes once, there. The
+/// cut-off worker comes back and records nothing for the run it lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_longer_than_its_lease_stops_and_the_other_takes_over() {
+    let _serial = serial();
+    let fleet = Fleet::new().await;
+    let proxy = Proxy::start(pg_addr()).await;
+    fleet.switch("sleep", Some("60"));
+    let l = fleet.process("L").start("webhook").await;
+    let lease = ("AGENTCTL_WORKER_LEASE_SECS", "6");
+    let w1 = fleet
+        .process("W1")
+        .storage_url(&through(&fleet.db.url, proxy.port))
+        .env(lease.0, lease.1)
+        .start("consumer")
+        .await;
+    fleet.wait_consumers(1).await;
+    let task = queue_issue(l.addr(), 4).await;
+    let first = wait_mark(&fleet, "start", Duration::from_secs(30), |m| m.task == task).await;
+    assert_eq!(first.worker, "W1");
+    let w2 = fleet.process("W2").env(lease.0, lease.1).start("consumer").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fleet.switch("sleep", Some("1"));
+
+    let cut_at = now_ns();
+    proxy.down();
+    // The lease W1 holds from its last renewal, by the journal's clock (the same host's clock
+    // as the handler's marks): W1 cannot renew it any more.
+    let c = fleet.sql().await;
+    let expiry_ms: i64 = c.query_one("SELECT lease_until_ms FROM tasks WHERE id = $1", &[&task]).await.unwrap().get(0);
+    let expiry_ns = expiry_ms as u128 * 1_000_000;
+    let killed = wait_mark(&fleet, "killed", Duration::from_secs(15), |m| m.task == task).await;
+    let takeover = wait_mark(&fleet, "start", Duration::from_secs(20), |m| m.task == task && m.worker == "W2").await;
+    let before_expiry = |m: &Mark| (expiry_ns as f64 - m.ns as f64) / 1e9;
+    eprintln!(
+        "cut off at 0 s: W1 stopped its handler at {:.1} s ({:.1} s before its lease ran out), \
+         W2 started the task at {:.1} s ({:.1} s after) (lease 6 s, margin 1.2 s)",
+        killed.secs_since(cut_at),
+        before_expiry(&killed),
+        takeover.secs_since(cut_at),
+        -before_expiry(&takeover),
+    );
+    assert_eq!(killed.worker, "W1");
+    // The owner stops its handler lease − margin after its last renewal, on its own clock: a
+    // margin (1.2 s) before the lease runs out, give or take the time its handler takes to hear
+    // SIGTERM. The takeover comes after the lease ran out.
+    assert!(
+        before_expiry(&killed) >= 0.8,
+        "W1 stopped its handler only {:.2} s before its lease ran out",
+        before_expiry(&killed)
+    );
+    assert!(takeover.ns >= expiry_ns, "taken over {:.2} s before the lease ran out", before_expiry(&takeover));
+    // Cut off for longer than the lease, then back.
+    let back = Duration::from_nanos((cut_at + 9_000_000_000).saturating_sub(now_ns()) as u64);
+    tokio::time::sleep(back).await;
+    proxy.up();
+
+    wait_state(&fleet, &task, "done", Duration::from_secs(30)).await;
+    // W1 is back on the journal (it beats again), and has recorded nothing of the run it lost.
+    eventually("W1 to beat again", Duration::from_secs(30), async || {
+        let row = c
+            .query_one(
+                &format!("SELECT {} - heartbeat_ms FROM instances WHERE id = $1", agentctl::store::pg::schema::NOW_MS),
+                &[&w1.id],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) < 4000).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (state, attempt, owner, generation) = task_row(&c, &task).await.unwrap();
+    assert_eq!((state.as_str(), attempt, owner, generation), ("done", 1, None, 1));
+    let marks = marks_of(&fleet.marks(), &task);
+    let by = |what: &str, w: &str| marks.iter().filter(|m| m.what == what && m.worker == w).count();
+    assert_eq!((by("start", "W1"), by("killed", "W1"), by("end", "W1")), (1, 1, 0), "{marks:?}");
+    assert_eq!((by("start", "W2"), by("end", "W2")), (1, 1), "{marks:?}");
+    assert!(w1.log().contains("no lease renewal for too long"), "{}", w1.log());
+    let _ = w2;
+}
+
+/// A cut shorter than the lease (2 s of a 6 s lease) in the middle of a run: the owner renews
+/// when it is back, nothing is taken over, nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_shorter_than_its_lease_keeps_its_task() {
+    let _serial = serial();
+    let fleet = Fleet::new().await;
+    let proxy = Proxy::start(pg_addr()).await;
+    fleet.switch("sleep", Some("8"));
+    let l = fleet.process("L").start("webhook").await;
+    let lease = ("AGENTCTL_WORKER_LEASE_SECS", "6");
+    let w1 = fleet
+        .process("W1")
+        .storage_url(&through(&fleet.db.url, proxy.port))
+        .env(lease.0, lease.1)
+        .start("consumer")
+        .await;
+    fleet.wait_consumers(1).await;
+    let task = queue_issue(l.addr(), 5).await;
+    let first = wait_mark(&fleet, "start", Duration::from_secs(30), |m| m.task == task).await;
+    assert_eq!(first.worker, "W1");
+    let w2 = fleet.process("W2").env(lease.0, lease.1).start("consumer").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.down();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.up();
+
+    let (state, attempt, owner, generation) = wait_state(&fleet, &task, "done", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!((state.as_str(), attempt, owner, generation), ("done", 1, None, 0), "never taken over");
+    let marks = marks_of(&fleet.marks(), &task);
+    assert_eq!(marks.len(), 2, "one run, on W1: {marks:?}");
+    assert!(marks.iter().all(|m| m.worker == "W1") && count(&marks, "end") == 1, "{marks:?}");
+    assert!(!w1.log().contains("stopping its handler"), "{}", w1.log());
+    assert!(!w2.log().contains("taking it over"), "{}", w2.log());
 }
