@@ -354,3 +354,226 @@ async fn a_worker_cut_off_shorter_than_its_lease_keeps_its_task() {
     assert!(!w1.log().contains("stopping its handler"), "{}", w1.log());
     assert!(!w2.log().contains("taking it over"), "{}", w2.log());
 }
+
+/// From a third process, as an operator on another host: drop a queued job, replay a dead one,
+/// cancel one running on a worker; list the instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_from_a_third_process() {
+    let _serial = serial();
+    let fleet = Fleet::new().await;
+    let l = fleet.process("L").start("webhook").await;
+
+    // Queued, with no worker yet: dropped before any worker sees it.
+    let queued = queue_issue(l.addr(), 30).await;
+    let (ok, out, err) = fleet.command(&["jobs", "drop", &queued]).await;
+    assert!(ok && out.contains("dropped; the worker will skip it"), "{out}{err}");
+
+    let workers = [
+        fleet.process("W1").env("AGENTCTL_WORKER_MAX_ATTEMPTS", "1").start("consumer").await,
+        fleet.process("W2").env("AGENTCTL_WORKER_MAX_ATTEMPTS", "1").start("consumer").await,
+    ];
+    fleet.wait_consumers(2).await;
+
+    // A handler that fails, with one attempt allowed: dead.
+    fleet.switch("fail.31", Some("1"));
+    let dead = queue_issue(l.addr(), 31).await;
+    wait_state(&fleet, &dead, "dead", Duration::from_secs(30)).await;
+    let (ok, out, _) = fleet.command(&["jobs", "list", "--state", "dead"]).await;
+    assert!(ok && out.contains(&dead) && out.contains("exited with code 3"), "{out}");
+
+    // Running on one of the workers: cancelled from here.
+    fleet.switch("sleep.32", Some("120"));
+    let running = queue_issue(l.addr(), 32).await;
+    let started = wait_mark(&fleet, "start", Duration::from_secs(30), |m| m.task == running).await;
+    let owner = workers.iter().find(|w| w.name == started.worker).unwrap();
+    let (ok, out, _) = fleet.command(&["jobs", "list", "--state", "running"]).await;
+    let line = out.lines().find(|l| l.starts_with(&running)).unwrap_or_else(|| panic!("{out}"));
+    assert!(ok && line.contains(&owner.id[..12]), "the INSTANCE column names {}: {out}", owner.name);
+    let asked = now_ns();
+    let (ok, out, err) = fleet.command(&["jobs", "drop", &running]).await;
+    assert!(ok && out.contains("cancelling"), "{out}{err}");
+    let killed = wait_mark(&fleet, "killed", Duration::from_secs(15), |m| m.task == running).await;
+    eprintln!(
+        "cancel from a third process -> handler on {} stopped after {:.1} s",
+        owner.name,
+        killed.secs_since(asked)
+    );
+    assert!(killed.secs_since(asked) < 5.0);
+    wait_state(&fleet, &running, "dropped", Duration::from_secs(15)).await;
+
+    // The dead job replayed, its handler fixed: it runs again and is done.
+    fleet.switch("fail.31", None);
+    let (ok, out, err) = fleet.command(&["jobs", "replay", &dead]).await;
+    assert!(ok && out.contains(&format!("{dead}: replayed")), "{out}{err}");
+    let (_, attempt, _, _) = wait_state(&fleet, &dead, "done", Duration::from_secs(30)).await;
+    assert_eq!(attempt, 1);
+    let marks = marks_of(&fleet.marks(), &dead);
+    assert_eq!((count(&marks, "start"), count(&marks, "fail"), count(&marks, "end")), (2, 1, 1), "{marks:?}");
+    assert_eq!(fleet.queue_info(&format!("{}.dead", fleet.queue)).await.0, 0, "the replay took it off the dead queue");
+
+    // The dropped queued job was taken from the queue and skipped, never run.
+    eventually("the main queue to be empty", Duration::from_secs(10), async || {
+        (fleet.queue_info(&fleet.queue).await.0 == 0).then_some(())
+    })
+    .await;
+    assert!(marks_of(&fleet.marks(), &queued).is_empty());
+    assert_eq!(task_row(&fleet.sql().await, &queued).await.unwrap().0, "dropped");
+
+    let (ok, out, err) = fleet.command(&["instances"]).await;
+    assert!(ok, "{err}");
+    for (p, mode) in [(&l, "webhook"), (&workers[0], "consumer"), (&workers[1], "consumer")] {
+        let line =
+            out.lines().find(|line| line.starts_with(&p.id)).unwrap_or_else(|| panic!("{} missing:\n{out}", p.name));
+        assert!(line.contains(mode) && line.ends_with("running"), "{line}");
+    }
+    assert_eq!(out.lines().count(), 4, "the three instances, and no line for the commands:\n{out}");
+}
+
+/// Two instances started at the same instant on an empty schema both come up (one migrates, the
+/// other waits for the lock and finds the work done); a schema a newer agentctl made
+/// incompatible is refused with both versions named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_at_start() {
+    let _serial = serial();
+    let fleet = Fleet::new().await;
+    let mut a = fleet.process("A").spawn("webhook");
+    let mut b = fleet.process("B").spawn("webhook");
+    a.wait_up().await;
+    b.wait_up().await;
+    let c = fleet.sql().await;
+    let versions: Vec<(i32, i32)> = c
+        .query("SELECT version, min_compatible FROM schema_version ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(versions, [(agentctl::store::pg::schema::LATEST, 1)]);
+    assert!(a.stop(Duration::from_secs(20)).await.success(), "{}", a.log());
+    assert!(b.stop(Duration::from_secs(20)).await.success(), "{}", b.log());
+
+    // A newer agentctl migrated, compatibly: this one still runs.
+    let ours = agentctl::store::pg::schema::LATEST;
+    c.execute("INSERT INTO schema_version VALUES ($1, $2, 0)", &[&(ours + 1), &ours]).await.unwrap();
+    let mut d = fleet.process("D").start("webhook").await;
+    assert!(d.stop(Duration::from_secs(20)).await.success(), "{}", d.log());
+
+    // A newer one that older binaries must not run beside.
+    c.execute("INSERT INTO schema_version VALUES (99, 50, 0)", &[]).await.unwrap();
+    let mut e = fleet.process("E").spawn("webhook");
+    let status = e.exit_within(Duration::from_secs(30)).await;
+    let log = e.log();
+    assert!(!status.success(), "{log}");
+    let named =
+        format!("schema is version 99, which needs agentctl with schema ≥ 50; this agentctl knows schema {ours}");
+    assert!(log.contains(&named), "{log}");
+    let (ok, _, err) = fleet.command(&["jobs", "list"]).await;
+    assert!(!ok && err.contains(&named), "{err}");
+}
+
+/// `journal migrate` moves an SQLite journal (deliveries, a dead and a done task, outbox rows,
+/// pending label operations) into PostgreSQL: the operator's lists show the same rows there, a
+/// second run copies nothing, and the dead job replays from the new journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_migrate_from_sqlite() {
+    let _serial = serial();
+    let fleet = Fleet::new().await;
+    // A forge token whose API does not answer: label operations are made and stay pending.
+    let nowhere = format!("http://127.0.0.1:{}", fleet::free_port());
+    fleet.switch("fail.41", Some("1"));
+    let mut s = fleet
+        .process("S")
+        .storage_url("")
+        .env("AGENTCTL_BROKER_URL", "")
+        .env("AGENTCTL_WORKER_MAX_ATTEMPTS", "1")
+        .env("GITHUB_PERSONAL_ACCESS_TOKEN", "ghp_migrate_test")
+        .env("AGENTCTL_GITHUB_API_URL", &nowhere)
+        .start("all")
+        .await;
+    let dead = queue_issue(s.addr(), 41).await;
+    let done = queue_issue(s.addr(), 42).await;
+    let (status, answer) = post_issue(s.addr(), 42, "redelivered").await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = post_issue(s.addr(), 42, "redelivered").await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("duplicate")));
+    let refused = crate::common::raw(
+        s.addr(),
+        "POST",
+        "/webhook/github",
+        &[("x-github-event", "issues"), ("x-github-delivery", "forged"), ("x-hub-signature-256", "sha256=00")],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(refused.0, 401);
+
+    let journal = s.root().join("data").join(agentctl::store::JOURNAL_FILE);
+    let sqlite = |sql: &str| -> i64 {
+        let c = rusqlite::Connection::open(&journal).unwrap();
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    };
+    let state = |id: &str| -> String {
+        let c = rusqlite::Connection::open(&journal).unwrap();
+        c.query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0)).unwrap_or_default()
+    };
+    eventually("the SQLite instance to finish its tasks", Duration::from_secs(90), async || {
+        (state(&dead) == "dead"
+            && state(&done) == "done"
+            && sqlite("SELECT count(*) FROM tasks WHERE state = 'done'") == 2)
+            .then_some(())
+    })
+    .await;
+    assert!(s.stop(Duration::from_secs(30)).await.success(), "{}", s.log());
+    let tables = ["deliveries", "tasks", "outbox", "label_ops"];
+    let before: Vec<i64> = tables.iter().map(|t| sqlite(&format!("SELECT count(*) FROM {t}"))).collect();
+    assert!(before.iter().all(|n| *n > 0), "every table has rows to move: {before:?}");
+    assert!(sqlite("SELECT count(*) FROM label_ops WHERE op = 'failed'") == 1, "the dead task's label op is pending");
+
+    let root = s.root().to_path_buf();
+    let lists = async |url: &str| {
+        let (ok1, jobs, e1) = fleet.command_in(&root, url, &["jobs", "list"]).await;
+        let (ok2, deliveries, e2) = fleet.command_in(&root, url, &["deliveries", "list"]).await;
+        assert!(ok1 && ok2, "{e1}{e2}");
+        (jobs, deliveries)
+    };
+    let on_sqlite = lists("").await;
+    let pg_url = fleet.db.url.clone();
+    let (ok, out, err) = fleet.command_in(&root, "", &["journal", "migrate", "--to", &pg_url]).await;
+    assert!(ok, "{out}{err}");
+    let c = fleet.sql().await;
+    let counts = async || {
+        let mut n = Vec::new();
+        for t in tables {
+            n.push(c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get::<_, i64>(0));
+        }
+        n
+    };
+    eprintln!("journal migrate:\n{out}");
+    assert_eq!(counts().await, before, "{out}");
+    let on_pg = lists(&pg_url).await;
+    assert_eq!(on_pg.0, on_sqlite.0, "jobs list");
+    assert_eq!(on_pg.1, on_sqlite.1, "deliveries list");
+    eprintln!("jobs list on PostgreSQL:\n{}deliveries list on PostgreSQL:\n{}", on_pg.0, on_pg.1);
+    assert!(on_pg.0.contains(&dead) && on_pg.0.contains("dead"), "{}", on_pg.0);
+    assert_eq!(on_pg.0.lines().count(), 1 + 3, "three jobs: {}", on_pg.0);
+    assert_eq!(on_pg.1.lines().count(), 1 + 5, "five deliveries: {}", on_pg.1);
+    assert!(on_pg.1.contains("duplicate") && on_pg.1.contains("rejected"), "{}", on_pg.1);
+
+    let (ok, again, err) = fleet.command_in(&root, "", &["journal", "migrate", "--to", &pg_url]).await;
+    assert!(ok, "{again}{err}");
+    assert_eq!(counts().await, before, "a second run changes nothing:\n{again}");
+    for t in tables {
+        assert!(again.contains(&format!("{t}: 0 row(s) copied")), "{again}");
+    }
+
+    // The dead job, replayed from the PostgreSQL journal, runs on a worker of the fleet.
+    fleet.switch("fail.41", None);
+    let _w = fleet.process("W").start("consumer").await;
+    let (ok, out, err) = fleet.command(&["jobs", "replay", &dead]).await;
+    assert!(ok && out.contains(&format!("{dead}: replayed")), "{out}{err}");
+    wait_state(&fleet, &dead, "done", Duration::from_secs(30)).await;
+    let marks = marks_of(&fleet.marks(), &dead);
+    assert_eq!(
+        marks.iter().map(|m| (m.what.as_str(), m.worker.as_str())).collect::<Vec<_>>(),
+        [("start", "S"), ("fail", "S"), ("start", "W"), ("end", "W")]
+    );
+}
