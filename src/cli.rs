@@ -137,6 +137,10 @@ pub struct SendArgs {
     /// Event of --file: a GitHub event name (issues), or gitlab:<Hook name>, gitlab:system.
     #[arg(long)]
     pub event: Option<String>,
+    /// Each delivery for an item of its own (the number counts up; each body signed): one task
+    /// per item runs at a time, so a load on one item measures something else.
+    #[arg(long)]
+    pub distinct_items: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -130,7 +130,11 @@ async fn send_command(mut config: Config, args: &SendArgs) -> anyhow::Result<()>
         (None, Some(name)) => send::samples::sample(name, &label)?,
         (None, None) => bail!("name a sample or pass --file"),
     };
-    let sender = Arc::new(send::Sender::new(&config, sample, args.url.as_deref())?);
+    let mut sender = send::Sender::new(&config, sample, args.url.as_deref())?;
+    if args.distinct_items {
+        sender = sender.with_distinct_items();
+    }
+    let sender = Arc::new(sender);
     if args.count <= 1 {
         let (status, body) = sender.send_one().await?;
         println!("{status} {body}");

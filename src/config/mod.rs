@@ -185,6 +185,12 @@ fn serialize_redacted_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&redact_url(url))
 }
 
+/// A database URL's password may also be a `password=` parameter: the journal's own redaction.
+fn serialize_redacted_db_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    let shown = if url.is_empty() { String::new() } else { crate::store::pg::connect::redact(url) };
+    s.serialize_str(&shown)
+}
+
 /// The handler command: an argv array, or a string run by `sh -c`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
@@ -325,7 +331,7 @@ pub struct Storage {
     /// Empty = the platform's data dir (e.g. `~/.local/share/agentctl`).
     pub data_dir: String,
     /// Empty = the SQLite file in the data dir; `postgres://…` = a journal shared by a fleet.
-    #[serde(serialize_with = "serialize_redacted_url")]
+    #[serde(serialize_with = "serialize_redacted_db_url")]
     pub url: String,
     pub retention_days: u32,
     pub sync: SyncMode,
@@ -346,7 +352,7 @@ impl Storage {
     /// What to show a person: the database URL with its password masked, or the SQLite file.
     pub fn display(&self) -> String {
         if self.is_shared() {
-            redact_url(&self.url)
+            crate::store::pg::connect::redact(&self.url)
         } else {
             self.data_dir().join(crate::store::JOURNAL_FILE).display().to_string()
         }
@@ -479,6 +485,31 @@ mod tests {
         assert_eq!(redact_url("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
         assert_eq!(redact_url("amqp://u:p@ss@host/"), format!("amqp://u:{MASK}@host/"));
         assert_eq!(redact_url("amqp://u:pa/ss@host/%2f"), format!("amqp://u:{MASK}@host/%2f"));
+    }
+
+    #[test]
+    fn the_storage_url_is_shown_without_its_password_wherever_it_is() {
+        let mut c = Config::default();
+        c.broker.url = "amqp://a:b@h/".into();
+        c.storage.url = "postgres://agent:hunter2@db:5432/j?sslmode=require&password=zzz".into();
+        c.validate().unwrap();
+        let shown = toml::to_string(&c).unwrap();
+        assert!(!shown.contains("hunter2") && !shown.contains("zzz"), "{shown}");
+        assert!(shown.contains("postgres://agent:***@db:5432/j?sslmode=require&password=***"), "{shown}");
+        assert!(!c.storage.display().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_postgres_journal_needs_a_broker_and_a_postgres_url() {
+        let mut c = Config::default();
+        c.storage.url = "postgres://db/j".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("storage.url") && err.contains("broker.url"), "{err}");
+        c.storage.url = "mysql://db/j".into();
+        assert!(c.validate().unwrap_err().to_string().contains("postgres://"));
+        c.storage.url = String::new();
+        c.worker.lease_secs = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("worker.lease_secs"));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Sender {
     secret: String,
     signing: String,
     github_signature: String,
+    /// Each request for another item: its number counts up from this, and each body is signed.
+    distinct: Option<AtomicU64>,
 }
 
 impl Sender {
@@ -57,19 +59,49 @@ impl Sender {
             host,
             secret,
             github_signature,
+            distinct: None,
         })
+    }
+
+    /// Every request for an item of its own (the sample's issue, pull or merge request number
+    /// counts up, so no two share an item), each body signed on its own: loads in which one item
+    /// per delivery costs what it costs (agentctl runs one task per item at a time).
+    pub fn with_distinct_items(mut self) -> Self {
+        self.distinct = Some(AtomicU64::new(1_000_000));
+        self
+    }
+
+    /// The body of the next request and its GitHub signature.
+    fn body(&self) -> (Bytes, std::borrow::Cow<'_, str>) {
+        let Some(counter) = &self.distinct else {
+            return (Bytes::from(self.sample.body.clone()), self.github_signature.as_str().into());
+        };
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let mut v: serde_json::Value = serde_json::from_slice(&self.sample.body).unwrap_or_default();
+        for (container, key) in [("issue", "number"), ("pull_request", "number"), ("object_attributes", "iid")] {
+            if let Some(slot) = v.get_mut(container).and_then(|c| c.get_mut(key)) {
+                *slot = n.into();
+            }
+        }
+        if let Some(slot) = v.get_mut("number") {
+            *slot = n.into();
+        }
+        let body = serde_json::to_vec(&v).expect("a JSON value serializes");
+        let signature = github_signature(&self.secret, &body);
+        (Bytes::from(body), signature.into())
     }
 
     /// One request, with a fresh delivery id.
     pub fn request(&self) -> Request<Full<Bytes>> {
         let id = uuid::Uuid::new_v4().to_string();
+        let (body, github_signature) = self.body();
         let uri = format!("{}{}", self.base.to_string().trim_end_matches('/'), self.sample.route.path());
         let mut b = Request::post(uri).header("host", &self.host).header("content-type", "application/json");
         b = match self.sample.route {
             Route::Github => b
                 .header("x-github-event", &self.sample.event)
                 .header("x-github-delivery", &id)
-                .header("x-hub-signature-256", &self.github_signature)
+                .header("x-hub-signature-256", github_signature.as_ref())
                 .header("user-agent", "GitHub-Hookshot/agentctl-send"),
             Route::Gitlab | Route::GitlabSystem => {
                 let mut b = b
@@ -82,12 +114,12 @@ impl Sender {
                     b = b
                         .header("webhook-id", &id)
                         .header("webhook-timestamp", ts.to_string())
-                        .header("webhook-signature", standard_signature(&self.signing, &id, ts, &self.sample.body));
+                        .header("webhook-signature", standard_signature(&self.signing, &id, ts, &body));
                 }
                 b
             }
         };
-        b.body(Full::new(Bytes::from(self.sample.body.clone()))).expect("the request is well formed")
+        b.body(Full::new(body)).expect("the request is well formed")
     }
 
     async fn connect(&self) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
@@ -244,4 +276,27 @@ pub async fn load(sender: Arc<Sender>, count: u64, concurrency: usize) -> anyhow
     report.sent = report.latencies_us.len() as u64;
     report.latencies_us.sort_unstable();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn distinct_items_count_up_and_each_body_is_signed() {
+        let mut config = Config::default();
+        config.github.webhook_secret = crate::config::Secret::new("s");
+        let sample = samples::sample("github:issues.labeled", "coding agent").unwrap();
+        let sender = Sender::new(&config, sample, Some("http://127.0.0.1:1")).unwrap().with_distinct_items();
+        let mut numbers = Vec::new();
+        for _ in 0..2 {
+            let req = sender.request();
+            let signature = req.headers()["x-hub-signature-256"].to_str().unwrap().to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(signature, crate::ingest::verify::github_signature("s", &body));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            numbers.push(v["issue"]["number"].as_u64().unwrap());
+        }
+        assert_eq!(numbers[1], numbers[0] + 1);
+    }
 }

@@ -17,6 +17,7 @@ use crate::store::deliveries::{
 };
 use crate::store::{StoreError, unix_now};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
 /// Most deliveries in one transaction.
@@ -24,16 +25,26 @@ const MAX_BATCH: usize = 256;
 
 pub(super) type Job = (NewDelivery, RejectedCaps, oneshot::Sender<R<Recorded>>);
 
-/// The group-commit writer: runs until every sender is dropped.
-pub(super) async fn writer(journal: PgJournal, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// Group-commit writers running side by side, each on its own connection: while one commits (its
+/// WAL flush), another runs its batch. One would leave the server's other cores idle.
+pub(super) const WRITERS: usize = 3;
+
+/// A group-commit writer: takes every delivery waiting (up to [`MAX_BATCH`]) and commits them
+/// together; runs until every sender is dropped.
+pub(super) async fn writer(journal: PgJournal, rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
-        }
+            batch
+        };
         let deliveries: Vec<(NewDelivery, RejectedCaps)> = batch.iter().map(|(d, c, _)| (d.clone(), *c)).collect();
         match in_one_transaction(&journal, deliveries).await {
             Ok(results) => {
@@ -58,7 +69,7 @@ pub(super) async fn writer(journal: PgJournal, mut rx: mpsc::Receiver<Job>) {
 async fn in_one_transaction(journal: &PgJournal, deliveries: Vec<(NewDelivery, RejectedCaps)>) -> R<Vec<Recorded>> {
     let mut client = journal.client().await?;
     let tx = client.transaction().await.map_err(pg_err)?;
-    let c: &tokio_postgres::Transaction<'_> = &tx;
+    let c = &tx;
     let results = futures_util::future::join_all(deliveries.into_iter().map(|(d, caps)| insert(c, d, caps))).await;
     let results = results.into_iter().collect::<Result<Vec<_>, _>>().map_err(pg_err)?;
     tx.commit().await.map_err(pg_err)?;
@@ -72,17 +83,36 @@ fn dedupe_key(d: &NewDelivery) -> Option<String> {
     }
 }
 
+/// The batch's transaction: its statements are prepared once per connection (deadpool's cache),
+/// so each costs one round trip, not a parse and a round trip more.
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// Runs a cached statement returning at most one row.
+async fn one(c: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.query_opt(&statement, params).await
+}
+
+/// Runs a cached statement for its effect.
+async fn exec(c: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, tokio_postgres::Error> {
+    let statement = c.prepare_cached(sql).await?;
+    c.execute(&statement, params).await
+}
+
 /// Records one delivery (see `NewDelivery::insert` for the rules).
-async fn insert(c: &impl GenericClient, d: NewDelivery, caps: RejectedCaps) -> Result<Recorded, tokio_postgres::Error> {
+async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Recorded, tokio_postgres::Error> {
     let key = dedupe_key(&d);
+    if !d.only_new && d.verdict != "rejected" {
+        return insert_accepted(c, d, key).await;
+    }
     if d.only_new {
         if let Some(key) = &key
-            && let Some(row) = c.query_opt("SELECT task_id FROM deliveries WHERE dedupe_key = $1", &[key]).await?
+            && let Some(row) = one(c, "SELECT task_id FROM deliveries WHERE dedupe_key = $1", &[key]).await?
         {
             return Ok(Recorded::Known { task_id: row.get(0) });
         }
         if let Some(t) = &d.task
-            && let Some(live) = super::tasks::live_task_for(c, t.item_key.as_str()).await?
+            && let Some(live) = super::tasks::live_task_for(&**c, t.item_key.as_str()).await?
         {
             return Ok(Recorded::Known { task_id: Some(live) });
         }
@@ -90,14 +120,14 @@ async fn insert(c: &impl GenericClient, d: NewDelivery, caps: RejectedCaps) -> R
     if !d.only_new
         && d.replay_of.is_none()
         && let Some(t) = &d.task
-        && let Some(row) = c
-            .query_opt(
-                "SELECT d.id, t.id FROM deliveries d JOIN tasks t ON t.id = d.task_id
-                 WHERE d.route = 'poll' AND d.item_key = $1 AND t.state IN ('queued', 'waiting', 'retrying')
-                 ORDER BY d.id LIMIT 1",
-                &[&t.item_key.as_str()],
-            )
-            .await?
+        && let Some(row) = one(
+            c,
+            "SELECT d.id, t.id FROM deliveries d JOIN tasks t ON t.id = d.task_id
+             WHERE d.route = 'poll' AND d.item_key = $1 AND t.state IN ('queued', 'waiting', 'retrying')
+             ORDER BY d.id LIMIT 1",
+            &[&t.item_key.as_str()],
+        )
+        .await?
     {
         let (original, task_id): (i64, String) = (row.get(0), row.get(1));
         let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
@@ -121,7 +151,8 @@ async fn insert(c: &impl GenericClient, d: NewDelivery, caps: RejectedCaps) -> R
     };
     if let Some(task) = &d.task {
         let now = unix_now();
-        c.execute(
+        exec(
+            c,
             "INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix,
                                 item_key)
              VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $8, $9)",
@@ -144,30 +175,131 @@ async fn insert(c: &impl GenericClient, d: NewDelivery, caps: RejectedCaps) -> R
         )
         .await?;
         if task.label_op {
-            super::tasks::push_label_op(c, &task.id, crate::store::label_ops::LabelOp::Accepted, None).await?;
+            super::tasks::push_label_op(&**c, &task.id, crate::store::label_ops::LabelOp::Accepted, None).await?;
         }
     }
     Ok(Recorded::Stored { journal_id, task_id })
 }
 
+/// A verified delivery (with its task, outbox row and label operation) in ONE statement: the
+/// dedupe check, the poller join and the inserts are data-modifying CTEs, so the common path
+/// costs one round trip and one statement's overhead on the server. A delivery id seen before
+/// and the poller's finding are the rare paths, with a statement more.
+const ACCEPT: &str = "WITH
+  orig AS (SELECT id, task_id FROM deliveries WHERE dedupe_key = $3::text),
+  polled AS (
+    SELECT d.id AS did, t.id AS tid FROM deliveries d JOIN tasks t ON t.id = d.task_id
+    WHERE $22::bool AND d.route = 'poll' AND d.item_key = $20::text AND t.state IN ('queued', 'waiting', 'retrying')
+    ORDER BY d.id LIMIT 1),
+  ins AS (
+    INSERT INTO deliveries (route, delivery_id, dedupe_key, event, action, item, received_at, received_unix, headers,
+        body, body_size, body_stored, token_fp, verification, verdict, reason, http_status, task_id, replay_of,
+        item_key, instance)
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::bigint, $9::text, $10::bytea,
+        $11::bigint, $12::bool, $13::text, $14::text, $15::text, $16::text, $17::bigint, $18::text, $19::bigint,
+        $20::text, $21::text
+    WHERE NOT EXISTS (SELECT 1 FROM orig) AND NOT EXISTS (SELECT 1 FROM polled)
+    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id),
+  t AS (
+    INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix, item_key)
+    SELECT $18::text, ins.id, 'queued', $23::text, $24::text, $25::text, $26::bigint, $27::text, $8::bigint,
+        $8::bigint, $20::text
+    FROM ins WHERE $18::text IS NOT NULL RETURNING id),
+  o AS (INSERT INTO outbox (task_id, queue, created_unix) SELECT id, $28::text, $8::bigint FROM t RETURNING id),
+  l AS (
+    INSERT INTO label_ops (task_id, op, detail, created_unix) SELECT id, 'accepted', NULL, $8::bigint FROM t
+    WHERE $29::bool RETURNING id)
+SELECT (SELECT id FROM ins), (SELECT id FROM orig), (SELECT task_id FROM orig), (SELECT did FROM polled),
+       (SELECT tid FROM polled), (SELECT COUNT(*) FROM o) + (SELECT COUNT(*) FROM l)";
+
+async fn insert_accepted(c: &Tx<'_>, d: NewDelivery, key: Option<String>) -> Result<Recorded, tokio_postgres::Error> {
+    let task = d.task.as_ref();
+    let task_id = task.map(|t| t.id.clone());
+    let item_key = task.map(|t| t.item_key.as_str().to_string());
+    let check_polled = d.replay_of.is_none() && task.is_some();
+    let body = Some(d.body.packed.as_slice());
+    let row = one(
+        c,
+        ACCEPT,
+        &[
+            &d.route,
+            &d.delivery_id,
+            &key,
+            &d.event,
+            &d.action,
+            &d.item,
+            &d.received_at,
+            &unix_now(),
+            &d.headers_json,
+            &body,
+            &(d.body_size as i64),
+            &d.body.complete,
+            &d.token_fp,
+            &d.verification,
+            &d.verdict,
+            &d.reason,
+            &i64::from(d.http_status),
+            &task_id,
+            &d.replay_of,
+            &item_key,
+            &d.instance,
+            &check_polled,
+            &task.map(|t| t.source),
+            &task.map(|t| t.kind),
+            &task.map(|t| t.repo.as_str()),
+            &task.map(|t| t.number as i64),
+            &task.map(|t| std::str::from_utf8(&t.payload).unwrap_or_default()),
+            &task.map(|t| t.queue.as_str()),
+            &task.is_some_and(|t| t.label_op),
+        ],
+    )
+    .await?
+    .expect("a SELECT without FROM returns one row");
+    if let Some(journal_id) = row.get::<_, Option<i64>>(0) {
+        return Ok(Recorded::Stored { journal_id, task_id });
+    }
+    if let Some(original) = row.get::<_, Option<i64>>(1) {
+        let why = format!("delivery id seen before as journal entry {original}");
+        return duplicate(c, &d, None, original, row.get(2), &why).await;
+    }
+    if let (Some(original), Some(polled)) = (row.get::<_, Option<i64>>(3), row.get::<_, Option<String>>(4)) {
+        let why = format!("the poller already queued this item as task {polled} (journal entry {original})");
+        return duplicate(c, &d, key.as_deref(), original, Some(polled), &why).await;
+    }
+    // Taken by a delivery committed after this statement's snapshot (another instance's), or
+    // earlier in this very batch.
+    let original = one(c, "SELECT id, task_id FROM deliveries WHERE dedupe_key = $1", &[&key])
+        .await?
+        .expect("a dedupe key that refused an insert names a row");
+    let original_id: i64 = original.get(0);
+    let why = format!("delivery id seen before as journal entry {original_id}");
+    duplicate(c, &d, None, original_id, original.get(1), &why).await
+}
+
 async fn duplicate(
-    c: &impl GenericClient,
+    c: &Tx<'_>,
     d: &NewDelivery,
     key: Option<&str>,
     original: i64,
     task_id: Option<String>,
     why: &str,
 ) -> Result<Recorded, tokio_postgres::Error> {
-    let journal_id = insert_row(c, d, key, &d.headers_json, None, "duplicate", why, task_id.as_deref())
-        .await?
-        .expect("a row without a dedupe key always goes in");
+    let row = insert_row(c, d, key, &d.headers_json, None, "duplicate", why, task_id.as_deref()).await?;
+    let journal_id = match row {
+        Some(id) => id,
+        // Its delivery id was taken meanwhile (by the same delivery, sent again): the row goes in
+        // without the key.
+        None => insert_row(c, d, None, &d.headers_json, None, "duplicate", why, task_id.as_deref())
+            .await?
+            .expect("a row without a dedupe key always goes in"),
+    };
     Ok(Recorded::Duplicate { journal_id, original, task_id })
 }
 
 /// The row itself; None when its dedupe key is taken.
 #[allow(clippy::too_many_arguments)]
 async fn insert_row(
-    c: &impl GenericClient,
+    c: &Tx<'_>,
     d: &NewDelivery,
     key: Option<&str>,
     headers: &str,
@@ -176,50 +308,50 @@ async fn insert_row(
     reason: &str,
     task_id: Option<&str>,
 ) -> Result<Option<i64>, tokio_postgres::Error> {
-    let row = c
-        .query_opt(
-            "INSERT INTO deliveries (route, delivery_id, dedupe_key, event, action, item, received_at,
+    let row = one(
+        c,
+        "INSERT INTO deliveries (route, delivery_id, dedupe_key, event, action, item, received_at,
                 received_unix, headers, body, body_size, body_stored, token_fp, verification, verdict,
                 reason, http_status, task_id, replay_of, item_key, instance)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
              ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-            &[
-                &d.route,
-                &d.delivery_id,
-                &key,
-                &d.event,
-                &d.action,
-                &d.item,
-                &d.received_at,
-                &unix_now(),
-                &headers,
-                &body,
-                &(d.body_size as i64),
-                &(body.is_some() && d.body.complete),
-                &d.token_fp,
-                &d.verification,
-                &verdict,
-                &reason,
-                &i64::from(d.http_status),
-                &task_id,
-                &d.replay_of,
-                &d.task.as_ref().map(|t| t.item_key.as_str()),
-                &d.instance,
-            ],
-        )
-        .await?;
+        &[
+            &d.route,
+            &d.delivery_id,
+            &key,
+            &d.event,
+            &d.action,
+            &d.item,
+            &d.received_at,
+            &unix_now(),
+            &headers,
+            &body,
+            &(d.body_size as i64),
+            &(body.is_some() && d.body.complete),
+            &d.token_fp,
+            &d.verification,
+            &verdict,
+            &reason,
+            &i64::from(d.http_status),
+            &task_id,
+            &d.replay_of,
+            &d.task.as_ref().map(|t| t.item_key.as_str()),
+            &d.instance,
+        ],
+    )
+    .await?;
     Ok(row.map(|r| r.get(0)))
 }
 
 /// What a rejected row keeps under the caps (see `NewDelivery::rejected_room`); the running
 /// counts are atomic increments, so writers on several hosts keep them right.
 async fn rejected_room(
-    c: &impl GenericClient,
+    c: &Tx<'_>,
     d: &NewDelivery,
     caps: RejectedCaps,
 ) -> Result<(String, Option<Vec<u8>>), tokio_postgres::Error> {
     let wanted = (d.headers_json.len() + d.body.packed.len()) as i64;
-    let (rows, bytes) = rejected_counts(c).await?;
+    let (rows, bytes) = rejected_counts(&**c).await?;
     if rows >= caps.max_rows || bytes + wanted > caps.total {
         let freed = c
             .query(
@@ -230,16 +362,16 @@ async fn rejected_room(
             )
             .await?;
         let freed_bytes: i64 = freed.iter().map(|r| r.get::<_, i32>(0) as i64).sum();
-        add_counts(c, -(freed.len() as i64), -freed_bytes).await?;
+        add_counts(&**c, -(freed.len() as i64), -freed_bytes).await?;
     }
-    let (_, bytes) = rejected_counts(c).await?;
+    let (_, bytes) = rejected_counts(&**c).await?;
     let (headers, body) = if bytes + wanted <= caps.total {
         (d.headers_json.clone(), Some(d.body.packed.clone()))
     } else {
         ("[]".to_string(), None)
     };
     let kept = (headers.len() + body.as_ref().map_or(0, Vec::len)) as i64;
-    add_counts(c, 1, kept).await?;
+    add_counts(&**c, 1, kept).await?;
     Ok((headers, body))
 }
 

@@ -17,7 +17,10 @@ const CHUNK: i64 = 1000;
 
 /// The tables, their columns (the same names on both sides), and the PostgreSQL type of each
 /// column that is not text: the copy binds every value with its column's type.
-const TABLES: &[(&str, &str, &[(&str, &str)])] = &[
+/// A table: its name, its columns, and the type of each column that is not text.
+type Table = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+const TABLES: &[Table] = &[
     (
         "deliveries",
         "id, route, delivery_id, dedupe_key, event, action, item, received_at, received_unix, headers, body, \

@@ -71,7 +71,10 @@ impl PgJournal {
         let mut for_writer = journal.clone();
         let (closed, _) = mpsc::channel(1);
         for_writer.writer = closed;
-        tokio::spawn(deliveries::writer(for_writer, rx));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..deliveries::WRITERS {
+            tokio::spawn(deliveries::writer(for_writer.clone(), rx.clone()));
+        }
         Ok(Arc::new(journal))
     }
 
@@ -318,13 +321,11 @@ impl Backend for PgJournal {
         tasks::live_task_for(&**self.client().await?, item.as_str()).await.map_err(pg_err)
     }
 
-    async fn take_outbox(&self, owner: String, after: i64, limit: usize) -> R<Vec<OutboxRow>> {
+    async fn take_outbox(&self, owner: String, _after: i64, limit: usize) -> R<Vec<OutboxRow>> {
         // Several publishers: each row is leased to one at a time; a dead one's rows come free
         // when their lease runs out. Rows another is taking right now are skipped, not waited for.
-        // Rows already leased to this owner are taken again only past its cursor (a previous
-        // life's, after a restart): the ones before it are in this publisher's hands — in
-        // flight, or held for another try — and taking them again published each message as
-        // many times as the publisher had batches in flight.
+        // A row this publisher holds (in flight, or kept in memory through an outage) is not
+        // taken again while its lease lasts: taking it again would publish it twice.
         let c = self.client().await?;
         let rows = c
             .query(
@@ -333,13 +334,12 @@ impl Backend for PgJournal {
                         UPDATE outbox SET lease_owner = $1, lease_until_ms = {NOW_MS} + $3
                         WHERE id IN (SELECT id FROM outbox
                                      WHERE published_unix IS NULL AND parked_unix IS NULL
-                                       AND (lease_until_ms IS NULL OR lease_until_ms < {NOW_MS}
-                                            OR (lease_owner = $1 AND id > $4))
+                                       AND (lease_until_ms IS NULL OR lease_until_ms < {NOW_MS})
                                      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
                         RETURNING id)
                      {OUTBOX_ROW} JOIN taken ON taken.id = o.id ORDER BY o.id"
                 ),
-                &[&owner, &(limit as i64), &OUTBOX_LEASE_MS, &after],
+                &[&owner, &(limit as i64), &OUTBOX_LEASE_MS],
             )
             .await
             .map_err(pg_err)?;
