@@ -220,9 +220,7 @@ pub async fn run(
                         }
                     };
                     let Some(last) = rows.last() else { break };
-                    // Never back: on a shared journal a batch may hold only older rows another
-                    // instance wrote, and the rows past them up to the cursor are still ours.
-                    cursor = cursor.max(last.id);
+                    cursor = last.id;
                     lines.without_oversize(rows)
                 }
             };
@@ -275,9 +273,10 @@ pub async fn run(
             }
             _ = journal.outbox_changed() => {}
             _ = tick.tick() => {
-                // On a shared journal the cursor is no bound for rows other instances wrote or
-                // whose publisher died (unleased or expired rows are taken at any id); it only
-                // keeps this publisher from taking back the rows it holds, so it is never reset.
+                if journal.shared() {
+                    // Rows other instances wrote, or whose publisher died: the cursor never sees them.
+                    cursor = 0;
+                }
                 if let Ok((pending, parked)) = journal.outbox_counts().await {
                     backlog = pending;
                     bus.emit(Event::OutboxBacklog { pending, parked });

@@ -106,9 +106,8 @@ pub trait Backend: Send + Sync {
 
     // The outbox.
     /// Rows to publish, oldest first. On a shared journal each row is leased to `owner` for a
-    /// while, so one instance at a time publishes it; `after` is the caller's cursor: where the
-    /// backend has one publisher, every row is past it; on a shared journal, the rows already
-    /// leased to `owner` (those up to the cursor are in its hands).
+    /// while, so one instance at a time publishes it; `after` is the caller's cursor where the
+    /// backend has one publisher.
     async fn take_outbox(&self, owner: String, after: i64, limit: usize) -> R<Vec<OutboxRow>>;
     async fn pending_for_task(&self, task_id: String) -> R<Vec<OutboxRow>>;
     async fn mark_published(&self, ids: Vec<i64>) -> R<()>;
