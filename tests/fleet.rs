@@ -19,11 +19,8 @@ use fleet::{Fleet, Mark, eventually, now_ns, post_issue, queue_issue, task_row};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// Held for a whole test (a failed one lets go too: an async mutex is never poisoned).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The marks of one task.
 fn marks_of(marks: &[Mark], task: &str) -> Vec<Mark> {
@@ -52,7 +49,7 @@ async fn wait_mark(fleet: &Fleet, what: &str, limit: Duration, f: impl Fn(&Mark)
 /// one of the two workers runs it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_delivery_at_two_listeners_is_one_task() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let fleet = Fleet::new().await;
     let l1 = fleet.process("L1").start("webhook").await;
     let l2 = fleet.process("L2").start("webhook").await;
@@ -95,7 +92,7 @@ async fn one_delivery_at_two_listeners_is_one_task() {
 /// every task run exactly once, and both workers take part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_tasks_over_five_items_on_two_workers() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let fleet = Fleet::new().await;
     fleet.switch("sleep", Some("0.3"));
     let l = fleet.process("L").start("webhook").await;
@@ -171,12 +168,12 @@ async fn twenty_tasks_over_five_items_on_two_workers() {
 /// it, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_task_is_taken_over_after_its_lease() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     const LEASE: f64 = 4.0;
     let fleet = Fleet::new().await;
     fleet.switch("sleep", Some("30"));
     let l = fleet.process("L").start("webhook").await;
-    let mut workers = vec![
+    let mut workers = [
         fleet.process("W1").env("AGENTCTL_WORKER_LEASE_SECS", "4").start("consumer").await,
         fleet.process("W2").env("AGENTCTL_WORKER_LEASE_SECS", "4").start("consumer").await,
     ];
@@ -242,7 +239,7 @@ fn through(url: &str, port: u16) -> String {
 /// cut-off worker comes back and records nothing for the run it lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_longer_than_its_lease_stops_and_the_other_takes_over() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let fleet = Fleet::new().await;
     let proxy = Proxy::start(pg_addr()).await;
     fleet.switch("sleep", Some("60"));
@@ -323,7 +320,7 @@ async fn a_worker_cut_off_longer_than_its_lease_stops_and_the_other_takes_over()
 /// when it is back, nothing is taken over, nothing runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_shorter_than_its_lease_keeps_its_task() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let fleet = Fleet::new().await;
     let proxy = Proxy::start(pg_addr()).await;
     fleet.switch("sleep", Some("8"));
@@ -359,7 +356,7 @@ async fn a_worker_cut_off_shorter_than_its_lease_keeps_its_task() {
 /// cancel one running on a worker; list the instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_from_a_third_process() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let fleet = Fleet::new().await;
     let l = fleet.process("L").start("webhook").await;
 
@@ -434,7 +431,7 @@ async fn operations_from_a_third_process() {
 /// incompatible is refused with both versions named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_at_start() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let fleet = Fleet::new().await;
     let mut a = fleet.process("A").spawn("webhook");
     let mut b = fleet.process("B").spawn("webhook");
@@ -476,7 +473,7 @@ async fn migrations_at_start() {
 /// second run copies nothing, and the dead job replays from the new journal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_migrate_from_sqlite() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let fleet = Fleet::new().await;
     // A forge token whose API does not answer: label operations are made and stay pending.
     let nowhere = format!("http://127.0.0.1:{}", fleet::free_port());
