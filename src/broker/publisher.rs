@@ -31,6 +31,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 /// How long shutdown waits for in-flight confirms.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Tries to mark confirmed rows published, the first pause between them (doubling): about 8 s.
+const MARK_TRIES: u32 = 6;
+const MARK_PAUSE: Duration = Duration::from_millis(250);
 /// How long a refused row waits at the back of the line before its next try.
 const REFUSED_WAIT: Duration = Duration::from_millis(500);
 
@@ -115,14 +118,7 @@ impl Lines {
     /// rest for another try.
     fn settle(&mut self, batch: Vec<OutboxRow>, result: super::Published) {
         if !result.confirmed.is_empty() {
-            let journal = self.journal.clone();
-            let ids = result.confirmed;
-            self.writes.spawn(async move {
-                if let Err(e) = journal.mark_published(ids).await {
-                    // The rows stay unpublished in the journal and go out again at the next start.
-                    tracing::warn!("could not mark published rows in the journal: {e}");
-                }
-            });
+            self.writes.spawn(mark_published(self.journal.clone(), result.confirmed));
         }
         let single = batch.len() == 1;
         let mut failed = Vec::new();
@@ -148,6 +144,29 @@ impl Lines {
             }
         }
         while self.writes.try_join_next().is_some() {}
+    }
+}
+
+/// Marks rows the broker confirmed published, trying again for a few seconds: a journal away
+/// for a moment (a database restart) must not leave them unmarked, or they go out again — at
+/// the next start on SQLite; on a shared journal when their lease runs out, a minute later.
+async fn mark_published(journal: Journal, ids: Vec<i64>) {
+    let mut pause = MARK_PAUSE;
+    for attempt in 1..=MARK_TRIES {
+        match journal.mark_published(ids.clone()).await {
+            Ok(()) if attempt > 1 => {
+                tracing::info!("marked {} published row(s) in the journal at try {attempt}", ids.len());
+                return;
+            }
+            Ok(()) => return,
+            Err(e) if attempt == MARK_TRIES => {
+                tracing::warn!("could not mark published rows in the journal ({e}); they will be published again")
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
     }
 }
 

@@ -25,7 +25,8 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let lease = Duration::from_millis(shared.lease.ms as u64);
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renewed_at = Instant::now();
+    let (renewed, renewals) = tokio::sync::watch::channel(Instant::now());
+    tokio::spawn(watchdog(shared.clone(), renewals, stop.clone()));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -35,7 +36,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         let renewal = tokio::time::timeout(lease / 3, shared.journal.renew(shared.lease.clone())).await;
         match renewal {
             Ok(Ok(held)) => {
-                renewed_at = sent;
+                renewed.send_replace(sent);
                 let lost: Vec<String> = {
                     let running = shared.running.lock().expect("running lock");
                     running
@@ -51,12 +52,35 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             Ok(Err(e)) => tracing::warn!("cannot renew this instance's leases: {e}"),
             Err(_) => tracing::warn!("renewing this instance's leases took longer than {:?}", lease / 3),
         }
-        if renewed_at.elapsed() >= lease - margin(lease) {
-            let ids: Vec<String> = shared.running.lock().expect("running lock").keys().cloned().collect();
-            for id in ids {
-                lose(&shared, &id, "no lease renewal for too long (the journal is unreachable)");
+    }
+}
+
+/// Stops every handler once `lease − margin` has passed since the last successful renewal (sent
+/// at the instant `renewals` holds), and again every third of the lease while none succeeds.
+/// A timer of its own: checked only after each renewal, the limit was seen a tick late — at the
+/// lease's end itself (4.8 s of 6 rounds up to the third tick, 6 s), when the task may already
+/// run elsewhere — and a renewal hanging on a dead connection held the check up further.
+async fn watchdog(shared: Arc<Shared>, mut renewals: tokio::sync::watch::Receiver<Instant>, stop: CancellationToken) {
+    let lease = Duration::from_millis(shared.lease.ms as u64);
+    let limit = lease - margin(lease);
+    let mut due = *renewals.borrow_and_update() + limit;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = renewals.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                due = *renewals.borrow_and_update() + limit;
+                continue;
             }
+            _ = tokio::time::sleep_until(due) => {}
         }
+        let ids: Vec<String> = shared.running.lock().expect("running lock").keys().cloned().collect();
+        for id in ids {
+            lose(&shared, &id, "no lease renewal for too long (the journal is unreachable)");
+        }
+        due = Instant::now() + lease / 3;
     }
 }
 
@@ -114,15 +138,22 @@ pub(super) async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
         for task in taken {
             tracing::warn!("task {} ({}): its lease ran out; taking it over", task.id, task.item_ref());
             // A slot is free (counted above), perhaps held by the consumer waiting for a message:
-            // ask for it. Should a message have taken it meanwhile, wait for the next one: the
-            // lease is ours and renewed.
-            let permit = loop {
-                if let Ok(p) = shared.slots.clone().try_acquire_owned() {
-                    break p;
+            // queue for it first, then ask the consumer to let go. The semaphore is fair, so the
+            // slot the consumer drops comes here, not back to the consumer (polling with
+            // `try_acquire` lost that race every time: the takeover never ran). Should a message
+            // have taken the slot meanwhile, this waits for the next one: the lease is ours and
+            // renewed.
+            let acquire = shared.slots.clone().acquire_owned();
+            tokio::pin!(acquire);
+            let permit = tokio::select! {
+                biased;
+                p = &mut acquire => p,
+                () = std::future::ready(()) => {
+                    shared.slot_wanted.notify_one();
+                    acquire.await
                 }
-                shared.slot_wanted.notify_one();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
+            }
+            .expect("the semaphore is never closed");
             let shared = shared.clone();
             tokio::spawn(async move {
                 run_attempt(&shared, task).await;

@@ -163,7 +163,8 @@ pub async fn run(
             let message = tokio::select! {
                 m = consumer.next() => m,
                 _ = shared.slot_wanted.notified() => {
-                    // The semaphore is fair: the sweeper, already waiting, gets this slot.
+                    // The semaphore is fair: the sweeper, queued for a slot before it asked,
+                    // gets this one.
                     drop(permit);
                     continue;
                 }
