@@ -7,6 +7,8 @@
 //! successful renewal it stops every handler (their tasks may be taken over elsewhere by then,
 //! by the journal's clock). A renewal that no longer returns a task also stops its handler at
 //! once. A stopped handler's end is never recorded: the task belongs to whoever took it over.
+//! The stop is SIGTERM to the handler's group and SIGKILL half the margin later, not the usual
+//! 5 s grace: by the time the lease has run out, another worker may be running the task.
 
 use super::{Shared, run_attempt};
 use std::sync::Arc;
@@ -91,6 +93,21 @@ fn lose(shared: &Shared, id: &str, why: &str) {
         && !r.lost.swap(true, std::sync::atomic::Ordering::SeqCst)
     {
         tracing::warn!("task {id}: stopping its handler: {why}");
+        let pgid = r.pgid.load(std::sync::atomic::Ordering::SeqCst);
+        if pgid > 0 {
+            // The cancel below sends SIGTERM now; SIGKILL follows after half the margin, not
+            // the runner's usual 5 s: the handler is gone before the lease runs out by the
+            // journal's clock, whatever its own SIGTERM handling.
+            let lease = Duration::from_millis(shared.lease.ms as u64);
+            tokio::spawn(async move {
+                tokio::time::sleep(margin(lease) / 2).await;
+                // SAFETY: kill(2) of the handler's own process group, which this worker started;
+                // a group that is gone already makes this a no-op (ESRCH).
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            });
+        }
         r.cancel.cancel();
     }
 }

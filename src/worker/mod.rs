@@ -82,6 +82,9 @@ struct Running {
     lost: Arc<AtomicBool>,
     /// When it was claimed: a renewal sent before that cannot have returned it.
     since: tokio::time::Instant,
+    /// The handler's process group once it started (0 before): a lost lease kills it at once,
+    /// with no grace period, since another instance may run the task by then.
+    pgid: Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// Runs the worker as instance `instance` until `shutdown`.
@@ -350,9 +353,16 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     }
     let cancel = shared.stop_handlers.child_token();
     let lost = Arc::new(AtomicBool::new(false));
+    let pgid_seen = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let seen = pgid_seen.clone();
     shared.running.lock().expect("running lock").insert(
         task.id.clone(),
-        Running { cancel: cancel.clone(), lost: lost.clone(), since: tokio::time::Instant::now() },
+        Running {
+            cancel: cancel.clone(),
+            lost: lost.clone(),
+            since: tokio::time::Instant::now(),
+            pgid: pgid_seen.clone(),
+        },
     );
     shared.bus.emit(Event::TaskStarted {
         task_id: task.id.clone(),
@@ -363,6 +373,7 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     let journal = shared.journal.clone();
     let id = task.id.clone();
     let record_pgid = move |pgid: i32| {
+        seen.store(pgid, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let _ = journal.set_pgid(id, pgid).await;
         });
