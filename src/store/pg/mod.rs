@@ -7,6 +7,8 @@
 
 pub mod connect;
 mod deliveries;
+mod delivery_reads;
+mod instances;
 mod migrate;
 pub mod schema;
 mod tasks;
@@ -502,61 +504,18 @@ impl Backend for PgJournal {
     }
 
     async fn register_instance(&self, i: NewInstance) -> R<()> {
-        let c = self.client().await?;
-        c.execute(
-            &format!(
-                "INSERT INTO instances (id, host, mode, version, started_unix, heartbeat_ms)
-                 VALUES ($1, $2, $3, $4, extract(epoch from now())::bigint, {NOW_MS})
-                 ON CONFLICT (id) DO UPDATE SET host = excluded.host, mode = excluded.mode, version = excluded.version,
-                     started_unix = excluded.started_unix, heartbeat_ms = excluded.heartbeat_ms, stopped_unix = NULL"
-            ),
-            &[&i.id, &i.host, &i.mode, &i.version],
-        )
-        .await
-        .map_err(pg_err)?;
-        Ok(())
+        self.register_instance_pg(i).await
     }
 
     async fn instance_heartbeat(&self, id: String) -> R<()> {
-        let c = self.client().await?;
-        c.execute(&format!("UPDATE instances SET heartbeat_ms = {NOW_MS}, stopped_unix = NULL WHERE id = $1"), &[&id])
-            .await
-            .map_err(pg_err)?;
-        Ok(())
+        self.instance_heartbeat_pg(&id).await
     }
 
     async fn instance_stopped(&self, id: String) -> R<()> {
-        let c = self.client().await?;
-        c.execute("UPDATE instances SET stopped_unix = extract(epoch from now())::bigint WHERE id = $1", &[&id])
-            .await
-            .map_err(pg_err)?;
-        Ok(())
+        self.instance_stopped_pg(&id).await
     }
 
     async fn instances(&self) -> R<Vec<InstanceRow>> {
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT id, host, mode, version, started_unix, heartbeat_ms, stopped_unix, {NOW_MS} FROM instances
-                     ORDER BY stopped_unix IS NOT NULL, started_unix DESC, id"
-                ),
-                &[],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| InstanceRow {
-                id: r.get(0),
-                host: r.get(1),
-                mode: r.get(2),
-                version: r.get(3),
-                started_unix: r.get(4),
-                heartbeat_ms: r.get(5),
-                stopped_unix: r.get(6),
-                now_ms: r.get(7),
-            })
-            .collect())
+        self.instances_pg().await
     }
 }
