@@ -11,8 +11,8 @@ use crate::store::OutboxRow;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -311,42 +311,80 @@ impl Broker for AmqpBroker {
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, BrokerError> {
         let link = self.link().await?;
-        let ch = timed(RPC_TIMEOUT, link.conn.create_channel()).await?;
-        timed(RPC_TIMEOUT, ch.basic_qos(prefetch.max(1), BasicQosOptions::default())).await?;
-        let consumer = timed(
-            RPC_TIMEOUT,
-            ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()),
-        )
-        .await?;
-        Ok(Box::new(AmqpConsumer { _channel: ch, consumer }))
+        let channel = timed(RPC_TIMEOUT, link.conn.create_channel()).await?;
+        timed(RPC_TIMEOUT, channel.basic_qos(prefetch.max(1), BasicQosOptions::default())).await?;
+        let mut consumer = AmqpConsumer { channel, queue: queue.to_string(), consumer: None };
+        consumer.subscribe().await?;
+        Ok(Box::new(consumer))
     }
 }
 
 struct AmqpConsumer {
-    _channel: Channel,
-    consumer: lapin::Consumer,
+    channel: Channel,
+    queue: String,
+    /// None while paused.
+    consumer: Option<lapin::Consumer>,
+}
+
+impl AmqpConsumer {
+    async fn subscribe(&mut self) -> Result<&mut lapin::Consumer, BrokerError> {
+        if self.consumer.is_none() {
+            let consumer = timed(
+                RPC_TIMEOUT,
+                self.channel.basic_consume(
+                    self.queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            self.consumer = Some(consumer);
+        }
+        Ok(self.consumer.as_mut().expect("subscribed above"))
+    }
 }
 
 #[async_trait]
 impl Consumer for AmqpConsumer {
     async fn next(&mut self) -> Result<Received, BrokerError> {
-        match self.consumer.next().await {
-            Some(Ok(d)) => Ok(Received::new(d.data, d.redelivered, Box::new(AmqpAcker(d.acker)))),
+        let channel = self.channel.clone();
+        match self.subscribe().await?.next().await {
+            // The acker keeps the channel open: a paused consumer's messages still in hand are
+            // acked on it, and closing it would put them back on the queue.
+            Some(Ok(d)) => {
+                Ok(Received::new(d.data, d.redelivered, Box::new(AmqpAcker { acker: d.acker, _channel: channel })))
+            }
             Some(Err(e)) => Err(BrokerError::Protocol(e.to_string())),
             None => Err(BrokerError::Protocol("the consumer was cancelled".into())),
         }
     }
+
+    async fn pause(&mut self) -> Result<(), BrokerError> {
+        let Some(mut consumer) = self.consumer.take() else { return Ok(()) };
+        timed(RPC_TIMEOUT, self.channel.basic_cancel(consumer.tag(), BasicCancelOptions::default())).await?;
+        // The cancel ends the stream after whatever the broker pushed before it: back it goes.
+        let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+        while let Some(delivery) = timed(RPC_TIMEOUT, async { Ok::<_, lapin::Error>(consumer.next().await) }).await? {
+            let delivery = delivery.map_err(|e| BrokerError::Protocol(e.to_string()))?;
+            timed(RPC_TIMEOUT, delivery.acker.nack(requeue)).await?;
+        }
+        Ok(())
+    }
 }
 
-struct AmqpAcker(lapin::Acker);
+struct AmqpAcker {
+    acker: lapin::Acker,
+    _channel: Channel,
+}
 
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        timed(RPC_TIMEOUT, self.0.ack(BasicAckOptions::default())).await.map(|_| ())
+        timed(RPC_TIMEOUT, self.acker.ack(BasicAckOptions::default())).await.map(|_| ())
     }
 
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), BrokerError> {
-        timed(RPC_TIMEOUT, self.0.nack(BasicNackOptions { requeue, ..Default::default() })).await.map(|_| ())
+        timed(RPC_TIMEOUT, self.acker.nack(BasicNackOptions { requeue, ..Default::default() })).await.map(|_| ())
     }
 }

@@ -79,8 +79,17 @@ pub trait Acker: Send + Sync {
 
 #[async_trait]
 pub trait Consumer: Send {
-    /// The next message; waits until one is there.
+    /// The next message; waits until one is there. After [`Consumer::pause`], subscribes again.
     async fn next(&mut self) -> Result<Received, BrokerError>;
+
+    /// Stops the broker pushing messages to this consumer until the next [`Consumer::next`];
+    /// a message it pushed and nobody took yet goes back to the queue, for another consumer.
+    /// A worker whose handler slots are all busy pauses: a message pushed to it would wait for a
+    /// slot while another worker is idle. Messages already taken keep their ack. A consumer that
+    /// takes a message only when asked (the embedded queue) has nothing to do.
+    async fn pause(&mut self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 #[async_trait]

@@ -8,7 +8,9 @@
 //! start puts its claims back on the queue, and meanwhile any worker sharing the journal takes
 //! a task over once its lease runs out. A 2-hour task is never cut off by the broker and never
 //! runs twice: a duplicate message for a claimed or finished task is acked and skipped, and an
-//! owner that lost its lease stops its handler and records nothing.
+//! owner that lost its lease stops its handler and records nothing. Since the ack frees the
+//! prefetch window, a worker whose handler slots are all busy pauses its consumer (the broker's
+//! unclaimed pushes go back to the queue), so no task waits on a busy worker while another is idle.
 //!
 //! **One run per item.** Two tasks for the same item (`ItemKey`: case-insensitive repository,
 //! GitLab project id, kind where the forge numbers them apart) never run at once, on any
@@ -177,6 +179,14 @@ pub async fn run(
                 // Claiming takes a journal commit; the next message need not wait for it.
                 Ok(m) => {
                     tokio::spawn(accept(shared.clone(), m, permit));
+                    // Every slot busy: a message the broker pushed now would wait here for one
+                    // while another worker may be idle (the ack after a claim makes room for it).
+                    if shared.slots.available_permits() == 0
+                        && let Err(e) = consumer.pause().await
+                    {
+                        tracing::warn!("worker cannot pause its consumer: {e}; reconnecting");
+                        continue 'connect;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("worker lost its consumer: {e}; reconnecting");
