@@ -445,7 +445,9 @@ async fn migrations_at_start() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(versions, [(agentctl::store::pg::schema::LATEST, 1)]);
+    let each: Vec<(i32, i32)> =
+        agentctl::store::pg::schema::MIGRATIONS.iter().map(|m| (m.version, m.min_compatible)).collect();
+    assert_eq!(versions, each, "every migration applied once");
     assert!(a.stop(Duration::from_secs(20)).await.success(), "{}", a.log());
     assert!(b.stop(Duration::from_secs(20)).await.success(), "{}", b.log());
 

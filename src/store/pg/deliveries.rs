@@ -5,8 +5,9 @@
 //! atomic increments.
 //!
 //! **Group commit.** Deliveries arrive in bursts; each waits for a commit. A writer task takes
-//! every delivery waiting for it, runs them in one transaction on one connection — their
-//! statements pipelined, since tokio-postgres sends the queries of concurrent futures without
+//! every delivery waiting for it, runs them in one transaction on one connection — the verified
+//! ones with one set-based statement for the whole batch (`accept`), the others' statements
+//! pipelined beside it, since tokio-postgres sends the queries of concurrent futures without
 //! waiting for each answer — and commits once. A batch that fails (a lost connection, a
 //! deadlock between two instances' batches) is retried one delivery per transaction, so one
 //! bad delivery fails alone. Deliveries that make a task hold their item's advisory lock to the
@@ -95,18 +96,23 @@ async fn in_one_transaction(journal: &PgJournal, deliveries: Vec<(NewDelivery, R
         c.query(&statement, &[&keys, &exclusive]).await.map_err(pg_err)?;
     }
     // Within the batch, the deliveries of an item that has a poll finding in it run one after
-    // another (pipelined, they would all read before any wrote); every other delivery runs beside
-    // the rest.
+    // another (pipelined, they would all read before any wrote); the other verified deliveries
+    // go in together, with one statement (`accept`), beside the rest.
     let polled_items: std::collections::HashSet<&str> = deliveries
         .iter()
         .filter(|(d, _)| d.only_new)
         .filter_map(|(d, _)| d.task.as_ref().map(|t| t.item_key.as_str()))
         .collect();
+    let mut together: Vec<(usize, NewDelivery)> = Vec::new();
     let mut chains: Vec<Vec<(usize, NewDelivery, RejectedCaps)>> = Vec::new();
     let mut chain_of_item: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, (d, caps)) in deliveries.iter().cloned().enumerate() {
         let item =
             d.task.as_ref().map(|t| t.item_key.as_str().to_owned()).filter(|k| polled_items.contains(k.as_str()));
+        if item.is_none() && !d.only_new && d.verdict != Verdict::Rejected {
+            together.push((i, d));
+            continue;
+        }
         let at = match item {
             Some(k) => *chain_of_item.entry(k).or_insert_with(|| {
                 chains.push(Vec::new());
@@ -126,9 +132,13 @@ async fn in_one_transaction(journal: &PgJournal, deliveries: Vec<(NewDelivery, R
         }
         Ok::<_, tokio_postgres::Error>(done)
     });
-    let chains =
-        futures_util::future::join_all(runs).await.into_iter().collect::<Result<Vec<_>, _>>().map_err(pg_err)?;
-    let mut results: Vec<(usize, Recorded)> = chains.into_iter().flatten().collect();
+    let (at, together): (Vec<usize>, Vec<NewDelivery>) = together.into_iter().unzip();
+    let (accepted, chains) =
+        futures_util::future::join(super::accept::accept_many(c, together), futures_util::future::join_all(runs)).await;
+    let accepted = accepted.map_err(pg_err)?;
+    let chains = chains.into_iter().collect::<Result<Vec<_>, _>>().map_err(pg_err)?;
+    let mut results: Vec<(usize, Recorded)> =
+        chains.into_iter().flatten().chain(at.into_iter().zip(accepted)).collect();
     results.sort_unstable_by_key(|(i, _)| *i);
     tx.commit().await.map_err(pg_err)?;
     Ok(results.into_iter().map(|(_, r)| r).collect())
@@ -141,7 +151,7 @@ fn item_lock(item: &crate::task::ItemKey) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("a digest has 8 bytes"))
 }
 
-fn dedupe_key(d: &NewDelivery) -> Option<String> {
+pub(super) fn dedupe_key(d: &NewDelivery) -> Option<String> {
     match (&d.delivery_id, d.dedupe) {
         (Some(id), true) => Some(format!("{}:{id}", d.route)),
         _ => None,
@@ -150,10 +160,14 @@ fn dedupe_key(d: &NewDelivery) -> Option<String> {
 
 /// The batch's transaction: its statements are prepared once per connection (deadpool's cache),
 /// so each costs one round trip, not a parse and a round trip more.
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+pub(super) type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// Runs a cached statement returning at most one row.
-async fn one(c: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, tokio_postgres::Error> {
+pub(super) async fn one(
+    c: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, tokio_postgres::Error> {
     let statement = c.prepare_cached(sql).await?;
     c.query_opt(&statement, params).await
 }
@@ -168,7 +182,7 @@ async fn exec(c: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u
 async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Recorded, tokio_postgres::Error> {
     let key = dedupe_key(&d);
     if !d.only_new && d.verdict != Verdict::Rejected {
-        return insert_accepted(c, d, key).await;
+        return super::accept::insert_accepted(c, d, key).await;
     }
     if d.only_new {
         if let Some(key) = &key
@@ -252,102 +266,7 @@ async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Record
     Ok(Recorded::Stored { journal_id, task_id })
 }
 
-/// A verified delivery (with its task, outbox row and label operation) in ONE statement: the
-/// dedupe check, the poller join and the inserts are data-modifying CTEs, so the common path
-/// costs one round trip and one statement's overhead on the server. A delivery id seen before
-/// and the poller's finding are the rare paths, with a statement more.
-const ACCEPT: &str = "WITH
-  orig AS (SELECT id, task_id FROM deliveries WHERE dedupe_key = $3::text),
-  polled AS (
-    SELECT d.id AS did, t.id AS tid FROM deliveries d JOIN tasks t ON t.id = d.task_id
-    WHERE $22::bool AND d.route = 'poll' AND d.item_key = $20::text AND t.state IN ('queued', 'waiting', 'retrying')
-    ORDER BY d.id LIMIT 1),
-  ins AS (
-    INSERT INTO deliveries (route, delivery_id, dedupe_key, event, action, item, received_at, received_unix, headers,
-        body, body_size, body_stored, token_fp, verification, verdict, reason, http_status, task_id, replay_of,
-        item_key, instance)
-    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::bigint, $9::text, $10::bytea,
-        $11::bigint, $12::bool, $13::text, $14::text, $15::text, $16::text, $17::bigint, $18::text, $19::bigint,
-        $20::text, $21::text
-    WHERE NOT EXISTS (SELECT 1 FROM orig) AND NOT EXISTS (SELECT 1 FROM polled)
-    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id),
-  t AS (
-    INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix, item_key)
-    SELECT $18::text, ins.id, 'queued', $23::text, $24::text, $25::text, $26::bigint, $27::text, $8::bigint,
-        $8::bigint, $20::text
-    FROM ins WHERE $18::text IS NOT NULL RETURNING id),
-  o AS (INSERT INTO outbox (task_id, queue, created_unix) SELECT id, $28::text, $8::bigint FROM t RETURNING id),
-  l AS (
-    INSERT INTO label_ops (task_id, op, detail, created_unix) SELECT id, 'accepted', NULL, $8::bigint FROM t
-    WHERE $29::bool RETURNING id)
-SELECT (SELECT id FROM ins), (SELECT id FROM orig), (SELECT task_id FROM orig), (SELECT did FROM polled),
-       (SELECT tid FROM polled), (SELECT COUNT(*) FROM o) + (SELECT COUNT(*) FROM l)";
-
-async fn insert_accepted(c: &Tx<'_>, d: NewDelivery, key: Option<String>) -> Result<Recorded, tokio_postgres::Error> {
-    let task = d.task.as_ref();
-    let task_id = task.map(|t| t.id.clone());
-    let item_key = task.map(|t| t.item_key.as_str().to_string());
-    let check_polled = d.replay_of.is_none() && task.is_some();
-    let body = Some(d.body.packed.as_slice());
-    let row = one(
-        c,
-        ACCEPT,
-        &[
-            &d.route,
-            &d.delivery_id,
-            &key,
-            &d.event,
-            &d.action,
-            &d.item,
-            &d.received_at,
-            &unix_now(),
-            &d.headers_json,
-            &body,
-            &(d.body_size as i64),
-            &d.body.complete,
-            &d.token_fp,
-            &d.verification,
-            &d.verdict,
-            &d.reason,
-            &i64::from(d.http_status),
-            &task_id,
-            &d.replay_of,
-            &item_key,
-            &d.instance,
-            &check_polled,
-            &task.map(|t| t.source),
-            &task.map(|t| t.kind),
-            &task.map(|t| t.repo.as_str()),
-            &task.map(|t| t.number as i64),
-            &task.map(|t| std::str::from_utf8(&t.payload).unwrap_or_default()),
-            &task.map(|t| t.queue.as_str()),
-            &task.is_some_and(|t| t.label_op),
-        ],
-    )
-    .await?
-    .expect("a SELECT without FROM returns one row");
-    if let Some(journal_id) = row.get::<_, Option<i64>>(0) {
-        return Ok(Recorded::Stored { journal_id, task_id });
-    }
-    if let Some(original) = row.get::<_, Option<i64>>(1) {
-        let why = format!("delivery id seen before as journal entry {original}");
-        return duplicate(c, &d, None, original, row.get(2), &why).await;
-    }
-    if let (Some(original), Some(polled)) = (row.get::<_, Option<i64>>(3), row.get::<_, Option<String>>(4)) {
-        let why = format!("the poller already queued this item as task {polled} (journal entry {original})");
-        return duplicate(c, &d, key.as_deref(), original, Some(polled), &why).await;
-    }
-    // Taken by a delivery committed after this statement's snapshot (another instance's), or
-    // earlier in this very batch.
-    let original = one(c, "SELECT id, task_id FROM deliveries WHERE dedupe_key = $1", &[&key])
-        .await?
-        .expect("a dedupe key that refused an insert names a row");
-    let original_id: i64 = original.get(0);
-    let why = format!("delivery id seen before as journal entry {original_id}");
-    duplicate(c, &d, None, original_id, original.get(1), &why).await
-}
-
-async fn duplicate(
+pub(super) async fn duplicate(
     c: &Tx<'_>,
     d: &NewDelivery,
     key: Option<&str>,

@@ -5,6 +5,7 @@
 //! through a group commit (`deliveries`); task transitions lock their rows (`tasks`); the rest
 //! is here.
 
+mod accept;
 pub mod connect;
 mod deliveries;
 mod delivery_reads;

@@ -1,0 +1,249 @@
+//! Verified deliveries on PostgreSQL, the common path: their rows, tasks, outbox rows and label
+//! operations written by set-based statements.
+//!
+//! A batch's verified deliveries (not a poll's findings, not rejected: those keep the rules of
+//! `deliveries::insert`) go in with ONE statement: their columns travel as arrays, `unnest`
+//! turns them back into rows, and data-modifying CTEs insert the deliveries, tasks, outbox rows
+//! and label operations of the whole batch. Planning, executor start-up and the round trip are
+//! paid once per batch instead of once per delivery — the server's CPU per delivery was the
+//! limit of a PostgreSQL journal. Ids are drawn from the deliveries' sequence up front, so the
+//! answer maps each delivery to its row. A delivery the statement did not insert — its delivery
+//! id taken (before, or earlier in the same batch), or the poller's task for its item is live —
+//! is then recorded by [`insert_accepted`], alone, as a duplicate.
+
+use super::deliveries::{Tx, duplicate, one};
+use crate::store::deliveries::{NewDelivery, Recorded};
+use crate::store::unix_now;
+
+/// The set-based insert (see the module doc). Parameters: one array per column, then the time.
+const ACCEPT_MANY: &str = "WITH
+  input AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) AS id, u.*
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::bytea[], $10::bigint[], $11::bool[], $12::text[], $13::text[], $14::text[], $15::text[],
+                $16::bigint[], $17::text[], $18::bigint[], $19::text[], $20::text[], $21::bool[], $22::text[],
+                $23::text[], $24::text[], $25::bigint[], $26::text[], $27::text[], $28::bool[])
+      WITH ORDINALITY AS u(route, delivery_id, dedupe_key, event, action, item, received_at, headers, body,
+        body_size, body_stored, token_fp, verification, verdict, reason, http_status, task_id, replay_of, item_key,
+        instance, check_polled, source, kind, repo, number, payload, queue, label_op, n)),
+  ins AS (
+    INSERT INTO deliveries (id, route, delivery_id, dedupe_key, event, action, item, received_at, received_unix,
+        headers, body, body_size, body_stored, token_fp, verification, verdict, reason, http_status, task_id,
+        replay_of, item_key, instance)
+    SELECT id, route, delivery_id, dedupe_key, event, action, item, received_at, $29::bigint, headers, body,
+        body_size, body_stored, token_fp, verification, verdict, reason, http_status, task_id, replay_of, item_key,
+        instance
+    FROM input i
+    WHERE NOT (i.check_polled AND EXISTS (
+        SELECT 1 FROM deliveries d JOIN tasks t ON t.id = d.task_id
+        WHERE d.route = 'poll' AND d.item_key = i.item_key AND t.state IN ('queued', 'waiting', 'retrying')))
+    ORDER BY n
+    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id),
+  t AS (
+    INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix, item_key)
+    SELECT i.task_id, i.id, 'queued', i.source, i.kind, i.repo, i.number, i.payload, $29::bigint, $29::bigint,
+        i.item_key
+    FROM input i JOIN ins ON ins.id = i.id WHERE i.task_id IS NOT NULL ORDER BY i.n
+    RETURNING id),
+  o AS (
+    INSERT INTO outbox (task_id, queue, created_unix)
+    SELECT i.task_id, i.queue, $29::bigint FROM input i JOIN t ON t.id = i.task_id ORDER BY i.n),
+  l AS (
+    INSERT INTO label_ops (task_id, op, detail, created_unix)
+    SELECT i.task_id, 'accepted', NULL, $29::bigint FROM input i JOIN t ON t.id = i.task_id WHERE i.label_op
+    ORDER BY i.n)
+SELECT i.n, i.id FROM input i JOIN ins ON ins.id = i.id";
+
+/// Records verified deliveries (not poll findings, not rejected) in one statement, then alone
+/// those it did not insert. The results are in the order of `deliveries`.
+pub(super) async fn accept_many(
+    c: &Tx<'_>,
+    deliveries: Vec<NewDelivery>,
+) -> Result<Vec<Recorded>, tokio_postgres::Error> {
+    if deliveries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: &dyn Fn(&NewDelivery) -> Option<String>| deliveries.iter().map(f).collect::<Vec<_>>();
+    let keys = column(&|d| super::deliveries::dedupe_key(d));
+    let texts = [
+        column(&|d| Some(d.route.as_str().to_string())),
+        column(&|d| d.delivery_id.clone()),
+        keys.clone(),
+        column(&|d| d.event.clone()),
+        column(&|d| d.action.clone()),
+        column(&|d| d.item.clone()),
+        column(&|d| Some(d.received_at.clone())),
+        column(&|d| Some(d.headers_json.clone())),
+    ];
+    let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.body.packed.as_slice()).collect();
+    let sizes: Vec<i64> = deliveries.iter().map(|d| d.body_size as i64).collect();
+    let complete: Vec<bool> = deliveries.iter().map(|d| d.body.complete).collect();
+    let texts2 = [
+        column(&|d| d.token_fp.clone()),
+        column(&|d| Some(d.verification.clone())),
+        column(&|d| Some(d.verdict.as_str().to_string())),
+        column(&|d| Some(d.reason.clone())),
+    ];
+    let statuses: Vec<i64> = deliveries.iter().map(|d| i64::from(d.http_status)).collect();
+    let task_ids = column(&|d| d.task.as_ref().map(|t| t.id.clone()));
+    let replay_of: Vec<Option<i64>> = deliveries.iter().map(|d| d.replay_of).collect();
+    let item_keys = column(&|d| d.task.as_ref().map(|t| t.item_key.as_str().to_string()));
+    let instances = column(&|d| d.instance.clone());
+    let check_polled: Vec<bool> = deliveries.iter().map(|d| d.replay_of.is_none() && d.task.is_some()).collect();
+    let sources = column(&|d| d.task.as_ref().map(|t| t.source.to_string()));
+    let kinds = column(&|d| d.task.as_ref().map(|t| t.kind.to_string()));
+    let repos = column(&|d| d.task.as_ref().map(|t| t.repo.clone()));
+    let numbers: Vec<Option<i64>> = deliveries.iter().map(|d| d.task.as_ref().map(|t| t.number as i64)).collect();
+    let payloads = column(&|d| d.task.as_ref().map(|t| String::from_utf8_lossy(&t.payload).into_owned()));
+    let queues = column(&|d| d.task.as_ref().map(|t| t.queue.clone()));
+    let label_ops: Vec<bool> = deliveries.iter().map(|d| d.task.as_ref().is_some_and(|t| t.label_op)).collect();
+    let now = unix_now();
+    let statement = c.prepare_cached(ACCEPT_MANY).await?;
+    let rows = c
+        .query(
+            &statement,
+            &[
+                &texts[0],
+                &texts[1],
+                &texts[2],
+                &texts[3],
+                &texts[4],
+                &texts[5],
+                &texts[6],
+                &texts[7],
+                &bodies,
+                &sizes,
+                &complete,
+                &texts2[0],
+                &texts2[1],
+                &texts2[2],
+                &texts2[3],
+                &statuses,
+                &task_ids,
+                &replay_of,
+                &item_keys,
+                &instances,
+                &check_polled,
+                &sources,
+                &kinds,
+                &repos,
+                &numbers,
+                &payloads,
+                &queues,
+                &label_ops,
+                &now,
+            ],
+        )
+        .await?;
+    let mut stored: Vec<Option<i64>> = vec![None; deliveries.len()];
+    for row in rows {
+        let n: i64 = row.get(0);
+        stored[(n - 1) as usize] = Some(row.get(1));
+    }
+    let mut results = Vec::with_capacity(deliveries.len());
+    for ((d, journal_id), key) in deliveries.into_iter().zip(stored).zip(keys) {
+        results.push(match journal_id {
+            Some(journal_id) => Recorded::Stored { journal_id, task_id: d.task.map(|t| t.id) },
+            None => insert_accepted(c, d, key).await?,
+        });
+    }
+    Ok(results)
+}
+
+/// A verified delivery (with its task, outbox row and label operation) in ONE statement: the
+/// dedupe check, the poller join and the inserts are data-modifying CTEs. A delivery id seen
+/// before and the poller's finding are the rare paths, with a statement more.
+const ACCEPT: &str = "WITH
+  orig AS (SELECT id, task_id FROM deliveries WHERE dedupe_key = $3::text),
+  polled AS (
+    SELECT d.id AS did, t.id AS tid FROM deliveries d JOIN tasks t ON t.id = d.task_id
+    WHERE $22::bool AND d.route = 'poll' AND d.item_key = $20::text AND t.state IN ('queued', 'waiting', 'retrying')
+    ORDER BY d.id LIMIT 1),
+  ins AS (
+    INSERT INTO deliveries (route, delivery_id, dedupe_key, event, action, item, received_at, received_unix, headers,
+        body, body_size, body_stored, token_fp, verification, verdict, reason, http_status, task_id, replay_of,
+        item_key, instance)
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::bigint, $9::text, $10::bytea,
+        $11::bigint, $12::bool, $13::text, $14::text, $15::text, $16::text, $17::bigint, $18::text, $19::bigint,
+        $20::text, $21::text
+    WHERE NOT EXISTS (SELECT 1 FROM orig) AND NOT EXISTS (SELECT 1 FROM polled)
+    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id),
+  t AS (
+    INSERT INTO tasks (id, delivery, state, source, kind, repo, number, payload, created_unix, updated_unix, item_key)
+    SELECT $18::text, ins.id, 'queued', $23::text, $24::text, $25::text, $26::bigint, $27::text, $8::bigint,
+        $8::bigint, $20::text
+    FROM ins WHERE $18::text IS NOT NULL RETURNING id),
+  o AS (INSERT INTO outbox (task_id, queue, created_unix) SELECT id, $28::text, $8::bigint FROM t RETURNING id),
+  l AS (
+    INSERT INTO label_ops (task_id, op, detail, created_unix) SELECT id, 'accepted', NULL, $8::bigint FROM t
+    WHERE $29::bool RETURNING id)
+SELECT (SELECT id FROM ins), (SELECT id FROM orig), (SELECT task_id FROM orig), (SELECT did FROM polled),
+       (SELECT tid FROM polled), (SELECT COUNT(*) FROM o) + (SELECT COUNT(*) FROM l)";
+
+pub(super) async fn insert_accepted(
+    c: &Tx<'_>,
+    d: NewDelivery,
+    key: Option<String>,
+) -> Result<Recorded, tokio_postgres::Error> {
+    let task = d.task.as_ref();
+    let task_id = task.map(|t| t.id.clone());
+    let item_key = task.map(|t| t.item_key.as_str().to_string());
+    let check_polled = d.replay_of.is_none() && task.is_some();
+    let body = Some(d.body.packed.as_slice());
+    let row = one(
+        c,
+        ACCEPT,
+        &[
+            &d.route,
+            &d.delivery_id,
+            &key,
+            &d.event,
+            &d.action,
+            &d.item,
+            &d.received_at,
+            &unix_now(),
+            &d.headers_json,
+            &body,
+            &(d.body_size as i64),
+            &d.body.complete,
+            &d.token_fp,
+            &d.verification,
+            &d.verdict,
+            &d.reason,
+            &i64::from(d.http_status),
+            &task_id,
+            &d.replay_of,
+            &item_key,
+            &d.instance,
+            &check_polled,
+            &task.map(|t| t.source),
+            &task.map(|t| t.kind),
+            &task.map(|t| t.repo.as_str()),
+            &task.map(|t| t.number as i64),
+            &task.map(|t| std::str::from_utf8(&t.payload).unwrap_or_default()),
+            &task.map(|t| t.queue.as_str()),
+            &task.is_some_and(|t| t.label_op),
+        ],
+    )
+    .await?
+    .expect("a SELECT without FROM returns one row");
+    if let Some(journal_id) = row.get::<_, Option<i64>>(0) {
+        return Ok(Recorded::Stored { journal_id, task_id });
+    }
+    if let Some(original) = row.get::<_, Option<i64>>(1) {
+        let why = format!("delivery id seen before as journal entry {original}");
+        return duplicate(c, &d, None, original, row.get(2), &why).await;
+    }
+    if let (Some(original), Some(polled)) = (row.get::<_, Option<i64>>(3), row.get::<_, Option<String>>(4)) {
+        let why = format!("the poller already queued this item as task {polled} (journal entry {original})");
+        return duplicate(c, &d, key.as_deref(), original, Some(polled), &why).await;
+    }
+    // Taken by a delivery committed after this statement's snapshot (another instance's), or
+    // earlier in this very batch.
+    let original = one(c, "SELECT id, task_id FROM deliveries WHERE dedupe_key = $1", &[&key])
+        .await?
+        .expect("a dedupe key that refused an insert names a row");
+    let original_id: i64 = original.get(0);
+    let why = format!("delivery id seen before as journal entry {original_id}");
+    duplicate(c, &d, None, original_id, original.get(1), &why).await
+}
