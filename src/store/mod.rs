@@ -94,6 +94,11 @@ pub fn connect(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection, Stor
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // The query planner's stability guarantee: a plan never depends on the values bound to it.
+    // Without it, a statement whose parameter the planner compared with a partial index's
+    // condition is prepared again whenever that parameter's value changes — the publisher's
+    // outbox read was, on every call.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // After a checkpoint resets the WAL, shrink the file back to this size.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     schema::migrate(&conn)?;

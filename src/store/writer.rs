@@ -132,10 +132,12 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::R
         // this job on its own while its caller is told the batch failed.
         return Err(StoreError::Batch("an earlier write in the same batch failed".into()));
     }
-    conn.execute_batch("SAVEPOINT job").map_err(StoreError::classify)?;
+    // Cached statements, not `execute_batch`: that parses its SQL each time, twice per job.
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(StoreError::classify);
+    run("SAVEPOINT job")?;
     match f(conn) {
         Ok(r) => {
-            conn.execute_batch("RELEASE job").map_err(StoreError::classify)?;
+            run("RELEASE job")?;
             Ok(r)
         }
         Err(e) => {
