@@ -42,17 +42,18 @@ struct User {
     login: String,
 }
 
-/// The JSON document of a delivery: the body itself, or the `payload` field of a form body.
-pub fn json_body(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, ParseError> {
+/// The JSON document of a delivery: the body itself (borrowed, not copied), or the `payload`
+/// field of a form body.
+pub fn json_body<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, ParseError> {
     let is_form = content_type
         .map(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"))
         .unwrap_or(false);
     if !is_form {
-        return Ok(body.to_vec());
+        return Ok(std::borrow::Cow::Borrowed(body));
     }
     form_urlencoded::parse(body)
         .find(|(k, _)| k == "payload")
-        .map(|(_, v)| v.into_owned().into_bytes())
+        .map(|(_, v)| std::borrow::Cow::Owned(v.into_owned().into_bytes()))
         .ok_or_else(|| ParseError("form-encoded body has no payload= field".into()))
 }
 

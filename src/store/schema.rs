@@ -199,6 +199,11 @@ CREATE TABLE instances (
     stopped_unix INTEGER
 );
 "#,
+    // 11: the (repo, number) index went unused when item_key took its place (6); every task
+    // insert still paid for it.
+    r#"
+DROP INDEX IF EXISTS tasks_item;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

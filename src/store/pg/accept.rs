@@ -47,21 +47,23 @@ const ACCEPT_MANY: &str = "WITH
     RETURNING id),
   o AS (
     INSERT INTO outbox (task_id, queue, created_unix)
-    SELECT i.task_id, i.queue, $29::bigint FROM input i JOIN t ON t.id = i.task_id ORDER BY i.n),
+    SELECT i.task_id, i.queue, $29::bigint FROM input i JOIN t ON t.id = i.task_id ORDER BY i.n
+    RETURNING id),
   l AS (
     INSERT INTO label_ops (task_id, op, detail, created_unix)
     SELECT i.task_id, 'accepted', NULL, $29::bigint FROM input i JOIN t ON t.id = i.task_id WHERE i.label_op
     ORDER BY i.n)
-SELECT i.n, i.id FROM input i JOIN ins ON ins.id = i.id";
+SELECT i.n, i.id, (SELECT min(id) FROM o) FROM input i JOIN ins ON ins.id = i.id";
 
 /// Records verified deliveries (not poll findings, not rejected) in one statement, then alone
-/// those it did not insert. The results are in the order of `deliveries`.
+/// those it did not insert. The results are in the order of `deliveries`, with the lowest
+/// outbox id the statement wrote (see `PgJournal::take_outbox`).
 pub(super) async fn accept_many(
     c: &Tx<'_>,
     deliveries: Vec<NewDelivery>,
-) -> Result<Vec<Recorded>, tokio_postgres::Error> {
+) -> Result<(Vec<Recorded>, Option<i64>), tokio_postgres::Error> {
     if deliveries.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let column = |f: &dyn Fn(&NewDelivery) -> Option<String>| deliveries.iter().map(f).collect::<Vec<_>>();
     let keys = column(&|d| super::deliveries::dedupe_key(d));
@@ -136,9 +138,11 @@ pub(super) async fn accept_many(
         )
         .await?;
     let mut stored: Vec<Option<i64>> = vec![None; deliveries.len()];
+    let mut lowest = None;
     for row in rows {
         let n: i64 = row.get(0);
         stored[(n - 1) as usize] = Some(row.get(1));
+        lowest = row.get(2);
     }
     let mut results = Vec::with_capacity(deliveries.len());
     for ((d, journal_id), key) in deliveries.into_iter().zip(stored).zip(keys) {
@@ -147,7 +151,7 @@ pub(super) async fn accept_many(
             None => insert_accepted(c, d, key).await?,
         });
     }
-    Ok(results)
+    Ok((results, lowest))
 }
 
 /// A verified delivery (with its task, outbox row and label operation) in ONE statement: the

@@ -48,7 +48,8 @@ pub(super) async fn writer(journal: PgJournal, rx: std::sync::Arc<tokio::sync::M
         };
         let deliveries: Vec<(NewDelivery, RejectedCaps)> = batch.iter().map(|(d, c, _)| (d.clone(), *c)).collect();
         match in_one_transaction(&journal, deliveries).await {
-            Ok(results) => {
+            Ok((results, lowest)) => {
+                journal.outbox_committed(lowest);
                 for ((_, _, reply), result) in batch.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
                 }
@@ -57,7 +58,10 @@ pub(super) async fn writer(journal: PgJournal, rx: std::sync::Arc<tokio::sync::M
                 // Alone, each delivery fails or succeeds on its own.
                 for (delivery, caps, reply) in batch {
                     let alone = in_one_transaction(&journal, vec![(delivery, caps)]).await;
-                    let _ = reply.send(alone.map(|mut r| r.remove(0)).map_err(|e| {
+                    if let Ok((_, lowest)) = &alone {
+                        journal.outbox_committed(*lowest);
+                    }
+                    let _ = reply.send(alone.map(|(mut r, _)| r.remove(0)).map_err(|e| {
                         tracing::debug!("a delivery batch failed ({batch_error}); retried alone: {e}");
                         e
                     }));
@@ -67,7 +71,12 @@ pub(super) async fn writer(journal: PgJournal, rx: std::sync::Arc<tokio::sync::M
     }
 }
 
-async fn in_one_transaction(journal: &PgJournal, deliveries: Vec<(NewDelivery, RejectedCaps)>) -> R<Vec<Recorded>> {
+/// The batch's results, and the lowest outbox id it wrote: `Some(0)` when a delivery outside the
+/// set statement made a task (its row's id is not tracked: the publisher looks from the start).
+async fn in_one_transaction(
+    journal: &PgJournal,
+    deliveries: Vec<(NewDelivery, RejectedCaps)>,
+) -> R<(Vec<Recorded>, Option<i64>)> {
     let mut client = journal.client().await?;
     let tx = client.transaction().await.map_err(pg_err)?;
     let c = &tx;
@@ -135,13 +144,16 @@ async fn in_one_transaction(journal: &PgJournal, deliveries: Vec<(NewDelivery, R
     let (at, together): (Vec<usize>, Vec<NewDelivery>) = together.into_iter().unzip();
     let (accepted, chains) =
         futures_util::future::join(super::accept::accept_many(c, together), futures_util::future::join_all(runs)).await;
-    let accepted = accepted.map_err(pg_err)?;
+    let (accepted, mut lowest) = accepted.map_err(pg_err)?;
     let chains = chains.into_iter().collect::<Result<Vec<_>, _>>().map_err(pg_err)?;
+    if chains.iter().flatten().any(|(_, r)| matches!(r, Recorded::Stored { task_id: Some(_), .. })) {
+        lowest = Some(0);
+    }
     let mut results: Vec<(usize, Recorded)> =
         chains.into_iter().flatten().chain(at.into_iter().zip(accepted)).collect();
     results.sort_unstable_by_key(|(i, _)| *i);
     tx.commit().await.map_err(pg_err)?;
-    Ok(results.into_iter().map(|(_, r)| r).collect())
+    Ok((results.into_iter().map(|(_, r)| r).collect(), lowest))
 }
 
 /// The advisory lock of an item's deliveries: the same number on every instance and binary.

@@ -57,9 +57,19 @@ pub struct PgJournal {
     pool: deadpool_postgres::Pool,
     target: Arc<PgTarget>,
     writer: mpsc::Sender<deliveries::Job>,
+    /// The lowest outbox id this instance's delivery writers committed since the publisher's
+    /// last take (`i64::MAX`: none): see `take_outbox`.
+    outbox_floor: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl PgJournal {
+    /// Notes outbox rows a delivery writer committed, from id `lowest` on.
+    fn outbox_committed(&self, lowest: Option<i64>) {
+        if let Some(id) = lowest {
+            self.outbox_floor.fetch_min(id, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
     /// Connects, migrates the schema (under its advisory lock) and starts the group-commit
     /// writer.
     pub async fn open(url: &str, sync: SyncMode) -> R<Arc<dyn Backend>> {
@@ -69,7 +79,12 @@ impl PgJournal {
         drop(client);
         let pool = connect::pool(&target, sync, POOL_SIZE).map_err(|e| StoreError::Postgres(e.to_string()))?;
         let (writer, rx) = mpsc::channel(8192);
-        let journal = PgJournal { pool, target: Arc::new(target), writer };
+        let journal = PgJournal {
+            pool,
+            target: Arc::new(target),
+            writer,
+            outbox_floor: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
+        };
         // The writer holds a clone whose sender is dropped at once, so it ends with the last handle.
         let mut for_writer = journal.clone();
         let (closed, _) = mpsc::channel(1);
@@ -324,11 +339,20 @@ impl Backend for PgJournal {
         tasks::live_task_for(&**self.client().await?, item.as_str()).await.map_err(pg_err)
     }
 
-    async fn take_outbox(&self, owner: String, _after: i64, limit: usize) -> R<Vec<OutboxRow>> {
+    async fn take_outbox(&self, owner: String, after: i64, limit: usize) -> R<Vec<OutboxRow>> {
         // Several publishers: each row is leased to one at a time; a dead one's rows come free
         // when their lease runs out. Rows another is taking right now are skipped, not waited for.
         // A row this publisher holds (in flight, or kept in memory through an outage) is not
         // taken again while its lease lasts: taking it again would publish it twice.
+        //
+        // Rows are read from the caller's cursor on: below it lie the rows in flight (leased)
+        // and the entries of published rows until vacuum removes them, which every take would
+        // walk again. Ids are drawn before commit, so a row can become visible below the cursor:
+        // this instance's writers report the lowest id they committed (`outbox_floor`), and the
+        // publisher reads from the start (cursor 0) every second — for the rows of other
+        // instances, of the rarer paths, and those whose lease ran out.
+        let floor = self.outbox_floor.swap(i64::MAX, std::sync::atomic::Ordering::AcqRel);
+        let from = if after == 0 { 0 } else { after.min(floor.saturating_sub(1)) };
         let c = self.client().await?;
         let rows = c
             .query(
@@ -336,13 +360,14 @@ impl Backend for PgJournal {
                     "WITH taken AS (
                         UPDATE outbox SET lease_owner = $1, lease_until_ms = {NOW_MS} + $3
                         WHERE id IN (SELECT id FROM outbox
-                                     WHERE published_unix IS NULL AND parked_unix IS NULL
+                                     WHERE published_unix IS NULL AND parked_unix IS NULL AND id > $4
                                        AND (lease_until_ms IS NULL OR lease_until_ms < {NOW_MS})
                                      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                        RETURNING id)
-                     {OUTBOX_ROW} JOIN taken ON taken.id = o.id ORDER BY o.id"
+                        RETURNING id, task_id, queue, delay_ms, tries)
+                     SELECT o.id, o.task_id, o.queue, t.payload, o.delay_ms, o.tries
+                     FROM taken o JOIN tasks t ON t.id = o.task_id ORDER BY o.id"
                 ),
-                &[&owner, &(limit as i64), &OUTBOX_LEASE_MS],
+                &[&owner, &(limit as i64), &OUTBOX_LEASE_MS, &from],
             )
             .await
             .map_err(pg_err)?;

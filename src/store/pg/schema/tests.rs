@@ -195,7 +195,6 @@ async fn the_journal_has_its_tables_indexes_and_types() {
         "deliveries_poll_item_key",
         "deliveries_dedupe_key_key",
         "tasks_state",
-        "tasks_item",
         "tasks_item_key",
         "tasks_one_running",
         "outbox_pending",
