@@ -1,9 +1,15 @@
 //! `agentctl send`: a correctly signed delivery to a running listener, using the configured (or
-//! generated) secrets. With `--count` above 1 it is a load generator: `--concurrency`
-//! keep-alive connections send as fast as they are answered, and it prints requests/s, latency
-//! percentiles and the count per HTTP status.
+//! generated) secrets. With `--count` above 1 it is a load generator (see `load`): closed loop,
+//! `--concurrency` keep-alive connections sending as fast as they are answered, or with
+//! `--rate` a fixed arrival rate; it prints requests/s, latency percentiles and the count per
+//! HTTP status.
 
+mod load;
+mod report;
 pub mod samples;
+
+pub use load::{load, load_at_rate};
+pub use report::{LATE, LoadReport, Schedule};
 
 use crate::config::Config;
 use crate::ingest::Route;
@@ -15,10 +21,7 @@ use hyper::client::conn::http1;
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use samples::Sample;
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Signs and addresses deliveries of one sample.
@@ -140,142 +143,6 @@ impl Sender {
         let body = res.into_body().collect().await?.to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
-}
-
-/// The result of a load run.
-#[derive(Debug)]
-pub struct LoadReport {
-    pub sent: u64,
-    pub elapsed: Duration,
-    /// Microseconds per request, sorted.
-    pub latencies_us: Vec<u32>,
-    pub statuses: BTreeMap<u16, u64>,
-    pub errors: u64,
-    /// The task ids of the 202 answers.
-    pub task_ids: Vec<String>,
-    /// When each of those answers arrived (same order as `task_ids`).
-    pub accepted_at: Vec<std::time::SystemTime>,
-}
-
-impl LoadReport {
-    pub fn rate(&self) -> f64 {
-        self.sent as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    pub fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
-    }
-
-    pub fn print(&self, concurrency: usize) {
-        println!(
-            "sent {} requests in {:.2} s over {concurrency} connections: {:.0} requests/s",
-            self.sent,
-            self.elapsed.as_secs_f64(),
-            self.rate()
-        );
-        println!(
-            "latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            self.percentile_ms(0.5),
-            self.percentile_ms(0.9),
-            self.percentile_ms(0.99),
-            self.percentile_ms(1.0)
-        );
-        for (status, n) in &self.statuses {
-            println!("status {status}: {n}");
-        }
-        if self.errors > 0 {
-            println!("transport errors: {}", self.errors);
-        }
-    }
-}
-
-/// Sends `count` deliveries over `concurrency` keep-alive connections.
-pub async fn load(sender: Arc<Sender>, count: u64, concurrency: usize) -> anyhow::Result<LoadReport> {
-    let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.max(1) {
-        let (sender, next) = (sender.clone(), next.clone());
-        workers.spawn(async move {
-            let mut lat = Vec::new();
-            let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-            let mut errors = 0u64;
-            let mut task_ids = Vec::new();
-            let mut accepted_at = Vec::new();
-            let mut conn = None;
-            while next.fetch_add(1, Ordering::Relaxed) < count {
-                if conn.is_none() {
-                    match sender.connect().await {
-                        Ok(c) => conn = Some(c),
-                        Err(_) => {
-                            errors += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    }
-                }
-                let c = conn.as_mut().expect("connected above");
-                let t = Instant::now();
-                let outcome = async {
-                    c.ready().await?;
-                    let res = c.send_request(sender.request()).await?;
-                    let status = res.status().as_u16();
-                    let closing = res.headers().get("connection").is_some_and(|v| v == "close");
-                    let body = res.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>((status, body, closing))
-                }
-                .await;
-                match outcome {
-                    Ok((status, body, closing)) => {
-                        lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                        *statuses.entry(status).or_default() += 1;
-                        if status == 202
-                            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
-                            && let Some(id) = v["task_id"].as_str()
-                        {
-                            task_ids.push(id.to_string());
-                            accepted_at.push(std::time::SystemTime::now());
-                        }
-                        if closing {
-                            conn = None;
-                        }
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        conn = None;
-                    }
-                }
-            }
-            (lat, statuses, errors, task_ids, accepted_at)
-        });
-    }
-    let mut report = LoadReport {
-        sent: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::with_capacity(count as usize),
-        statuses: BTreeMap::new(),
-        errors: 0,
-        task_ids: Vec::new(),
-        accepted_at: Vec::new(),
-    };
-    while let Some(w) = workers.join_next().await {
-        let (lat, statuses, errors, ids, at) = w?;
-        report.latencies_us.extend(lat);
-        for (s, n) in statuses {
-            *report.statuses.entry(s).or_default() += n;
-        }
-        report.errors += errors;
-        report.task_ids.extend(ids);
-        report.accepted_at.extend(at);
-    }
-    report.elapsed = start.elapsed();
-    report.sent = report.latencies_us.len() as u64;
-    report.latencies_us.sort_unstable();
-    Ok(report)
 }
 
 #[cfg(test)]
