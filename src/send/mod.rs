@@ -32,8 +32,41 @@ pub struct Sender {
     secret: String,
     signing: String,
     github_signature: String,
-    /// Each request for another item: its number counts up from this, and each body is signed.
-    distinct: Option<AtomicU64>,
+    /// Each request for another item: its number counts up, and each body is signed.
+    distinct: Option<Distinct>,
+}
+
+/// The sample's body cut where its item number stands, so the body for item `n` is the pieces
+/// joined with `n`: building it costs a copy, not a JSON parse and print (which cost the load
+/// generator about as much CPU as the server spent on the request).
+struct Distinct {
+    pieces: Vec<Vec<u8>>,
+    next: AtomicU64,
+}
+
+impl Distinct {
+    /// Stands in the number's place while the pieces are cut; a JSON number no payload uses.
+    const MARK: u64 = u64::MAX;
+
+    fn new(body: &[u8]) -> Distinct {
+        let mut v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        for (container, key) in [("issue", "number"), ("pull_request", "number"), ("object_attributes", "iid")] {
+            if let Some(slot) = v.get_mut(container).and_then(|c| c.get_mut(key)) {
+                *slot = Self::MARK.into();
+            }
+        }
+        if let Some(slot) = v.get_mut("number") {
+            *slot = Self::MARK.into();
+        }
+        let marked = serde_json::to_string(&v).expect("a JSON value serializes");
+        let pieces = marked.split(&Self::MARK.to_string()).map(|p| p.as_bytes().to_vec()).collect();
+        Distinct { pieces, next: AtomicU64::new(1_000_000) }
+    }
+
+    fn next_body(&self) -> Vec<u8> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed).to_string();
+        self.pieces.join(n.as_bytes())
+    }
 }
 
 impl Sender {
@@ -70,26 +103,16 @@ impl Sender {
     /// counts up, so no two share an item), each body signed on its own: loads in which one item
     /// per delivery costs what it costs (agentctl runs one task per item at a time).
     pub fn with_distinct_items(mut self) -> Self {
-        self.distinct = Some(AtomicU64::new(1_000_000));
+        self.distinct = Some(Distinct::new(&self.sample.body));
         self
     }
 
     /// The body of the next request and its GitHub signature.
     fn body(&self) -> (Bytes, std::borrow::Cow<'_, str>) {
-        let Some(counter) = &self.distinct else {
+        let Some(distinct) = &self.distinct else {
             return (Bytes::from(self.sample.body.clone()), self.github_signature.as_str().into());
         };
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        let mut v: serde_json::Value = serde_json::from_slice(&self.sample.body).unwrap_or_default();
-        for (container, key) in [("issue", "number"), ("pull_request", "number"), ("object_attributes", "iid")] {
-            if let Some(slot) = v.get_mut(container).and_then(|c| c.get_mut(key)) {
-                *slot = n.into();
-            }
-        }
-        if let Some(slot) = v.get_mut("number") {
-            *slot = n.into();
-        }
-        let body = serde_json::to_vec(&v).expect("a JSON value serializes");
+        let body = distinct.next_body();
         let signature = github_signature(&self.secret, &body);
         (Bytes::from(body), signature.into())
     }
@@ -154,6 +177,7 @@ mod tests {
         let mut config = Config::default();
         config.github.webhook_secret = crate::config::Secret::new("s");
         let sample = samples::sample("github:issues.labeled", "coding agent").unwrap();
+        let original: serde_json::Value = serde_json::from_slice(&sample.body).unwrap();
         let sender = Sender::new(&config, sample, Some("http://127.0.0.1:1")).unwrap().with_distinct_items();
         let mut numbers = Vec::new();
         for _ in 0..2 {
@@ -161,9 +185,26 @@ mod tests {
             let signature = req.headers()["x-hub-signature-256"].to_str().unwrap().to_string();
             let body = req.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(signature, crate::ingest::verify::github_signature("s", &body));
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             numbers.push(v["issue"]["number"].as_u64().unwrap());
+            // Apart from the number, the sample as it was.
+            v["issue"]["number"] = original["issue"]["number"].clone();
+            assert_eq!(v, original);
         }
         assert_eq!(numbers[1], numbers[0] + 1);
+    }
+
+    #[tokio::test]
+    async fn a_gitlab_merge_request_counts_up_its_iid() {
+        let config = Config::default();
+        let sample = samples::sample("gitlab:merge_request", "coding agent").unwrap();
+        let sender = Sender::new(&config, sample, Some("http://127.0.0.1:1")).unwrap().with_distinct_items();
+        let mut iids = Vec::new();
+        for _ in 0..2 {
+            let body = sender.request().into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            iids.push(v["object_attributes"]["iid"].as_u64().unwrap());
+        }
+        assert_eq!(iids[1], iids[0] + 1);
     }
 }
