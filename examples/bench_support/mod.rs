@@ -69,7 +69,8 @@ pub async fn lapin_baseline(count: usize, channels: usize) -> f64 {
     rate
 }
 
-/// Messages on `queue`: RabbitMQ's count, or the embedded queue's rows in the journal.
+/// Messages on `queue`: RabbitMQ's count (0 while it is not declared), or the embedded queue's
+/// rows in the journal.
 pub async fn queue_depth(embedded: bool, queue: &str, journal: &std::path::Path) -> u64 {
     if embedded {
         let c = rusqlite::Connection::open(journal).unwrap();
@@ -80,9 +81,10 @@ pub async fn queue_depth(embedded: bool, queue: &str, journal: &std::path::Path)
     let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let q = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.unwrap();
+    // Not declared yet (agentctl listens before its publisher has connected): nothing on it.
+    let depth = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.map_or(0, |q| q.message_count());
     let _ = conn.close(200, "".into()).await;
-    u64::from(q.message_count())
+    u64::from(depth)
 }
 
 /// Waits until `queue` holds `want` messages (at most 10 minutes).
