@@ -1,293 +1,381 @@
 //! Ingest benchmark: `agentctl send`'s load generator against the release `agentctl --no-tui
-//! --mode webhook`, measured against a baseline taken in the same run — lapin alone publishing
-//! the same messages with confirms into a fresh queue (4 channels, 256 messages in flight each).
+//! --mode webhook` and against the bare baseline (`examples/bare_ingest.rs`: hyper + lapin, no
+//! journal), in one sitting, alternating agentctl and bare (A B A B) for `--rounds` rounds, each
+//! round opening with lapin alone publishing the same messages with confirms into a fresh queue
+//! (4 channels, 256 in flight each): the broker's ceiling at that moment.
 //!
-//!     cargo build --release && cargo run --release --example bench_ingest -- [--count 20000]
-//!         [--concurrency 64] [--backend rabbitmq|embedded] [--sync full|normal]
-//!         [--storage-url postgres://…]
+//!     cargo build --release --bins --examples && ./target/release/examples/bench_ingest
+//!         [--count 20000] [--concurrency 64] [--target agentctl|bare|both] [--rounds 2]
+//!         [--rate N[,N…] | --rate-fraction 0.5,0.8] [--distinct-items] [--payload FILE]
+//!         [--log-file PATH] [--backend rabbitmq|embedded] [--sync full|normal]
+//!         [--storage-url postgres://…] [--burst]
 //!
-//! With `--storage-url`, the journal is that PostgreSQL database (a fresh schema per run, dropped
-//! after) instead of the SQLite file, and the CPU of PostgreSQL's processes is reported too.
+//! Each server first takes a closed-loop load (`send::load`: `--concurrency` connections, each
+//! sending when answered), which finds its maximum; then, with `--rate` or `--rate-fraction`,
+//! an open-loop load (`send::load_at_rate`) at those rates or at those fractions of the
+//! sustained rate it just reached, for honest latency percentiles.
 //!
-//! It reports: the baseline's confirmed msg/s; requests/s and latency of the 202 answers;
-//! sustained ingest (from the first request until the broker holds every task); CPU per request
-//! and peak RSS of the agentctl process (from /proc). Needs RabbitMQ on 127.0.0.1:5672.
+//! For each run it reports requests/s and latency of the answers, sustained ingest (from the
+//! first request until the broker holds every task) and its ratio to lapin's raw rate, the CPU
+//! per request and peak RSS of the server process (from /proc), and at the end a summary with
+//! the ratio of agentctl's CPU per request to the bare server's. agentctl logs at `warn` to
+//! /dev/null unless `--log-file` is given: then at `info` (every delivery) into that file, as in
+//! production (`--log-file /dev/null` prices the formatting alone). With `--storage-url` the
+//! journal is that PostgreSQL database (a fresh schema per server, dropped after) and its CPU
+//! is reported too. `--burst` (agentctl only): RabbitMQ refuses publishes during the closed
+//! loop, so the journal absorbs it all; the drain is timed once it recovers. Needs RabbitMQ on
+//! 127.0.0.1:5672.
 
-use agentctl::broker::Queues;
-use agentctl::broker::amqp::task_properties;
+#[path = "bench_support/mod.rs"]
+mod support;
+
 use agentctl::config::{Config, Secret};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-use std::process::{Command, Stdio};
+use agentctl::send::{LoadReport, Sender};
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use support::TICK_S;
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const SECRET: &str = "bench-secret";
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+#[derive(Parser)]
+struct Args {
+    /// Requests per run (closed and open loop alike).
+    #[arg(long, default_value_t = 20000)]
+    count: u64,
+    /// Connections of the load generator (under a fixed rate: the most it opens).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, value_enum, default_value_t = Target::Both)]
+    target: Target,
+    /// Rounds of the targets, alternating them within each.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Open-loop runs at these requests/s.
+    #[arg(long, value_delimiter = ',', conflicts_with = "rate_fraction")]
+    rate: Vec<f64>,
+    /// Open-loop runs at these fractions of the sustained rate the same server just reached.
+    #[arg(long, value_delimiter = ',')]
+    rate_fraction: Vec<f64>,
+    /// Each delivery for an item of its own (each body signed apart).
+    #[arg(long)]
+    distinct_items: bool,
+    /// An `issues` delivery to send instead of the bundled sample (e.g. the realistic 8.9 KB
+    /// ../shared/bench/issues_labeled.json).
+    #[arg(long)]
+    payload: Option<PathBuf>,
+    /// agentctl logs at info into this file (default: at warn, to /dev/null).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+    /// agentctl's queue: rabbitmq or embedded (the bare server publishes to RabbitMQ).
+    #[arg(long, default_value = "rabbitmq")]
+    backend: String,
+    #[arg(long, default_value = "full")]
+    sync: String,
+    #[arg(long)]
+    storage_url: Option<String>,
+    #[arg(long)]
+    burst: bool,
 }
 
-/// A task message like the ones agentctl publishes.
-fn sample_task() -> Vec<u8> {
-    let s = agentctl::send::samples::sample("github:issues.labeled", "coding agent").unwrap();
-    let p = agentctl::ingest::github::parse("issues", None, &s.body).unwrap();
-    let task = agentctl::task::Task::new(
-        p.item.as_ref().unwrap(),
-        agentctl::task::new_task_id(),
-        "coding agent",
-        Some("d".into()),
-        agentctl::task::now_rfc3339(),
-    );
-    task.to_json()
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Agentctl,
+    Bare,
+    Both,
 }
 
-/// Baseline: lapin alone, persistent messages with confirms, 256 in flight per channel.
-async fn lapin_baseline(count: usize, channels: usize) -> f64 {
-    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
-    let queue = format!("bench_baseline_{}", uuid::Uuid::new_v4().simple());
-    let setup = conn.create_channel().await.unwrap();
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    setup.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await.unwrap();
-    let body = sample_task();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..channels {
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        let (queue, body) = (queue.clone(), body.clone());
-        let n = count / channels + usize::from(c < count % channels);
-        tasks.push(tokio::spawn(async move {
-            let mut sent = 0;
-            while sent < n {
-                let window = (n - sent).min(256);
-                let mut confirms = Vec::with_capacity(window);
-                for _ in 0..window {
-                    let props = task_properties("baseline");
-                    let opts = BasicPublishOptions::default();
-                    confirms
-                        .push(ch.basic_publish("".into(), queue.as_str().into(), opts, &body, props).await.unwrap());
-                }
-                for c in futures_util::future::join_all(confirms).await {
-                    assert!(c.unwrap().is_ack());
-                }
-                sent += window;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let rate = count as f64 / start.elapsed().as_secs_f64();
-    setup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
-    rate
-}
-
-async fn queue_depth(backend: &str, queue: &str, journal: &std::path::Path) -> u64 {
-    if backend == "embedded" {
-        let c = rusqlite::Connection::open(journal).unwrap();
-        return c
-            .query_row("SELECT COUNT(*) FROM queue_messages WHERE queue = ?1", [queue], |r| r.get::<_, i64>(0))
-            .unwrap_or(0) as u64;
-    }
-    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let q = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.unwrap();
-    let _ = conn.close(200, "".into()).await;
-    u64::from(q.message_count())
-}
-
-fn proc_stat(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hwm = status.lines().find(|l| l.starts_with("VmHWM")).unwrap();
-    let kb = hwm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
-    (ticks, kb)
-}
-
-/// Every PostgreSQL server process with its CPU ticks so far (backends come and go with
-/// connections: one that started during the run counts from zero).
-fn postgres_ticks() -> std::collections::HashMap<u32, u64> {
-    let out = Command::new("pgrep").args(["-x", "postgres"]).output().map(|o| o.stdout).unwrap_or_default();
-    String::from_utf8_lossy(&out)
-        .lines()
-        .filter_map(|l| l.trim().parse::<u32>().ok())
-        .filter_map(|pid| std::panic::catch_unwind(|| proc_stat(pid).0).ok().map(|t| (pid, t)))
-        .collect()
-}
-
-/// A fresh schema in the database at `url`, and the URL that puts every connection in it.
-async fn fresh_schema(url: &str) -> (String, String) {
-    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("PostgreSQL answers");
-    tokio::spawn(conn);
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    (schema.clone(), format!("{url}{sep}options=-csearch_path%3D{schema}"))
-}
-
-async fn drop_schema(url: &str, schema: &str) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let ok = Command::new("rabbitmqctl").args(args).stdout(Stdio::null()).status().map(|s| s.success());
-    assert_eq!(ok.ok(), Some(true), "rabbitmqctl {args:?}");
-}
-
-/// The RabbitMQ node's process, to account for its CPU.
-fn beam_pid() -> Option<u32> {
-    let out = Command::new("pgrep").args(["-f", "beam.smp"]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().next()?.trim().parse().ok()
-}
-
-#[tokio::main]
-async fn main() {
-    let count: u64 = arg("--count", "20000").parse().unwrap();
-    let concurrency: usize = arg("--concurrency", "64").parse().unwrap();
-    let backend = arg("--backend", "rabbitmq");
-    let sync = arg("--sync", "full");
-    let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("agentctl");
-    assert!(bin.exists(), "build the release binary first: cargo build --release");
-
-    let single = lapin_baseline(count as usize, 1).await;
-    let baseline = lapin_baseline(count as usize, 4).await;
-    println!("baseline: lapin alone, {count} persistent messages with confirms, 256 in flight per channel:");
-    println!("  1 channel: {single:.0} msg/s; 4 channels (as agentctl publishes): {baseline:.0} msg/s");
-
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let queue = format!("bench_ingest_{}", uuid::Uuid::new_v4().simple());
-    let url = if backend == "embedded" { String::new() } else { AMQP.to_string() };
-    let storage = arg("--storage-url", "");
-    let pg = if storage.is_empty() { None } else { Some(fresh_schema(&storage).await) };
-    let mut child = Command::new(&bin)
-        .args(["--no-tui", "--mode", "webhook"])
-        .env("AGENTCTL_STORAGE_DATA_DIR", dir.path())
-        .env("AGENTCTL_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("AGENTCTL_BROKER_URL", &url)
-        .env("AGENTCTL_BROKER_QUEUE", &queue)
-        .env("AGENTCTL_STORAGE_SYNC", &sync)
-        .env("AGENTCTL_STORAGE_URL", pg.as_ref().map_or("", |(_, u)| u.as_str()))
-        .env("AGENTCTL_GITHUB_WEBHOOK_SECRET", "bench-secret")
-        .env("AGENTCTL_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = child.id();
-    let (ticks0, _) = proc_stat(pid);
-    let me = std::process::id();
-    let (me0, _) = proc_stat(me);
-    let rabbit = beam_pid();
-    let rabbit0 = rabbit.map(|p| proc_stat(p).0).unwrap_or(0);
-    let postgres0 = postgres_ticks();
-
-    let mut config = Config::default();
-    config.github.webhook_secret = Secret::new("bench-secret");
-    let sample = agentctl::send::samples::sample("github:issues.labeled", "coding agent").unwrap();
-    let sender =
-        Arc::new(agentctl::send::Sender::new(&config, sample, Some(&format!("http://127.0.0.1:{port}"))).unwrap());
-    // --burst: RabbitMQ refuses publishes for the whole load (memory alarm), so the journal has
-    // to absorb all of it; the drain time is measured once the alarm is lifted.
-    let burst = std::env::args().any(|a| a == "--burst");
-    // Restores the broker's watermark however this run ends.
-    struct Alarm;
-    impl Drop for Alarm {
-        fn drop(&mut self) {
-            rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+impl Target {
+    fn each(self) -> &'static [Target] {
+        match self {
+            Target::Both => &[Target::Agentctl, Target::Bare],
+            Target::Agentctl => &[Target::Agentctl],
+            Target::Bare => &[Target::Bare],
         }
     }
-    let mut alarm = None;
-    if burst {
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
-        alarm = Some(Alarm);
+
+    fn name(self) -> &'static str {
+        match self {
+            Target::Agentctl => "agentctl",
+            Target::Bare => "bare",
+            Target::Both => "both",
+        }
     }
+}
+
+/// A server under test, started for one round.
+struct Server {
+    target: Target,
+    child: Child,
+    port: u16,
+    queue: String,
+    embedded: bool,
+    dir: tempfile::TempDir,
+    /// The PostgreSQL schema agentctl's journal is in, with the base URL.
+    pg: Option<(String, String)>,
+}
+
+impl Server {
+    async fn start(target: Target, args: &Args) -> Server {
+        let bins = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+        let port = support::free_port();
+        let queue = format!("bench_ingest_{}", uuid::Uuid::new_v4().simple());
+        let dir = tempfile::tempdir().unwrap();
+        let (child, embedded, pg) = match target {
+            Target::Bare => {
+                let bin = bins.join("bare_ingest");
+                assert!(bin.exists(), "build the examples first: cargo build --release --examples");
+                let child = Command::new(bin)
+                    .args(["--listen", &format!("127.0.0.1:{port}"), "--queue", &queue, "--secret", SECRET])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                (child, false, None)
+            }
+            _ => {
+                let bin = bins.parent().unwrap().join("agentctl");
+                assert!(bin.exists(), "build the release binary first: cargo build --release");
+                let embedded = args.backend == "embedded";
+                // The schema, the URL that puts agentctl in it, and the base URL to drop it with.
+                let pg = match &args.storage_url {
+                    Some(url) => {
+                        let (schema, in_schema) = support::fresh_schema(url).await;
+                        Some((schema, in_schema, url.clone()))
+                    }
+                    None => None,
+                };
+                let (level, log) = match &args.log_file {
+                    Some(path) => {
+                        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+                        ("info", Stdio::from(file))
+                    }
+                    None => ("warn", Stdio::null()),
+                };
+                let child = Command::new(bin)
+                    .args(["--no-tui", "--mode", "webhook"])
+                    .env("AGENTCTL_STORAGE_DATA_DIR", dir.path())
+                    .env("AGENTCTL_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+                    .env("AGENTCTL_BROKER_URL", if embedded { "" } else { support::AMQP })
+                    .env("AGENTCTL_BROKER_QUEUE", &queue)
+                    .env("AGENTCTL_STORAGE_SYNC", &args.sync)
+                    .env("AGENTCTL_STORAGE_URL", pg.as_ref().map_or("", |(_, u, _)| u.as_str()))
+                    .env("AGENTCTL_GITHUB_WEBHOOK_SECRET", SECRET)
+                    .env("AGENTCTL_LOG", level)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap();
+                (child, embedded, pg.map(|(schema, _, url)| (schema, url)))
+            }
+        };
+        support::wait_for_port(port).await;
+        Server { target, child, port, queue, embedded, dir, pg }
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.dir.path().join("journal.db")
+    }
+
+    async fn depth(&self) -> u64 {
+        support::queue_depth(self.embedded, &self.queue, &self.journal()).await
+    }
+
+    async fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        if let Some((schema, url)) = &self.pg {
+            support::drop_schema(url, schema).await;
+        }
+        if !self.embedded {
+            support::delete_queues(&self.queue).await;
+        }
+    }
+}
+
+fn sender(args: &Args, port: u16) -> Arc<Sender> {
+    let mut config = Config::default();
+    config.github.webhook_secret = Secret::new(SECRET);
+    let sample = match &args.payload {
+        Some(path) => agentctl::send::samples::from_file(path, "issues").unwrap(),
+        None => agentctl::send::samples::sample("github:issues.labeled", "coding agent").unwrap(),
+    };
+    let sender = Sender::new(&config, sample, Some(&format!("http://127.0.0.1:{port}"))).unwrap();
+    Arc::new(if args.distinct_items { sender.with_distinct_items() } else { sender })
+}
+
+/// What one run of one server measured.
+struct Run {
+    round: usize,
+    target: Target,
+    /// None for the closed loop.
+    rate: Option<f64>,
+    report: LoadReport,
+    /// Tasks/s from the first request until the broker held every task.
+    sustained: f64,
+    /// lapin's 4-channel confirmed rate in the same round.
+    raw: f64,
+    cpu_us: f64,
+    rss_mib: f64,
+}
+
+/// One load on `server` (closed loop, or open loop at `rate`), measured until the broker holds
+/// every accepted task.
+async fn measure(server: &Server, args: &Args, rate: Option<f64>, round: usize, raw: f64) -> Run {
+    let sender = sender(args, server.port);
+    let depth0 = server.depth().await;
+    let pid = server.child.id();
+    let me = std::process::id();
+    let rabbit = support::beam_pid();
+    let (ticks0, _) = support::proc_stat(pid);
+    let (me0, _) = support::proc_stat(me);
+    let rabbit0 = rabbit.map_or(0, |p| support::proc_stat(p).0);
+    let postgres0 = support::postgres_ticks();
+    // --burst: RabbitMQ refuses publishes for the whole load, so the journal has to absorb all
+    // of it; the drain time is measured once the alarm is lifted.
+    let alarm = (args.burst && rate.is_none()).then(support::Alarm::raise);
     let start = Instant::now();
-    let report = agentctl::send::load(sender, count, concurrency).await.unwrap();
+    let report = match rate {
+        None => agentctl::send::load(sender, args.count, args.concurrency).await.unwrap(),
+        Some(r) => agentctl::send::load_at_rate(sender, args.count, r, args.concurrency).await.unwrap(),
+    };
     let load_time = start.elapsed();
     let drain_start = Instant::now();
-    drop(alarm.take());
+    drop(alarm);
     let accepted = report.statuses.get(&202).copied().unwrap_or(0);
-    let journal = dir.path().join("journal.db");
-    let mut peak_backlog = 0u64;
-    loop {
-        let depth = queue_depth(&backend, &queue, &journal).await;
-        peak_backlog = peak_backlog.max(accepted.saturating_sub(depth));
-        if depth >= accepted {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(600), "the queue never filled: {depth} of {accepted}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let backlog = (depth0 + accepted).saturating_sub(server.depth().await);
+    support::wait_for_depth(server.embedded, &server.queue, &server.journal(), depth0 + accepted).await;
     let sustained = start.elapsed();
-    let (ticks1, hwm_kb) = proc_stat(pid);
-    let (me1, _) = proc_stat(me);
-    let rabbit1 = rabbit.map(|p| proc_stat(p).0).unwrap_or(0);
-    let postgres_s = postgres_ticks()
-        .into_iter()
-        .map(|(pid, t)| t.saturating_sub(postgres0.get(&pid).copied().unwrap_or(0)))
-        .sum::<u64>() as f64
-        / 100.0;
-    let tick_s = 1.0 / 100.0; // USER_HZ
-    let cpu_s = (ticks1 - ticks0) as f64 * tick_s;
+    let (ticks1, hwm_kb) = support::proc_stat(pid);
+    let (me1, _) = support::proc_stat(me);
+    let rabbit1 = rabbit.map_or(0, |p| support::proc_stat(p).0);
+    let postgres_s = support::postgres_cpu_since(&postgres0);
+    let cpu_s = (ticks1 - ticks0) as f64 * TICK_S;
+    let requests = report.sent.max(1) as f64;
 
-    report.print(concurrency);
-    let journal_kind = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
-    println!("backend {backend}, journal {journal_kind}, sync {sync}");
-    let rate = accepted as f64 / sustained.as_secs_f64();
+    let load = rate.map_or("closed loop".to_string(), |r| format!("open loop at {r:.0}/s"));
+    println!("\n== round {round}, {}, {load}", server.target.name());
+    report.print(args.concurrency);
+    let rate_now = accepted as f64 / sustained.as_secs_f64();
     println!(
-        "sustained ingest (202 answered and every task on the broker): {accepted} tasks in {:.2} s = {rate:.0} tasks/s",
-        sustained.as_secs_f64()
+        "sustained ingest (202 answered and every task on the broker): {accepted} tasks in {:.2} s = {rate_now:.0} tasks/s = {:.2} of lapin's 4-channel rate",
+        sustained.as_secs_f64(),
+        rate_now / raw
     );
-    println!(
-        "  = {:.0}% of the 1-channel baseline, {:.0}% of the 4-channel baseline",
-        100.0 * rate / single,
-        100.0 * rate / baseline
-    );
-    println!("backlog in the outbox when the load ended: {peak_backlog} tasks");
-    if burst {
+    println!("backlog in the outbox when the load ended: {backlog} tasks");
+    if args.burst && rate.is_none() {
         println!(
-            "burst: {accepted} deliveries accepted in {:.2} s while the broker refused publishes; \
-             drained {:.2} s after it recovered; on the queue: all {accepted}",
+            "burst: {accepted} deliveries accepted in {:.2} s while the broker refused publishes; drained {:.2} s after it recovered",
             load_time.as_secs_f64(),
             drain_start.elapsed().as_secs_f64()
         );
     }
     println!(
-        "agentctl CPU: {cpu_s:.2} s = {:.0} µs per request; peak RSS {:.1} MiB",
-        cpu_s * 1e6 / count as f64,
+        "{} CPU: {cpu_s:.2} s = {:.0} µs per request; peak RSS {:.1} MiB",
+        server.target.name(),
+        cpu_s * 1e6 / requests,
         hwm_kb as f64 / 1024.0
     );
     println!(
         "in the same {:.2} s: load generator {:.2} CPU s, RabbitMQ {:.2} CPU s (2 cores = {:.2} CPU s available)",
         sustained.as_secs_f64(),
-        (me1 - me0) as f64 * tick_s,
-        (rabbit1 - rabbit0) as f64 * tick_s,
+        (me1 - me0) as f64 * TICK_S,
+        (rabbit1 - rabbit0) as f64 * TICK_S,
         2.0 * sustained.as_secs_f64()
     );
-    if pg.is_some() {
-        println!("PostgreSQL CPU: {postgres_s:.2} s = {:.0} µs per request", postgres_s * 1e6 / count as f64);
+    if server.pg.is_some() {
+        println!("PostgreSQL CPU: {postgres_s:.2} s = {:.0} µs per request", postgres_s * 1e6 / requests);
     }
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = child.wait();
-    if let (Some((schema, _)), false) = (&pg, storage.is_empty()) {
-        drop_schema(&storage, schema).await;
+    Run {
+        round,
+        target: server.target,
+        rate,
+        report,
+        sustained: rate_now,
+        raw,
+        cpu_us: cpu_s * 1e6 / requests,
+        rss_mib: hwm_kb as f64 / 1024.0,
     }
-    if backend != "embedded" {
-        let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        for q in Queues::new(&queue).all() {
-            let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
+}
+
+/// The runs side by side, and agentctl's CPU per request against the bare server's.
+fn summary(args: &Args, runs: &[Run]) {
+    let items = if args.distinct_items { "distinct items" } else { "one item" };
+    let payload = args.payload.as_deref().map_or("bundled sample".to_string(), |p| p.display().to_string());
+    let log = args
+        .log_file
+        .as_deref()
+        .map_or("agentctl log: warn → /dev/null".into(), |p| format!("agentctl log: info → {}", p.display()));
+    println!(
+        "\n== summary: {} requests a run, concurrency {}, {payload}, {items}, sync {}, {log}",
+        args.count, args.concurrency, args.sync
+    );
+    println!(
+        "round | target | load | answered/s | sustained/s | / lapin 4ch | CPU µs/req | RSS MiB | p50 / p99 / p99.9 ms"
+    );
+    for r in runs {
+        let load = r.rate.map_or("closed".to_string(), |x| format!("{x:.0}/s"));
+        println!(
+            "{} | {} | {load} | {:.0} | {:.0} | {:.2} (of {:.0}) | {:.0} | {:.1} | {:.2} / {:.2} / {:.2}",
+            r.round,
+            r.target.name(),
+            r.report.rate(),
+            r.sustained,
+            r.sustained / r.raw,
+            r.raw,
+            r.cpu_us,
+            r.rss_mib,
+            r.report.percentile_ms(0.5),
+            r.report.percentile_ms(0.99),
+            r.report.percentile_ms(0.999)
+        );
+    }
+    // CPU per request pooled over the closed-loop runs of each target.
+    let pooled = |t: Target| {
+        let closed: Vec<&Run> = runs.iter().filter(|r| r.target == t && r.rate.is_none()).collect();
+        let requests: f64 = closed.iter().map(|r| r.report.sent as f64).sum();
+        closed.iter().map(|r| r.cpu_us * r.report.sent as f64).sum::<f64>() / requests
+    };
+    if args.target == Target::Both {
+        let (a, b) = (pooled(Target::Agentctl), pooled(Target::Bare));
+        println!("closed loop, CPU per request: agentctl {a:.0} µs, bare {b:.0} µs: agentctl/bare = {:.2}", a / b);
+        for round in 1..=args.rounds {
+            let cpu = |t: Target| {
+                runs.iter().find(|r| r.round == round && r.target == t && r.rate.is_none()).map(|r| r.cpu_us)
+            };
+            if let (Some(a), Some(b)) = (cpu(Target::Agentctl), cpu(Target::Bare)) {
+                println!("  round {round}: {a:.0} / {b:.0} = {:.2}", a / b);
+            }
         }
     }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    assert!(!args.burst || args.target == Target::Agentctl, "--burst needs --target agentctl");
+    let single = support::lapin_baseline(args.count as usize, 1).await;
+    println!("lapin alone, {} persistent messages with confirms, 1 channel: {single:.0} msg/s", args.count);
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        let raw = support::lapin_baseline(args.count as usize, 4).await;
+        println!("\n== round {round}: lapin alone, 4 channels (as agentctl publishes): {raw:.0} msg/s");
+        for &target in args.target.each() {
+            let server = Server::start(target, &args).await;
+            let closed = measure(&server, &args, None, round, raw).await;
+            let rates: Vec<f64> = if args.rate.is_empty() {
+                args.rate_fraction.iter().map(|f| f * closed.sustained).collect()
+            } else {
+                args.rate.clone()
+            };
+            runs.push(closed);
+            for rate in rates {
+                runs.push(measure(&server, &args, Some(rate), round, raw).await);
+            }
+            server.stop().await;
+        }
+    }
+    summary(&args, &runs);
 }

@@ -128,9 +128,16 @@ pub struct SendArgs {
     /// Requests to send; above 1 this is a load run that prints throughput and latency.
     #[arg(long, default_value_t = 1)]
     pub count: u64,
-    /// Connections used at once in a load run.
+    /// Connections used at once in a load run (with --rate: the most it opens).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// Requests per second, each sent at its scheduled time whatever the answers (open loop);
+    /// latency counts from that scheduled start, so a stall of the server is not hidden.
+    #[arg(long, value_name = "N")]
+    pub rate: Option<f64>,
+    /// With --rate: send for this many seconds (rate × SECS requests) instead of --count.
+    #[arg(long, value_name = "SECS", requires = "rate", conflicts_with = "count")]
+    pub duration: Option<f64>,
     /// Send this payload file instead of a sample (needs --event).
     #[arg(long, requires = "event")]
     pub file: Option<PathBuf>,

@@ -135,15 +135,25 @@ async fn send_command(mut config: Config, args: &SendArgs) -> anyhow::Result<()>
         sender = sender.with_distinct_items();
     }
     let sender = Arc::new(sender);
-    if args.count <= 1 {
-        let (status, body) = sender.send_one().await?;
-        println!("{status} {body}");
-        if !(200..300).contains(&status) {
-            bail!("the listener answered {status}");
+    let report = match (args.rate, args.duration) {
+        (Some(rate), duration) => {
+            let count = match duration {
+                Some(secs) if secs.is_finite() && secs > 0.0 => (rate * secs).round().max(1.0) as u64,
+                Some(_) => bail!("--duration must be a number of seconds above 0"),
+                None => args.count,
+            };
+            send::load_at_rate(sender, count, rate, args.concurrency).await?
         }
-        return Ok(());
-    }
-    let report = send::load(sender, args.count, args.concurrency).await?;
+        (None, _) if args.count <= 1 => {
+            let (status, body) = sender.send_one().await?;
+            println!("{status} {body}");
+            if !(200..300).contains(&status) {
+                bail!("the listener answered {status}");
+            }
+            return Ok(());
+        }
+        (None, _) => send::load(sender, args.count, args.concurrency).await?,
+    };
     report.print(args.concurrency);
     let failed: u64 = report.statuses.iter().filter(|(s, _)| !(200..300).contains(*s)).map(|(_, n)| n).sum();
     if failed > 0 || report.errors > 0 {
