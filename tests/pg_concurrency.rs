@@ -361,7 +361,9 @@ async fn free_running_workers_on_two_instances_run_every_task_once_one_per_item(
         let t = task_on(&format!("t{n:02}"), n % ITEMS);
         db.record(delivery("github", Some(&format!("d{n}")), Some(&t)), RejectedCaps::default()).await.unwrap();
     }
-    let (queue, _) = tokio::sync::broadcast::channel::<Task>(4096);
+    // The first receiver lives as long as the test: a publisher may send before the workers
+    // below have subscribed (seen on a loaded machine), and a broadcast with no receiver refuses.
+    let (queue, _first) = tokio::sync::broadcast::channel::<Task>(4096);
     let busy: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let ran: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -25,6 +25,9 @@ type Job = Box<dyn FnOnce(Option<&Connection>, &Cell<bool>) -> Done + Send>;
 
 /// How often the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// A commit or checkpoint slower than this is logged: every delivery waiting for that commit
+/// waited as long, so a slow disk shows in the log, not only in the answers' latency.
+const SLOW: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct SqliteJournal {
@@ -153,8 +156,13 @@ fn checkpoint(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
         match stop.recv_timeout(CHECKPOINT_EVERY) {
             Err(RecvTimeoutError::Timeout) => {
                 // PASSIVE never blocks the writer; it copies what it can.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!("journal checkpoint failed: {e}");
+                let started = std::time::Instant::now();
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2)) {
+                    Err(e) => tracing::warn!("journal checkpoint failed: {e}"),
+                    Ok(pages) if started.elapsed() >= SLOW => {
+                        tracing::warn!("journal checkpoint of {pages} page(s) took {:?}", started.elapsed())
+                    }
+                    Ok(_) => {}
                 }
             }
             _ => {
@@ -176,6 +184,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let full = Cell::new(false);
+        let (started, jobs) = (std::time::Instant::now(), batch.len());
         let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::classify);
         let dones: Vec<Done> = batch.into_iter().map(|job| job(begun.is_ok().then_some(&conn), &full)).collect();
         let committed = begun.and_then(|()| {
@@ -191,6 +200,9 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         });
         if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
+        }
+        if started.elapsed() >= SLOW {
+            tracing::warn!("journal commit of {jobs} write(s) took {:?}", started.elapsed());
         }
         for done in dones {
             done(match &committed {

@@ -65,40 +65,40 @@ pub(super) async fn accept_many(
     if deliveries.is_empty() {
         return Ok((Vec::new(), None));
     }
-    let column = |f: &dyn Fn(&NewDelivery) -> Option<String>| deliveries.iter().map(f).collect::<Vec<_>>();
-    let keys = column(&|d| super::deliveries::dedupe_key(d));
+    let ds = deliveries.as_slice();
+    let keys: Vec<Option<String>> = ds.iter().map(super::deliveries::dedupe_key).collect();
     let texts = [
-        column(&|d| Some(d.route.as_str().to_string())),
-        column(&|d| d.delivery_id.clone()),
-        keys.clone(),
-        column(&|d| d.event.clone()),
-        column(&|d| d.action.clone()),
-        column(&|d| d.item.clone()),
-        column(&|d| Some(d.received_at.clone())),
-        column(&|d| Some(d.headers_json.clone())),
+        column(ds, |d| Some(d.route.as_str())),
+        column(ds, |d| d.delivery_id.as_deref()),
+        keys.iter().map(Option::as_deref).collect(),
+        column(ds, |d| d.event.as_deref()),
+        column(ds, |d| d.action.as_deref()),
+        column(ds, |d| d.item.as_deref()),
+        column(ds, |d| Some(d.received_at.as_str())),
+        column(ds, |d| Some(d.headers_json.as_str())),
     ];
-    let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.body.packed.as_slice()).collect();
-    let sizes: Vec<i64> = deliveries.iter().map(|d| d.body_size as i64).collect();
-    let complete: Vec<bool> = deliveries.iter().map(|d| d.body.complete).collect();
+    let bodies = column(ds, |d| d.body.packed.as_slice());
+    let sizes = column(ds, |d| d.body_size as i64);
+    let complete = column(ds, |d| d.body.complete);
     let texts2 = [
-        column(&|d| d.token_fp.clone()),
-        column(&|d| Some(d.verification.clone())),
-        column(&|d| Some(d.verdict.as_str().to_string())),
-        column(&|d| Some(d.reason.clone())),
+        column(ds, |d| d.token_fp.as_deref()),
+        column(ds, |d| Some(d.verification.as_str())),
+        column(ds, |d| Some(d.verdict.as_str())),
+        column(ds, |d| Some(d.reason.as_str())),
     ];
-    let statuses: Vec<i64> = deliveries.iter().map(|d| i64::from(d.http_status)).collect();
-    let task_ids = column(&|d| d.task.as_ref().map(|t| t.id.clone()));
-    let replay_of: Vec<Option<i64>> = deliveries.iter().map(|d| d.replay_of).collect();
-    let item_keys = column(&|d| d.task.as_ref().map(|t| t.item_key.as_str().to_string()));
-    let instances = column(&|d| d.instance.clone());
-    let check_polled: Vec<bool> = deliveries.iter().map(|d| d.replay_of.is_none() && d.task.is_some()).collect();
-    let sources = column(&|d| d.task.as_ref().map(|t| t.source.to_string()));
-    let kinds = column(&|d| d.task.as_ref().map(|t| t.kind.to_string()));
-    let repos = column(&|d| d.task.as_ref().map(|t| t.repo.clone()));
-    let numbers: Vec<Option<i64>> = deliveries.iter().map(|d| d.task.as_ref().map(|t| t.number as i64)).collect();
-    let payloads = column(&|d| d.task.as_ref().map(|t| String::from_utf8_lossy(&t.payload).into_owned()));
-    let queues = column(&|d| d.task.as_ref().map(|t| t.queue.clone()));
-    let label_ops: Vec<bool> = deliveries.iter().map(|d| d.task.as_ref().is_some_and(|t| t.label_op)).collect();
+    let statuses = column(ds, |d| i64::from(d.http_status));
+    let task_ids = column(ds, |d| d.task.as_ref().map(|t| t.id.as_str()));
+    let replay_of = column(ds, |d| d.replay_of);
+    let item_keys = column(ds, |d| d.task.as_ref().map(|t| t.item_key.as_str()));
+    let instances = column(ds, |d| d.instance.as_deref());
+    let check_polled = column(ds, |d| d.replay_of.is_none() && d.task.is_some());
+    let sources = column(ds, |d| d.task.as_ref().map(|t| t.source));
+    let kinds = column(ds, |d| d.task.as_ref().map(|t| t.kind));
+    let repos = column(ds, |d| d.task.as_ref().map(|t| t.repo.as_str()));
+    let numbers = column(ds, |d| d.task.as_ref().map(|t| t.number as i64));
+    let payloads = column(ds, |d| d.task.as_ref().map(|t| std::str::from_utf8(&t.payload).unwrap_or_default()));
+    let queues = column(ds, |d| d.task.as_ref().map(|t| t.queue.as_str()));
+    let label_ops = column(ds, |d| d.task.as_ref().is_some_and(|t| t.label_op));
     let now = unix_now();
     let statement = c.prepare_cached(ACCEPT_MANY).await?;
     let rows = c
@@ -152,6 +152,11 @@ pub(super) async fn accept_many(
         });
     }
     Ok((results, lowest))
+}
+
+/// One statement parameter: a column of the batch, as an array.
+fn column<'a, T>(deliveries: &'a [NewDelivery], f: impl Fn(&'a NewDelivery) -> T) -> Vec<T> {
+    deliveries.iter().map(f).collect()
 }
 
 /// A verified delivery (with its task, outbox row and label operation) in ONE statement: the
