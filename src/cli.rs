@@ -125,9 +125,10 @@ pub struct SendArgs {
     /// The trigger label to put on the sample (default: the first of filter.labels).
     #[arg(long)]
     pub label: Option<String>,
-    /// Requests to send; above 1 this is a load run that prints throughput and latency.
-    #[arg(long, default_value_t = 1)]
-    pub count: u64,
+    /// Requests to send (default 1); above 1 this is a load run that prints throughput and
+    /// latency. With --rate, this or --duration is required.
+    #[arg(long)]
+    pub count: Option<u64>,
     /// Connections used at once in a load run (with --rate: the most it opens).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,

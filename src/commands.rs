@@ -140,11 +140,14 @@ async fn send_command(mut config: Config, args: &SendArgs) -> anyhow::Result<()>
             let count = match duration {
                 Some(secs) if secs.is_finite() && secs > 0.0 => (rate * secs).round().max(1.0) as u64,
                 Some(_) => bail!("--duration must be a number of seconds above 0"),
-                None => args.count,
+                None => match args.count {
+                    Some(n) => n,
+                    None => bail!("--rate needs --count N or --duration SECS: how many requests to send"),
+                },
             };
             send::load_at_rate(sender, count, rate, args.concurrency).await?
         }
-        (None, _) if args.count <= 1 => {
+        (None, _) if args.count.unwrap_or(1) <= 1 => {
             let (status, body) = sender.send_one().await?;
             println!("{status} {body}");
             if !(200..300).contains(&status) {
@@ -152,7 +155,7 @@ async fn send_command(mut config: Config, args: &SendArgs) -> anyhow::Result<()>
             }
             return Ok(());
         }
-        (None, _) => send::load(sender, args.count, args.concurrency).await?,
+        (None, _) => send::load(sender, args.count.unwrap_or(1), args.concurrency).await?,
     };
     report.print(args.concurrency);
     let failed: u64 = report.statuses.iter().filter(|(s, _)| !(200..300).contains(*s)).map(|(_, n)| n).sum();

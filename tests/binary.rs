@@ -121,6 +121,12 @@ fn headless_log_lines_follow_the_original_design() {
     assert!(ok && out.contains("pong"), "{out}");
     let (ok, out) = inst.send(&["send", "github:issues.labeled", "--count", "200", "--concurrency", "8"]);
     assert!(ok && out.contains("status 202: 200") && out.contains("p99"), "{out}");
+    // Open loop: a fixed rate, latency from each request's scheduled start; it needs a size.
+    let (ok, out) =
+        inst.send(&["send", "github:issues.labeled", "--rate", "100", "--count", "20", "--concurrency", "4"]);
+    assert!(ok && out.contains("status 202: 20") && out.contains("p99.9"), "{out}");
+    let (ok, out) = inst.send(&["send", "github:issues.labeled", "--rate", "100"]);
+    assert!(!ok && out.contains("--rate needs --count N or --duration SECS"), "{out}");
     let payload = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/payloads/github/pull_request.closed.json");
     let (ok, out) = inst.send(&["send", "--file", payload, "--event", "pull_request"]);
     assert!(ok && out.contains("action 'closed' is not handled"), "{out}");
