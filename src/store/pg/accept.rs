@@ -57,7 +57,7 @@ SELECT i.n, i.id, (SELECT min(id) FROM o) FROM input i JOIN ins ON ins.id = i.id
 
 /// Records verified deliveries (not poll findings, not rejected) in one statement, then alone
 /// those it did not insert. The results are in the order of `deliveries`, with the lowest
-/// outbox id the statement wrote (see `PgJournal::take_outbox`).
+/// outbox id the statement wrote (see `PgJournal::take_outbox_pg`).
 pub(super) async fn accept_many(
     c: &Tx<'_>,
     deliveries: Vec<NewDelivery>,

@@ -55,7 +55,7 @@ pub struct PgJournal {
     target: Arc<PgTarget>,
     writer: mpsc::Sender<deliveries::Job>,
     /// The lowest outbox id this instance's delivery writers committed since the publisher's
-    /// last take (`i64::MAX`: none): see `take_outbox`.
+    /// last take (`i64::MAX`: none): see `take_outbox_pg`.
     outbox_floor: Arc<std::sync::atomic::AtomicI64>,
 }
 
