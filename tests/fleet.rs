@@ -234,28 +234,46 @@ fn through(url: &str, port: u16) -> String {
     url.replacen(pg_addr(), &format!("127.0.0.1:{port}"), 1)
 }
 
+/// Two workers with a 6 s lease, W1 reaching the journal through a proxy the test can cut, and a
+/// task for `item` that W1 runs (its handler sleeping `sleep` seconds) before W2 starts.
+struct CutOff {
+    fleet: Fleet,
+    proxy: Proxy,
+    _listener: fleet::Process,
+    w1: fleet::Process,
+    w2: fleet::Process,
+    task: String,
+}
+
+impl CutOff {
+    async fn start(sleep: &str, item: u64) -> CutOff {
+        let fleet = Fleet::new().await;
+        let proxy = Proxy::start(pg_addr()).await;
+        fleet.switch("sleep", Some(sleep));
+        let listener = fleet.process("L").start("webhook").await;
+        let lease = ("AGENTCTL_WORKER_LEASE_SECS", "6");
+        let w1 = fleet
+            .process("W1")
+            .storage_url(&through(&fleet.db.url, proxy.port))
+            .env(lease.0, lease.1)
+            .start("consumer")
+            .await;
+        fleet.wait_consumers(1).await;
+        let task = queue_issue(listener.addr(), item).await;
+        let first = wait_mark(&fleet, "start", Duration::from_secs(30), |m| m.task == task).await;
+        assert_eq!(first.worker, "W1");
+        let w2 = fleet.process("W2").env(lease.0, lease.1).start("consumer").await;
+        CutOff { fleet, proxy, _listener: listener, w1, w2, task }
+    }
+}
+
 /// A worker cut off from PostgreSQL for longer than its lease stops its handler on its own
 /// clock before the other worker takes the task over; the task completes once, there. The
 /// cut-off worker comes back and records nothing for the run it lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_longer_than_its_lease_stops_and_the_other_takes_over() {
     let _serial = SERIAL.lock().await;
-    let fleet = Fleet::new().await;
-    let proxy = Proxy::start(pg_addr()).await;
-    fleet.switch("sleep", Some("60"));
-    let l = fleet.process("L").start("webhook").await;
-    let lease = ("AGENTCTL_WORKER_LEASE_SECS", "6");
-    let w1 = fleet
-        .process("W1")
-        .storage_url(&through(&fleet.db.url, proxy.port))
-        .env(lease.0, lease.1)
-        .start("consumer")
-        .await;
-    fleet.wait_consumers(1).await;
-    let task = queue_issue(l.addr(), 4).await;
-    let first = wait_mark(&fleet, "start", Duration::from_secs(30), |m| m.task == task).await;
-    assert_eq!(first.worker, "W1");
-    let w2 = fleet.process("W2").env(lease.0, lease.1).start("consumer").await;
+    let CutOff { fleet, proxy, _listener, w1, w2, task } = CutOff::start("60", 4).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     fleet.switch("sleep", Some("1"));
 
@@ -321,22 +339,7 @@ async fn a_worker_cut_off_longer_than_its_lease_stops_and_the_other_takes_over()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_shorter_than_its_lease_keeps_its_task() {
     let _serial = SERIAL.lock().await;
-    let fleet = Fleet::new().await;
-    let proxy = Proxy::start(pg_addr()).await;
-    fleet.switch("sleep", Some("8"));
-    let l = fleet.process("L").start("webhook").await;
-    let lease = ("AGENTCTL_WORKER_LEASE_SECS", "6");
-    let w1 = fleet
-        .process("W1")
-        .storage_url(&through(&fleet.db.url, proxy.port))
-        .env(lease.0, lease.1)
-        .start("consumer")
-        .await;
-    fleet.wait_consumers(1).await;
-    let task = queue_issue(l.addr(), 5).await;
-    let first = wait_mark(&fleet, "start", Duration::from_secs(30), |m| m.task == task).await;
-    assert_eq!(first.worker, "W1");
-    let w2 = fleet.process("W2").env(lease.0, lease.1).start("consumer").await;
+    let CutOff { fleet, proxy, _listener, w1, w2, task } = CutOff::start("8", 5).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.down();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -11,9 +11,10 @@
 //! id taken (before, or earlier in the same batch), or the poller's task for its item is live —
 //! is then recorded by [`insert_accepted`], alone, as a duplicate.
 
-use super::deliveries::{Tx, duplicate, one};
+use super::deliveries::{NewRow, Tx, duplicate, one};
 use crate::store::deliveries::{NewDelivery, Recorded};
 use crate::store::unix_now;
+use tokio_postgres::types::ToSql;
 
 /// The set-based insert (see the module doc). Parameters: one array per column, then the time.
 const ACCEPT_MANY: &str = "WITH
@@ -196,46 +197,25 @@ pub(super) async fn insert_accepted(
 ) -> Result<Recorded, tokio_postgres::Error> {
     let task = d.task.as_ref();
     let task_id = task.map(|t| t.id.clone());
-    let item_key = task.map(|t| t.item_key.as_str().to_string());
     let check_polled = d.replay_of.is_none() && task.is_some();
-    let body = Some(d.body.packed.as_slice());
-    let row = one(
-        c,
-        ACCEPT,
-        &[
-            &d.route,
-            &d.delivery_id,
-            &key,
-            &d.event,
-            &d.action,
-            &d.item,
-            &d.received_at,
-            &unix_now(),
-            &d.headers_json,
-            &body,
-            &(d.body_size as i64),
-            &d.body.complete,
-            &d.token_fp,
-            &d.verification,
-            &d.verdict,
-            &d.reason,
-            &i64::from(d.http_status),
-            &task_id,
-            &d.replay_of,
-            &item_key,
-            &d.instance,
-            &check_polled,
-            &task.map(|t| t.source),
-            &task.map(|t| t.kind),
-            &task.map(|t| t.repo.as_str()),
-            &task.map(|t| t.number as i64),
-            &task.map(|t| std::str::from_utf8(&t.payload).unwrap_or_default()),
-            &task.map(|t| t.queue.as_str()),
-            &task.is_some_and(|t| t.label_op),
-        ],
-    )
-    .await?
-    .expect("a SELECT without FROM returns one row");
+    let (source, kind) = (task.map(|t| t.source), task.map(|t| t.kind));
+    let (repo, number) = (task.map(|t| t.repo.as_str()), task.map(|t| t.number as i64));
+    let payload = task.map(|t| std::str::from_utf8(&t.payload).unwrap_or_default());
+    let (queue, label_op) = (task.map(|t| t.queue.as_str()), task.is_some_and(|t| t.label_op));
+    let values = NewRow {
+        d: &d,
+        key: key.as_deref(),
+        headers: &d.headers_json,
+        body: Some(&d.body.packed),
+        verdict: d.verdict.as_str(),
+        reason: &d.reason,
+        task_id: task_id.as_deref(),
+    }
+    .values();
+    // The row's columns, then the poller check and the task's.
+    let mut params = values.params();
+    params.extend([&check_polled as &(dyn ToSql + Sync), &source, &kind, &repo, &number, &payload, &queue, &label_op]);
+    let row = one(c, ACCEPT, &params).await?.expect("a SELECT without FROM returns one row");
     if let Some(journal_id) = row.get::<_, Option<i64>>(0) {
         return Ok(Recorded::Stored { journal_id, task_id });
     }

@@ -222,10 +222,7 @@ async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Record
     {
         let (original, task_id): (i64, String) = (row.get(0), row.get(1));
         let why = format!("the poller already queued this item as task {task_id} (journal entry {original})");
-        let headers = &d.headers_json;
-        if let Some(journal_id) =
-            insert_row(c, &d, key.as_deref(), headers, None, "duplicate", &why, Some(&task_id)).await?
-        {
+        if let Some(journal_id) = insert_row(c, duplicate_row(&d, key.as_deref(), &why, Some(&task_id))).await? {
             return Ok(Recorded::Duplicate { journal_id, original, task_id: Some(task_id) });
         }
         // Its delivery id is taken (the forge's retry of a webhook that joined the poll's task):
@@ -238,9 +235,19 @@ async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Record
         (d.headers_json.clone(), Some(d.body.packed.clone()))
     };
     let task_id = d.task.as_ref().map(|t| t.id.clone());
-    let inserted =
-        insert_row(c, &d, key.as_deref(), &headers, body.as_deref(), d.verdict.as_str(), &d.reason, task_id.as_deref())
-            .await?;
+    let inserted = insert_row(
+        c,
+        NewRow {
+            d: &d,
+            key: key.as_deref(),
+            headers: &headers,
+            body: body.as_deref(),
+            verdict: d.verdict.as_str(),
+            reason: &d.reason,
+            task_id: task_id.as_deref(),
+        },
+    )
+    .await?;
     let Some(journal_id) = inserted else {
         // The delivery id is taken: by a delivery committed before (on any instance), or by one
         // earlier in this very batch.
@@ -286,12 +293,17 @@ pub(super) async fn duplicate(
     task_id: Option<String>,
     why: &str,
 ) -> Result<Recorded, tokio_postgres::Error> {
-    match insert_row(c, d, key, &d.headers_json, None, "duplicate", why, task_id.as_deref()).await? {
+    match insert_row(c, duplicate_row(d, key, why, task_id.as_deref())).await? {
         Some(journal_id) => Ok(Recorded::Duplicate { journal_id, original, task_id }),
         // Its delivery id is taken (the forge's retry of a webhook that joined the poll's task):
         // a duplicate of that delivery, as on SQLite, which checks the id before the poll.
         None => seen_before(c, d, key).await,
     }
+}
+
+/// The row of `d` recorded as a duplicate: its headers, not its body.
+fn duplicate_row<'a>(d: &'a NewDelivery, key: Option<&'a str>, why: &'a str, task_id: Option<&'a str>) -> NewRow<'a> {
+    NewRow { d, key, headers: &d.headers_json, body: None, verdict: "duplicate", reason: why, task_id }
 }
 
 /// `d` as a duplicate of the delivery that holds its dedupe `key`.
@@ -301,57 +313,88 @@ async fn seen_before(c: &Tx<'_>, d: &NewDelivery, key: Option<&str>) -> Result<R
         .expect("a dedupe key that refused an insert names a row");
     let (original, task_id): (i64, Option<String>) = (original.get(0), original.get(1));
     let why = format!("delivery id seen before as journal entry {original}");
-    let journal_id = insert_row(c, d, None, &d.headers_json, None, "duplicate", &why, task_id.as_deref())
+    let journal_id = insert_row(c, duplicate_row(d, None, &why, task_id.as_deref()))
         .await?
         .expect("a row without a dedupe key always goes in");
     Ok(Recorded::Duplicate { journal_id, original, task_id })
 }
 
-/// The row itself; None when its dedupe key is taken.
-#[allow(clippy::too_many_arguments)]
-async fn insert_row(
-    c: &Tx<'_>,
-    d: &NewDelivery,
-    key: Option<&str>,
-    headers: &str,
-    body: Option<&[u8]>,
-    verdict: &str,
-    reason: &str,
-    task_id: Option<&str>,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    let row = one(
-        c,
-        "INSERT INTO deliveries (route, delivery_id, dedupe_key, event, action, item, received_at,
-                received_unix, headers, body, body_size, body_stored, token_fp, verification, verdict,
-                reason, http_status, task_id, replay_of, item_key, instance)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
-             ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-        &[
+/// What differs between the ways a delivery row is written: the rest of its columns come from
+/// the delivery itself (see [`RowValues::params`]).
+pub(super) struct NewRow<'a> {
+    pub d: &'a NewDelivery,
+    pub key: Option<&'a str>,
+    pub headers: &'a str,
+    pub body: Option<&'a [u8]>,
+    pub verdict: &'a str,
+    pub reason: &'a str,
+    pub task_id: Option<&'a str>,
+}
+
+/// A row's derived values, held so the statement's parameters can borrow them.
+pub(super) struct RowValues<'a> {
+    row: NewRow<'a>,
+    now: i64,
+    size: i64,
+    stored: bool,
+    status: i64,
+    item_key: Option<&'a str>,
+}
+
+impl<'a> NewRow<'a> {
+    pub(super) fn values(self) -> RowValues<'a> {
+        let d = self.d;
+        RowValues {
+            now: unix_now(),
+            size: d.body_size as i64,
+            stored: self.body.is_some() && d.body.complete,
+            status: i64::from(d.http_status),
+            item_key: d.task.as_ref().map(|t| t.item_key.as_str()),
+            row: self,
+        }
+    }
+}
+
+impl RowValues<'_> {
+    /// `$1`…`$21`, in the order of [`INSERT_ROW`]'s columns.
+    pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let (r, d) = (&self.row, self.row.d);
+        vec![
             &d.route,
             &d.delivery_id,
-            &key,
+            &r.key,
             &d.event,
             &d.action,
             &d.item,
             &d.received_at,
-            &unix_now(),
-            &headers,
-            &body,
-            &(d.body_size as i64),
-            &(body.is_some() && d.body.complete),
+            &self.now,
+            &r.headers,
+            &r.body,
+            &self.size,
+            &self.stored,
             &d.token_fp,
             &d.verification,
-            &verdict,
-            &reason,
-            &i64::from(d.http_status),
-            &task_id,
+            &r.verdict,
+            &r.reason,
+            &self.status,
+            &r.task_id,
             &d.replay_of,
-            &d.task.as_ref().map(|t| t.item_key.as_str()),
+            &self.item_key,
             &d.instance,
-        ],
-    )
-    .await?;
-    Ok(row.map(|r| r.get(0)))
+        ]
+    }
+}
+
+const INSERT_ROW: &str = "INSERT INTO deliveries (route, delivery_id, dedupe_key, event, action, item, received_at,
+        received_unix, headers, body, body_size, body_stored, token_fp, verification, verdict, reason, http_status,
+        task_id, replay_of, item_key, instance)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+     ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
+
+/// The row itself; None when its dedupe key is taken.
+async fn insert_row(c: &Tx<'_>, row: NewRow<'_>) -> Result<Option<i64>, tokio_postgres::Error> {
+    let values = row.values();
+    Ok(one(c, INSERT_ROW, &values.params()).await?.map(|r| r.get(0)))
 }
 
 /// What a rejected row keeps under the caps (see `NewDelivery::rejected_room`); the running
