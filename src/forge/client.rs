@@ -2,12 +2,13 @@
 //! with timeouts, retries with backoff on transport errors, 5xx and 429 (honouring
 //! `Retry-After` and the rate-limit headers of both forges), a pause while a rate limit is
 //! exhausted, and an ETag cache for list requests, so an unchanged page costs a 304 (which
-//! GitHub does not count against the rate limit).
+//! GitHub does not count against the rate limit). When to retry is `retry`'s to say.
 //!
 //! The token travels only in a header marked sensitive; it is not in any URL, error or `Debug`
 //! output, and requests only go to the configured `api_url` (a `Link` header pointing elsewhere
 //! is refused rather than followed with the token).
 
+use super::retry::{RetryPolicy, exhausted_until, retry_delay};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -52,32 +53,6 @@ impl ForgeError {
         match self {
             ForgeError::Status { status, .. } => Some(*status),
             _ => None,
-        }
-    }
-}
-
-/// How hard to try one request.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Tries in all, the first included.
-    pub attempts: u32,
-    /// The first backoff; it doubles with each retry.
-    pub base: Duration,
-    /// The longest wait between tries: a `Retry-After` or rate-limit reset further out than
-    /// this fails the request instead (the poller tries again next cycle, label operations
-    /// later).
-    pub max_wait: Duration,
-    /// Per request, connection included.
-    pub timeout: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            base: Duration::from_millis(500),
-            max_wait: Duration::from_secs(60),
-            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -389,47 +364,6 @@ impl Http {
     }
 }
 
-/// The reset time when a response says the rate limit is used up (GitHub `x-ratelimit-*`,
-/// GitLab `RateLimit-*`; both give the reset as Unix seconds).
-fn exhausted_until(headers: &HeaderMap) -> Option<u64> {
-    let num = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
-    let remaining = num("x-ratelimit-remaining").or_else(|| num("ratelimit-remaining"))?;
-    if remaining > 0 {
-        return None;
-    }
-    num("x-ratelimit-reset").or_else(|| num("ratelimit-reset"))
-}
-
-/// How long to wait before trying again, or None when the answer is final. `status` None is a
-/// transport error (no answer, timeout). `attempt` counts from 1.
-pub fn retry_delay(
-    status: Option<u16>,
-    headers: Option<&HeaderMap>,
-    attempt: u32,
-    policy: &RetryPolicy,
-    now_unix: u64,
-) -> Option<Duration> {
-    let retry_after = headers
-        .and_then(|h| h.get(reqwest::header::RETRY_AFTER))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let reset = headers.and_then(exhausted_until).map(|r| Duration::from_secs(r.saturating_sub(now_unix) + 1));
-    let retryable = match status {
-        None => true,
-        Some(429 | 500 | 502 | 503 | 504) => true,
-        // GitHub answers 403 to an exhausted or secondary rate limit, with these headers.
-        Some(403) => retry_after.is_some() || reset.is_some(),
-        Some(_) => false,
-    };
-    if !retryable {
-        return None;
-    }
-    let backoff = policy.base.saturating_mul(1 << (attempt.saturating_sub(1)).min(16));
-    let wait = retry_after.or(reset).unwrap_or(backoff.min(policy.max_wait));
-    (wait <= policy.max_wait).then_some(wait)
-}
-
 /// The `message` of a forge's JSON error, else the start of the body.
 fn error_message(body: &[u8]) -> String {
     let text = serde_json::from_slice::<serde_json::Value>(body)
@@ -460,47 +394,6 @@ pub fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn backoff_doubles_and_honours_the_headers() {
-        let p = RetryPolicy { attempts: 5, base: Duration::from_millis(100), ..RetryPolicy::default() };
-        let s = |ms| Some(Duration::from_millis(ms));
-        assert_eq!(retry_delay(None, None, 1, &p, 0), s(100));
-        assert_eq!(retry_delay(Some(502), None, 2, &p, 0), s(200));
-        assert_eq!(retry_delay(Some(503), None, 4, &p, 0), s(800));
-        assert_eq!(retry_delay(Some(404), None, 1, &p, 0), None, "a 404 is final");
-        assert_eq!(retry_delay(Some(422), None, 1, &p, 0), None);
-        assert_eq!(retry_delay(Some(403), None, 1, &p, 0), None, "a plain 403 is final");
-        let h = headers(&[("retry-after", "7")]);
-        assert_eq!(retry_delay(Some(429), Some(&h), 1, &p, 0), s(7000));
-        // GitHub's exhausted primary limit: 403 with remaining 0 and the reset time.
-        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1010")]);
-        assert_eq!(retry_delay(Some(403), Some(&h), 1, &p, 1000), s(11_000));
-        // GitLab's names.
-        let h = headers(&[("RateLimit-Remaining", "0"), ("RateLimit-Reset", "1003")]);
-        assert_eq!(retry_delay(Some(429), Some(&h), 1, &p, 1000), s(4000));
-        // A wait longer than max_wait fails now rather than holding the caller.
-        let h = headers(&[("retry-after", "3600")]);
-        assert_eq!(retry_delay(Some(429), Some(&h), 1, &p, 0), None);
-        // Backoff never exceeds max_wait.
-        assert_eq!(retry_delay(Some(500), None, 30, &p, 0), Some(p.max_wait));
-    }
-
-    #[test]
-    fn remaining_above_zero_is_not_a_pause() {
-        let h = headers(&[("x-ratelimit-remaining", "12"), ("x-ratelimit-reset", "99")]);
-        assert_eq!(exhausted_until(&h), None);
-        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "99")]);
-        assert_eq!(exhausted_until(&h), Some(99));
-    }
 
     #[test]
     fn error_messages_and_encoding() {

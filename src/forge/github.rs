@@ -2,7 +2,8 @@
 //! Issues and pull requests share the issues endpoints; a pull request carries a
 //! `pull_request` key. Pagination follows `Link: <…>; rel="next"`.
 
-use super::client::{ForgeError, Http, RetryPolicy, Stats, encode};
+use super::client::{ForgeError, Http, Stats, encode};
+use super::retry::RetryPolicy;
 use super::{Forge, Found, ItemState, str_field};
 use crate::config::Secret;
 use crate::task::{Item, Kind, Source, Task};

@@ -2,7 +2,8 @@
 //! Issues and merge requests are separate endpoints; a project is named by its numeric id or
 //! its URL-encoded `path_with_namespace`. Pagination follows `x-next-page`.
 
-use super::client::{ForgeError, Http, RetryPolicy, Stats, encode};
+use super::client::{ForgeError, Http, Stats, encode};
+use super::retry::RetryPolicy;
 use super::{Forge, Found, ItemState, str_field};
 use crate::config::Secret;
 use crate::task::{Item, Kind, Source, Task};

@@ -1,14 +1,16 @@
 //! REST clients for GitHub and GitLab: what the poller lists, what the label life-cycle
 //! changes, what the worker re-checks before a run, and who the token's own user is (loop
-//! protection). `client` is the shared HTTP layer (timeouts, retries, rate limits, ETags);
-//! `github` and `gitlab` speak each forge's API. `api_url` points both at GitHub Enterprise or
-//! a self-managed GitLab.
+//! protection). `client` is the shared HTTP layer (timeouts, retries, rate limits, ETags), with
+//! `retry` saying when an answer is worth asking again; `github` and `gitlab` speak each forge's
+//! API. `api_url` points both at GitHub Enterprise or a self-managed GitLab.
 
 pub mod client;
 pub mod github;
 pub mod gitlab;
+pub mod retry;
 
-pub use client::{ForgeError, RetryPolicy, Stats};
+pub use client::{ForgeError, Stats};
+pub use retry::RetryPolicy;
 
 use crate::config::Config;
 use crate::task::{Item, Source, Task};
