@@ -2,13 +2,14 @@
 //! with timeouts, retries with backoff on transport errors, 5xx and 429 (honouring
 //! `Retry-After` and the rate-limit headers of both forges), a pause while a rate limit is
 //! exhausted, and an ETag cache for list requests, so an unchanged page costs a 304 (which
-//! GitHub does not count against the rate limit). When to retry is `retry`'s to say.
+//! GitHub does not count against the rate limit). When to retry is `retry`'s to say, and
+//! whether at all after an unclear answer is the caller's ([`Replay`]).
 //!
 //! The token travels only in a header marked sensitive; it is not in any URL, error or `Debug`
 //! output, and requests only go to the configured `api_url` (a `Link` header pointing elsewhere
 //! is refused rather than followed with the token).
 
-use super::retry::{RetryPolicy, exhausted_until, retry_delay};
+use super::retry::{Replay, RetryPolicy, exhausted_until, retry_delay};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -189,20 +190,36 @@ impl Http {
 
     /// A GET; with `cache`, conditional on the ETag of the last answer for the same URL.
     pub async fn get(&self, path_or_url: &str, cache: bool) -> Result<Response, ForgeError> {
-        self.send(Method::GET, path_or_url, None, cache && self.use_etags).await
+        self.send(Method::GET, path_or_url, None, cache && self.use_etags, Replay::Always).await
     }
 
-    /// A request with a JSON body.
+    /// A GET whose answer is decoded into `T`.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str, cache: bool) -> Result<T, ForgeError> {
+        let res = self.get(path, cache).await?;
+        self.decode_as(Method::GET, path, &res.body)
+    }
+
+    /// A request with a JSON body, sent again after a 5xx or a timeout like a read.
     pub async fn send_json(
         &self,
         method: Method,
         path: &str,
         body: &serde_json::Value,
     ) -> Result<Response, ForgeError> {
-        self.send(method, path, Some(serde_json::to_vec(body).expect("JSON serializes")), false).await
+        self.send_json_with(method, path, body, Replay::Always).await
     }
 
-    /// A body as JSON.
+    /// A request with a JSON body, sent again only as `replay` allows.
+    pub async fn send_json_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: &serde_json::Value,
+        replay: Replay,
+    ) -> Result<Response, ForgeError> {
+        self.send(method, path, Some(serde_json::to_vec(body).expect("JSON serializes")), false, replay).await
+    }
+
     /// Refuses a listing's next page when it was fetched already or the listing is longer than
     /// `MAX_PAGES`: a `Link` or `x-next-page` that never ends must not loop forever.
     pub fn check_next_page(&self, seen: &mut std::collections::HashSet<String>, next: &str) -> Result<(), ForgeError> {
@@ -216,7 +233,18 @@ impl Http {
         Err(ForgeError::Decode { forge: self.forge, method: Method::GET, path: next.to_string(), message: why })
     }
 
+    /// A body as JSON.
     pub fn decode(&self, method: Method, path: &str, body: &[u8]) -> Result<serde_json::Value, ForgeError> {
+        self.decode_as(method, path, body)
+    }
+
+    /// A body as a `T`; an answer without a field `T` needs is a `Decode` error naming it.
+    pub fn decode_as<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<T, ForgeError> {
         serde_json::from_slice(body).map_err(|e| ForgeError::Decode {
             forge: self.forge,
             method,
@@ -243,7 +271,7 @@ impl Http {
     }
 
     pub async fn delete(&self, path: &str) -> Result<Response, ForgeError> {
-        self.send(Method::DELETE, path, None, false).await
+        self.send(Method::DELETE, path, None, false, Replay::Always).await
     }
 
     async fn send(
@@ -252,6 +280,7 @@ impl Http {
         path_or_url: &str,
         body: Option<Vec<u8>>,
         cache: bool,
+        replay: Replay,
     ) -> Result<Response, ForgeError> {
         let url = self.url(path_or_url)?;
         let path = url[self.base.len()..].to_string();
@@ -270,6 +299,8 @@ impl Http {
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
             let sent = req.send().await;
+            // False only when the connection was never made: the forge saw nothing.
+            let mut connected = true;
             let (status, headers, error) = match sent {
                 Ok(res) => {
                     let status = res.status();
@@ -301,9 +332,15 @@ impl Http {
                         Err(e) => (None, None, e.without_url().to_string()),
                     }
                 }
-                Err(e) => (None, None, e.without_url().to_string()),
+                Err(e) => {
+                    connected = !e.is_connect();
+                    (None, None, e.without_url().to_string())
+                }
             };
-            let delay = retry_delay(status, headers.as_ref(), attempt, &self.policy, unix_now());
+            let delay = replay
+                .allows(status, connected)
+                .then(|| retry_delay(status, headers.as_ref(), attempt, &self.policy, unix_now()))
+                .flatten();
             match delay {
                 Some(d) if attempt < self.policy.attempts => {
                     tracing::debug!(

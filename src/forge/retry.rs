@@ -31,6 +31,34 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Whether a request may be sent again after an answer that leaves unknown whether the forge
+/// acted on it (a 5xx, a timeout, a connection lost mid-answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Asking twice does no harm: reads, edits that set a value, label changes, and creations
+    /// whose duplicate the forge refuses and the caller resolves (a second pull request for one
+    /// branch is answered 422/409, and the first one is looked up).
+    Always,
+    /// A creation the forge would make twice (a comment): sent again only when the forge
+    /// certainly did not act on it: no connection was made, or it answered 429 or a rate-limit
+    /// 403, which are refusals before any work. Never after a 5xx or a timeout.
+    OnlyUnsent,
+}
+
+impl Replay {
+    /// Whether a failed try may be repeated at all (`retry_delay` then says when). `status` None
+    /// is a transport error; `connected` says whether it happened after the connection was made.
+    pub fn allows(self, status: Option<u16>, connected: bool) -> bool {
+        match self {
+            Replay::Always => true,
+            Replay::OnlyUnsent => match status {
+                None => !connected,
+                Some(status) => matches!(status, 429 | 403),
+            },
+        }
+    }
+}
+
 /// The reset time when a response says the rate limit is used up (GitHub `x-ratelimit-*`,
 /// GitLab `RateLimit-*`; both give the reset as Unix seconds).
 pub(super) fn exhausted_until(headers: &HeaderMap) -> Option<u64> {
@@ -108,6 +136,19 @@ mod tests {
         assert_eq!(retry_delay(Some(429), Some(&h), 1, &p, 0), None);
         // Backoff never exceeds max_wait.
         assert_eq!(retry_delay(Some(500), None, 30, &p, 0), Some(p.max_wait));
+    }
+
+    #[test]
+    fn a_creation_is_repeated_only_when_it_was_certainly_not_acted_on() {
+        for status in [None, Some(500), Some(502), Some(503), Some(429), Some(403)] {
+            assert!(Replay::Always.allows(status, true), "{status:?}");
+        }
+        assert!(Replay::OnlyUnsent.allows(None, false), "the connection was never made");
+        assert!(!Replay::OnlyUnsent.allows(None, true), "a timeout: it may have been posted");
+        assert!(!Replay::OnlyUnsent.allows(Some(502), true), "a 5xx: it may have been posted");
+        assert!(Replay::OnlyUnsent.allows(Some(429), true), "refused by the rate limit");
+        // A 403 is only retried with rate-limit headers; retry_delay still says so.
+        assert!(Replay::OnlyUnsent.allows(Some(403), true));
     }
 
     #[test]
