@@ -1,15 +1,22 @@
 //! REST clients for GitHub and GitLab: what the poller lists, what the label life-cycle
-//! changes, what the worker re-checks before a run, and who the token's own user is (loop
-//! protection). `client` is the shared HTTP layer (timeouts, retries, rate limits, ETags), with
+//! changes, what the worker re-checks before a run, who the token's own user is (loop
+//! protection), and what an agent run reads and writes: the item's details and recent comments
+//! (`details`, `comments`), its progress comment, and the pull/merge request it opens (`pulls`). `client` is the shared HTTP layer (timeouts, retries, rate limits, ETags), with
 //! `retry` saying when an answer is worth asking again; `github` and `gitlab` speak each forge's
 //! API. `api_url` points both at GitHub Enterprise or a self-managed GitLab.
 
 pub mod client;
+pub mod comments;
+pub mod details;
 pub mod github;
 pub mod gitlab;
+pub mod pulls;
 pub mod retry;
 
 pub use client::{ForgeError, Stats};
+pub use comments::{Association, Comment, CommentRef, EditError};
+pub use details::{ChangeBranches, ItemDetails, Status};
+pub use pulls::{NewPull, PullRef};
 pub use retry::RetryPolicy;
 
 use crate::config::Config;
@@ -47,10 +54,41 @@ pub trait Forge: Send + Sync {
     /// Removes `remove` (those present; a missing one is not an error) and adds `add`.
     async fn swap_labels(&self, task: &Task, remove: &[String], add: &str) -> Result<(), ForgeError>;
 
+    /// Posts a comment (the label life-cycle's failure notice). Sent again after a 5xx like any
+    /// request: the life-cycle retries the whole operation anyway.
     async fn comment(&self, task: &Task, body: &str) -> Result<(), ForgeError>;
 
     /// The login (GitHub) or username (GitLab) of the token's own user.
     async fn whoami(&self) -> Result<String, ForgeError>;
+
+    /// The task's item as it is now, with the repository's default branch and, for a pull/merge
+    /// request, its branches.
+    async fn item_details(&self, task: &Task) -> Result<ItemDetails, ForgeError>;
+
+    /// The newest `newest` comments on the task's item, oldest first, each with its author's
+    /// standing. GitHub: the conversation's issue comments (review comments on a pull request's
+    /// diff are not included); GitLab: the notes, system notes left out.
+    async fn recent_comments(&self, task: &Task, newest: usize) -> Result<Vec<Comment>, ForgeError>;
+
+    /// Posts a comment and says how to edit it. Unlike [`Forge::comment`] it is not sent again
+    /// after a 5xx or a timeout, which leave unknown whether it was posted (a repeat could post
+    /// it twice); only when the forge certainly did not act on it (no connection, 429, a
+    /// rate-limit 403). The caller gets the error and decides.
+    async fn create_comment(&self, task: &Task, body: &str) -> Result<CommentRef, ForgeError>;
+
+    /// Replaces the body of a comment [`Forge::create_comment`] posted. Setting a body twice is
+    /// harmless, so this is retried like a read. [`EditError::Deleted`] when it is gone.
+    async fn edit_comment(&self, task: &Task, comment: &CommentRef, body: &str) -> Result<(), EditError>;
+
+    /// The open pull/merge request from `head_branch` of `repo` itself (not from a fork), if
+    /// any. `repo`: GitHub `owner/name`; GitLab the project id or `path_with_namespace`
+    /// ([`repo_of`] gives the right one for a task).
+    async fn find_open_pull_request(&self, repo: &str, head_branch: &str) -> Result<Option<PullRef>, ForgeError>;
+
+    /// Opens a pull/merge request, or returns the open one from the same head branch: the forge
+    /// refuses a duplicate, and that refusal is answered with the existing request, so this is
+    /// idempotent and is retried after a 5xx like a read.
+    async fn create_pull_request(&self, repo: &str, pull: &NewPull) -> Result<PullRef, ForgeError>;
 
     fn stats(&self) -> Stats;
 }
@@ -104,6 +142,15 @@ impl Forges {
 
     pub fn any(&self) -> bool {
         self.github.is_some() || self.gitlab.is_some()
+    }
+}
+
+/// The `repo` argument of the pull request calls for a task's repository: GitLab's project id
+/// where known (it survives a rename), else the repository's full name.
+pub fn repo_of(task: &Task) -> String {
+    match (task.source, task.project_id) {
+        (Source::Gitlab, Some(id)) => id.to_string(),
+        _ => task.repo_full_name.clone(),
     }
 }
 

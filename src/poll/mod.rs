@@ -176,6 +176,33 @@ mod tests {
         async fn whoami(&self) -> Result<String, ForgeError> {
             unreachable!()
         }
+        async fn item_details(&self, _: &Task) -> Result<crate::forge::ItemDetails, ForgeError> {
+            unreachable!()
+        }
+        async fn recent_comments(&self, _: &Task, _: usize) -> Result<Vec<crate::forge::Comment>, ForgeError> {
+            unreachable!()
+        }
+        async fn create_comment(&self, _: &Task, _: &str) -> Result<crate::forge::CommentRef, ForgeError> {
+            unreachable!()
+        }
+        async fn edit_comment(
+            &self,
+            _: &Task,
+            _: &crate::forge::CommentRef,
+            _: &str,
+        ) -> Result<(), crate::forge::EditError> {
+            unreachable!()
+        }
+        async fn find_open_pull_request(&self, _: &str, _: &str) -> Result<Option<crate::forge::PullRef>, ForgeError> {
+            unreachable!()
+        }
+        async fn create_pull_request(
+            &self,
+            _: &str,
+            _: &crate::forge::NewPull,
+        ) -> Result<crate::forge::PullRef, ForgeError> {
+            unreachable!()
+        }
         fn stats(&self) -> Stats {
             Stats { requests: self.lists.load(Ordering::SeqCst), ..Stats::default() }
         }

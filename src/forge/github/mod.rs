@@ -1,10 +1,15 @@
 //! GitHub's REST API (v3; `api_url` = `https://HOST/api/v3` for GitHub Enterprise Server).
 //! Issues and pull requests share the issues endpoints; a pull request carries a
-//! `pull_request` key. Pagination follows `Link: <…>; rel="next"`.
+//! `pull_request` key. Pagination follows `Link: <…>; rel="next"`. What an agent run needs
+//! lives beside this file: `details`, `comments`, `pulls`.
+
+mod comments;
+mod details;
+mod pulls;
 
 use super::client::{ForgeError, Http, Stats, encode};
 use super::retry::RetryPolicy;
-use super::{Forge, Found, ItemState, str_field};
+use super::{Comment, CommentRef, EditError, Forge, Found, ItemDetails, ItemState, NewPull, PullRef, str_field};
 use crate::config::Secret;
 use crate::task::{Item, Kind, Source, Task};
 use async_trait::async_trait;
@@ -32,11 +37,18 @@ impl GitHub {
 
 /// The `rel="next"` target of a `Link` header.
 pub fn next_link(link: &str) -> Option<String> {
+    link_rel(link, "next")
+}
+
+/// The target of a `Link` header's `rel` (`next`, `prev`, `last`, `first`).
+pub fn link_rel(link: &str, rel: &str) -> Option<String> {
+    let quoted = format!("rel=\"{rel}\"");
+    let bare = format!("rel={rel}");
     link.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
         params
             .split(';')
-            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"))
+            .any(|p| p.trim() == quoted || p.trim() == bare)
             .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
     })
 }
@@ -129,6 +141,30 @@ impl Forge for GitHub {
         self.http.whoami("login").await
     }
 
+    async fn item_details(&self, task: &Task) -> Result<ItemDetails, ForgeError> {
+        self.details(task).await
+    }
+
+    async fn recent_comments(&self, task: &Task, newest: usize) -> Result<Vec<Comment>, ForgeError> {
+        self.newest_comments(task, newest).await
+    }
+
+    async fn create_comment(&self, task: &Task, body: &str) -> Result<CommentRef, ForgeError> {
+        self.post_comment(task, body).await
+    }
+
+    async fn edit_comment(&self, task: &Task, comment: &CommentRef, body: &str) -> Result<(), EditError> {
+        self.patch_comment(task, comment, body).await
+    }
+
+    async fn find_open_pull_request(&self, repo: &str, head_branch: &str) -> Result<Option<PullRef>, ForgeError> {
+        self.find_pull(repo, head_branch).await
+    }
+
+    async fn create_pull_request(&self, repo: &str, pull: &NewPull) -> Result<PullRef, ForgeError> {
+        self.open_pull(repo, pull).await
+    }
+
     fn stats(&self) -> Stats {
         self.http.stats()
     }
@@ -142,8 +178,11 @@ mod tests {
     fn link_headers() {
         let link = r#"<https://api.github.com/repositories/1/issues?page=2>; rel="next", <https://api.github.com/repositories/1/issues?page=5>; rel="last""#;
         assert_eq!(next_link(link).as_deref(), Some("https://api.github.com/repositories/1/issues?page=2"));
+        assert_eq!(link_rel(link, "last").as_deref(), Some("https://api.github.com/repositories/1/issues?page=5"));
         let last = r#"<https://api.github.com/x?page=1>; rel="prev", <https://api.github.com/x?page=1>; rel="first""#;
         assert_eq!(next_link(last), None);
+        assert_eq!(link_rel(last, "prev").as_deref(), Some("https://api.github.com/x?page=1"));
+        assert_eq!(link_rel(last, "last"), None);
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! GitLab's REST API (v4; `api_url` = `https://HOST/api/v4` for a self-managed instance).
 //! Issues and merge requests are separate endpoints; a project is named by its numeric id or
-//! its URL-encoded `path_with_namespace`. Pagination follows `x-next-page`.
+//! its URL-encoded `path_with_namespace`. Pagination follows `x-next-page`. What an agent run
+//! needs lives beside this file: `details`, `comments`, `pulls`.
+
+mod comments;
+mod details;
+mod pulls;
 
 use super::client::{ForgeError, Http, Stats, encode};
 use super::retry::RetryPolicy;
-use super::{Forge, Found, ItemState, str_field};
+use super::{Comment, CommentRef, EditError, Forge, Found, ItemDetails, ItemState, NewPull, PullRef, str_field};
 use crate::config::Secret;
 use crate::task::{Item, Kind, Source, Task};
 use async_trait::async_trait;
@@ -115,6 +120,30 @@ impl Forge for GitLab {
 
     async fn whoami(&self) -> Result<String, ForgeError> {
         self.http.whoami("username").await
+    }
+
+    async fn item_details(&self, task: &Task) -> Result<ItemDetails, ForgeError> {
+        self.details(task).await
+    }
+
+    async fn recent_comments(&self, task: &Task, newest: usize) -> Result<Vec<Comment>, ForgeError> {
+        self.newest_notes(task, newest).await
+    }
+
+    async fn create_comment(&self, task: &Task, body: &str) -> Result<CommentRef, ForgeError> {
+        self.post_note(task, body).await
+    }
+
+    async fn edit_comment(&self, task: &Task, comment: &CommentRef, body: &str) -> Result<(), EditError> {
+        self.put_note(task, comment, body).await
+    }
+
+    async fn find_open_pull_request(&self, repo: &str, head_branch: &str) -> Result<Option<PullRef>, ForgeError> {
+        self.find_merge_request(repo, head_branch).await
+    }
+
+    async fn create_pull_request(&self, repo: &str, pull: &NewPull) -> Result<PullRef, ForgeError> {
+        self.open_merge_request(repo, pull).await
     }
 
     fn stats(&self) -> Stats {
