@@ -1,5 +1,5 @@
 //! Poller benchmark, in-process against the fake GitHub/GitLab API of the tests
-//! (`tests/common/fake_forge.rs`) on a loopback port:
+//! (`tests/common/fake_forge/mod.rs`) on a loopback port:
 //!
 //!     cargo run --release --example bench_poll -- [--interval 5] [--samples 12] [--hooks 200]
 //!
@@ -12,7 +12,7 @@
 //!    webhook mode (from the delivery's send to its 202, which is sent once the task is
 //!    journaled; the forge's own delay before it sends a webhook is not included).
 
-#[path = "../tests/common/fake_forge.rs"]
+#[path = "../tests/common/fake_forge/mod.rs"]
 mod fake_forge;
 
 use agentctl::cli::Mode;

@@ -1,12 +1,21 @@
 //! A fake GitHub and GitLab REST API on a loopback port, for the poller, the label life-cycle,
-//! the worker's re-check and loop protection. It checks the auth headers (`Authorization:
-//! Bearer|token` for GitHub, `PRIVATE-TOKEN` for GitLab), paginates (`Link` / `x-next-page`),
-//! answers `If-None-Match` with 304, sends rate-limit headers, can answer the next request
-//! with a 429 + `Retry-After` or a 5xx, and logs every request it sees.
+//! the worker's re-check, loop protection and the agent run's calls. It checks the auth headers
+//! (`Authorization: Bearer|token` for GitHub, `PRIVATE-TOKEN` for GitLab), paginates (`Link` /
+//! `x-next-page`), answers `If-None-Match` with 304, sends rate-limit headers, can answer the
+//! next request with a 429 + `Retry-After` or a 5xx before acting on it (`fail_next`) or after
+//! (`fail_after`: the work is done, the answer lost), and logs every request it sees.
 //!
-//! GitHub lives under `/github`, GitLab under `/gitlab` (the clients' `api_url`s).
+//! GitHub lives under `/github`, GitLab under `/gitlab` (the clients' `api_url`s); each forge's
+//! routes are in `github.rs` and `gitlab.rs`. Conversations are [`FakeComment`]s whose edits
+//! keep every body (`history`), so a test can tell "edited in place" from "posted again".
 
 #![allow(dead_code)]
+
+mod conversation;
+mod github;
+mod gitlab;
+
+pub use conversation::{FakeComment, FakePull};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -37,9 +46,20 @@ pub struct FakeItem {
     pub state: String,
     pub labels: Vec<String>,
     pub updated: u64,
+    /// Bodies of the comments posted through the API, in order.
     pub comments: Vec<String>,
     /// The listing shows it open, a single fetch closed (closed between poll and run).
     pub closes_before_run: bool,
+    /// GitHub `body` / GitLab `description` of a single fetch (listings leave it out).
+    pub body: String,
+    /// A pull/merge request's head branch (default `feature-<number>`).
+    pub head_branch: String,
+    /// A pull/merge request's base branch; empty: the repository's default branch.
+    pub base_branch: String,
+    /// Where a pull/merge request's head lives when not in the repository itself.
+    pub fork: Option<String>,
+    /// The whole conversation: comments seeded by the test and posted through the API.
+    pub thread: Vec<FakeComment>,
 }
 
 /// One request as the fake saw it.
@@ -58,8 +78,12 @@ pub struct State {
     /// (forge, repo, number) → item; forge is "github" or "gitlab".
     pub items: BTreeMap<(String, String, u64), FakeItem>,
     pub seen: Vec<Seen>,
-    /// Statuses to answer the next requests with (429 comes with Retry-After: 1).
+    /// Statuses to answer the next requests with, without acting on them (429 comes with
+    /// Retry-After: 1).
     pub fail_next: VecDeque<u16>,
+    /// Statuses to answer the next routed requests with after acting on them: the forge did
+    /// the work and the answer was lost.
+    pub fail_after: VecDeque<u16>,
     /// Ignore label changes (so an item stays labelled across cycles).
     pub frozen: bool,
     pub etags: bool,
@@ -67,7 +91,46 @@ pub struct State {
     pub gitlab_user: String,
     /// GitLab project ids set by a test (others are numbered from 1000).
     pub project_ids: BTreeMap<String, u64>,
+    /// Default branches set by a test (others are `main`).
+    pub default_branches: BTreeMap<String, String>,
+    /// GitLab access levels: (project path, username) → level.
+    pub members: BTreeMap<(String, String), u64>,
+    /// Pull/merge requests opened through the API.
+    pub pulls: Vec<FakePull>,
     clock: u64,
+    next_comment: u64,
+}
+
+impl State {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    pub fn default_branch(&self, repo: &str) -> String {
+        self.default_branches.get(repo).cloned().unwrap_or_else(|| "main".into())
+    }
+
+    /// A stable numeric id for a name (users, GitHub repositories).
+    pub fn stable_id(name: &str) -> u64 {
+        name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)) % 1_000_000 + 1
+    }
+
+    /// Numbers a comment: its id, and its time (the fake's clock is left alone: it numbers
+    /// item updates, which the poller's delivery ids are made of).
+    fn number(&mut self, c: &mut FakeComment) {
+        self.next_comment += 1;
+        (c.id, c.created) = (5000 + self.next_comment, self.next_comment);
+    }
+
+    fn post_comment(&mut self, key: &(String, String, u64), author: &str, body: &str) -> Option<FakeComment> {
+        let mut c = FakeComment::new(author, body);
+        self.number(&mut c);
+        let it = self.items.get_mut(key)?;
+        it.comments.push(body.to_string());
+        it.thread.push(c.clone());
+        Some(c)
+    }
 }
 
 #[derive(Clone)]
@@ -123,8 +186,7 @@ impl FakeForge {
 
     pub fn add(&self, forge: &str, repo: &str, number: u64, kind: FakeKind, state: &str, labels: &[&str]) {
         let mut s = self.state.lock().unwrap();
-        s.clock += 1;
-        let updated = s.clock;
+        let updated = s.tick();
         s.items.insert(
             (forge.into(), repo.into(), number),
             FakeItem {
@@ -134,12 +196,54 @@ impl FakeForge {
                 updated,
                 comments: vec![],
                 closes_before_run: false,
+                body: String::new(),
+                head_branch: format!("feature-{number}"),
+                base_branch: String::new(),
+                fork: None,
+                thread: vec![],
             },
         );
     }
 
     pub fn item(&self, forge: &str, repo: &str, number: u64) -> FakeItem {
         self.state.lock().unwrap().items[&(forge.to_string(), repo.to_string(), number)].clone()
+    }
+
+    /// Changes an item in place.
+    pub fn edit(&self, forge: &str, repo: &str, number: u64, f: impl FnOnce(&mut FakeItem)) {
+        let mut s = self.state.lock().unwrap();
+        f(s.items.get_mut(&(forge.to_string(), repo.to_string(), number)).expect("the item was added"));
+    }
+
+    /// Seeds a comment (after those already there); its id.
+    pub fn add_comment(&self, forge: &str, repo: &str, number: u64, mut c: FakeComment) -> u64 {
+        let mut s = self.state.lock().unwrap();
+        s.number(&mut c);
+        let id = c.id;
+        s.items.get_mut(&(forge.to_string(), repo.to_string(), number)).expect("the item was added").thread.push(c);
+        id
+    }
+
+    /// Someone deletes a comment on the forge.
+    pub fn delete_comment(&self, id: u64) {
+        let mut s = self.state.lock().unwrap();
+        for c in s.items.values_mut().flat_map(|it| it.thread.iter_mut()).filter(|c| c.id == id) {
+            c.deleted = true;
+        }
+    }
+
+    /// The conversation on an item, deleted comments included.
+    pub fn thread(&self, forge: &str, repo: &str, number: u64) -> Vec<FakeComment> {
+        self.item(forge, repo, number).thread
+    }
+
+    /// A GitLab project member's access level.
+    pub fn set_member(&self, project: &str, username: &str, access_level: u64) {
+        self.with(|s| s.members.insert((project.into(), username.into()), access_level));
+    }
+
+    pub fn pulls(&self) -> Vec<FakePull> {
+        self.with(|s| s.pulls.clone())
     }
 
     pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -192,43 +296,6 @@ fn reply(status: u16, body: Value, headers: &[(&str, String)]) -> Response<Full<
     r.body(Full::new(body)).unwrap()
 }
 
-fn github_json(repo: &str, number: u64, it: &FakeItem, single: bool) -> Value {
-    let state = if single && it.closes_before_run {
-        "closed"
-    } else if it.state == "open" {
-        "open"
-    } else {
-        "closed"
-    };
-    let mut v = json!({
-        "number": number, "title": format!("Item {number}"), "state": state,
-        "html_url": format!("https://github.example/{repo}/issues/{number}"),
-        "user": {"login": "octocat"}, "updated_at": format!("2026-01-01T00:00:00.{:06}Z", it.updated),
-        "labels": it.labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
-    });
-    if it.kind == FakeKind::PullRequest {
-        v["pull_request"] = json!({"url": "x", "merged_at": if it.state == "merged" { json!("2026-01-01T00:00:00Z") } else { Value::Null }});
-    }
-    v
-}
-
-fn gitlab_json(repo: &str, project_id: u64, number: u64, it: &FakeItem, single: bool) -> Value {
-    let state = if single && it.closes_before_run {
-        "closed"
-    } else {
-        match it.state.as_str() {
-            "open" => "opened",
-            other => other,
-        }
-    };
-    json!({
-        "iid": number, "project_id": project_id, "title": format!("Item {number}"), "state": state,
-        "web_url": format!("https://gitlab.example/{repo}/-/issues/{number}"),
-        "author": {"username": "someone"}, "updated_at": format!("2026-01-01T00:00:00.{:06}Z", it.updated),
-        "labels": it.labels,
-    })
-}
-
 /// GitLab project ids: set by the test, else the project's position + 1000, stable for a test.
 fn project_ids(s: &State) -> BTreeMap<String, u64> {
     let mut ids = s.project_ids.clone();
@@ -239,18 +306,52 @@ fn project_ids(s: &State) -> BTreeMap<String, u64> {
             next += 1;
         }
     }
+    // Forks after every item's project, so that those keep their numbers.
+    for ((forge, _, _), it) in &s.items {
+        if let Some(fork) = it.fork.as_ref().filter(|f| forge == "gitlab" && !ids.contains_key(*f)) {
+            ids.insert(fork.clone(), next);
+            next += 1;
+        }
+    }
     ids
 }
 
 type Answer = (u16, Value, Vec<(&'static str, String)>);
 
-fn comment(s: &mut State, key: (String, String, u64), body: &Value) -> Answer {
-    match s.items.get_mut(&key) {
-        Some(it) => {
-            it.comments.push(body["body"].as_str().unwrap_or_default().to_string());
-            (201, json!({"id": 1}), vec![])
-        }
-        None => (404, json!({"message": "Not Found"}), vec![]),
+fn not_found(github: bool) -> Answer {
+    (404, json!({"message": if github { "Not Found" } else { "404 Not found" }}), vec![])
+}
+
+/// What a route gets to see of a request.
+struct Req<'a> {
+    method: &'a str,
+    raw_path: &'a str,
+    q: &'a BTreeMap<String, String>,
+    body: &'a Value,
+    addr: SocketAddr,
+    ids: &'a BTreeMap<String, u64>,
+}
+
+impl Req<'_> {
+    fn per_page(&self, default: usize) -> usize {
+        self.q.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(default).max(1)
+    }
+
+    fn page(&self) -> usize {
+        self.q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1)
+    }
+
+    /// This request's URL with `page` set (for `Link` headers).
+    fn page_url(&self, page: usize) -> String {
+        let mut q = self.q.clone();
+        q.insert("page".into(), page.to_string());
+        let qs: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", v.replace(' ', "%20"))).collect();
+        format!("http://{}{}?{}", self.addr, self.raw_path, qs.join("&"))
+    }
+
+    /// A GitLab `:id` (number or path) as the project's path.
+    fn project(&self, p: &str) -> Option<String> {
+        self.ids.iter().find(|(path, id)| path.as_str() == p || id.to_string() == p).map(|(p, _)| p.clone())
     }
 }
 
@@ -308,10 +409,14 @@ async fn handle(state: &Arc<Mutex<State>>, addr: SocketAddr, req: Request<Incomi
     let q = query(&raw_query);
     let ids = project_ids(&s);
     let forge = if github { "github" } else { "gitlab" };
-    let (status, value, mut headers): (u16, Value, Vec<(&str, String)>) = match (method.as_str(), &segs[1..]) {
+    let r = Req { method: &method, raw_path: &raw_path, q: &q, body: &body, addr, ids: &ids };
+    let (status, value, mut headers): Answer = match (method.as_str(), &segs[1..]) {
         ("GET", ["user"]) => {
             let user = if github { json!({"login": s.github_user}) } else { json!({"username": s.gitlab_user}) };
             (200, user, vec![])
+        }
+        ("GET", ["projects", p, "merge_requests"]) if q.contains_key("source_branch") => {
+            gitlab::find_merge_requests(&s, &r, p)
         }
         // Lists.
         ("GET", ["repos", o, r, "issues"]) | ("GET", ["projects", o, r @ ("issues" | "merge_requests")]) => {
@@ -334,11 +439,13 @@ async fn handle(state: &Arc<Mutex<State>>, addr: SocketAddr, req: Request<Incomi
                         && it.labels.contains(&label)
                         && want_mr.is_none_or(|mr| mr == (it.kind == FakeKind::MergeRequest))
                 })
-                .map(
-                    |((_, rp, n), it)| {
-                        if github { github_json(rp, *n, it, false) } else { gitlab_json(rp, ids[rp], *n, it, false) }
-                    },
-                )
+                .map(|((_, rp, n), it)| {
+                    if github {
+                        github::item_json(rp, *n, it, false)
+                    } else {
+                        gitlab::item_json(rp, ids[rp], *n, it, false)
+                    }
+                })
                 .collect();
             let pages = all.len().div_ceil(per_page).max(1);
             let chunk: Vec<Value> = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
@@ -373,104 +480,16 @@ async fn handle(state: &Arc<Mutex<State>>, addr: SocketAddr, req: Request<Incomi
             }
             (200, v, h)
         }
-        // One item.
-        ("GET", ["repos", o, r, "issues", n]) => {
-            let key = ("github".to_string(), format!("{o}/{r}"), n.parse().unwrap_or(0));
-            match s.items.get(&key) {
-                Some(it) => (200, github_json(&key.1, key.2, it, true), vec![]),
-                None => (404, json!({"message": "Not Found"}), vec![]),
-            }
+        (_, rest) => {
+            let routed = if github { github::route(&mut s, &r, rest) } else { gitlab::route(&mut s, &r, rest) };
+            routed.unwrap_or_else(|| {
+                (404, json!({"message": format!("the fake has no route {method} {raw_path}")}), vec![])
+            })
         }
-        ("GET", ["projects", p, "issues" | "merge_requests", n]) => {
-            let repo =
-                ids.iter().find(|(path, id)| path.as_str() == *p || id.to_string() == *p).map(|(p, _)| p.clone());
-            let key = ("gitlab".to_string(), repo.clone().unwrap_or_default(), n.parse().unwrap_or(0));
-            match s.items.get(&key) {
-                Some(it) => (200, gitlab_json(&key.1, ids[&key.1], key.2, it, true), vec![]),
-                None => (404, json!({"message": "404 Not found"}), vec![]),
-            }
-        }
-        // GitHub label changes and comments.
-        ("DELETE", ["repos", o, r, "issues", n, "labels", name]) => {
-            let key = ("github".to_string(), format!("{o}/{r}"), n.parse().unwrap_or(0));
-            let frozen = s.frozen;
-            let clock = s.clock + 1;
-            match s.items.get_mut(&key) {
-                Some(it) if it.labels.iter().any(|l| l == name) => {
-                    if !frozen {
-                        it.labels.retain(|l| l != name);
-                        it.updated = clock;
-                    }
-                    s.clock = clock;
-                    (200, json!([]), vec![])
-                }
-                _ => (404, json!({"message": "Label does not exist"}), vec![]),
-            }
-        }
-        ("POST", ["repos", o, r, "issues", n, "labels"]) => {
-            let key = ("github".to_string(), format!("{o}/{r}"), n.parse().unwrap_or(0));
-            let frozen = s.frozen;
-            s.clock += 1;
-            let clock = s.clock;
-            match s.items.get_mut(&key) {
-                Some(it) => {
-                    if !frozen {
-                        for l in body["labels"].as_array().cloned().unwrap_or_default() {
-                            let l = l.as_str().unwrap_or_default().to_string();
-                            if !it.labels.contains(&l) {
-                                it.labels.push(l);
-                            }
-                        }
-                        it.updated = clock;
-                    }
-                    (200, json!([]), vec![])
-                }
-                None => (404, json!({"message": "Not Found"}), vec![]),
-            }
-        }
-        ("POST", ["repos", o, r, "issues", n, "comments"]) => {
-            comment(&mut s, ("github".to_string(), format!("{o}/{r}"), n.parse().unwrap_or(0)), &body)
-        }
-        // GitLab label changes and notes.
-        ("PUT", ["projects", p, "issues" | "merge_requests", n]) => {
-            let repo =
-                ids.iter().find(|(path, id)| path.as_str() == *p || id.to_string() == *p).map(|(p, _)| p.clone());
-            let key = ("gitlab".to_string(), repo.unwrap_or_default(), n.parse().unwrap_or(0));
-            let frozen = s.frozen;
-            s.clock += 1;
-            let clock = s.clock;
-            match s.items.get_mut(&key) {
-                Some(it) => {
-                    if !frozen {
-                        let split = |k: &str| -> Vec<String> {
-                            body[k]
-                                .as_str()
-                                .unwrap_or_default()
-                                .split(',')
-                                .filter(|x| !x.is_empty())
-                                .map(str::to_string)
-                                .collect()
-                        };
-                        let (remove, add) = (split("remove_labels"), split("add_labels"));
-                        it.labels.retain(|l| !remove.contains(l));
-                        for l in add {
-                            if !it.labels.contains(&l) {
-                                it.labels.push(l);
-                            }
-                        }
-                        it.updated = clock;
-                    }
-                    (200, gitlab_json(&key.1, ids[&key.1], key.2, it, true), vec![])
-                }
-                None => (404, json!({"message": "404 Not found"}), vec![]),
-            }
-        }
-        ("POST", ["projects", p, "issues" | "merge_requests", n, "notes"]) => {
-            let repo =
-                ids.iter().find(|(path, id)| path.as_str() == *p || id.to_string() == *p).map(|(p, _)| p.clone());
-            comment(&mut s, ("gitlab".to_string(), repo.unwrap_or_default(), n.parse().unwrap_or(0)), &body)
-        }
-        _ => (404, json!({"message": format!("the fake has no route {method} {raw_path}")}), vec![]),
+    };
+    let (status, value) = match s.fail_after.pop_front() {
+        Some(lost) => (lost, json!({"message": "the answer was lost"})),
+        None => (status, value),
     };
     log(&mut s, status);
     headers.extend(rl);
