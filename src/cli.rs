@@ -59,6 +59,8 @@ pub enum Command {
     Jobs(JobsCommand),
     /// Every instance sharing the journal: id, host, mode, version, started, last heartbeat.
     Instances,
+    /// What the agent runs cost: runs, tokens and USD per repository and UTC day.
+    Costs(CostsArgs),
     /// The journal itself: copy an SQLite journal into PostgreSQL.
     #[command(subcommand)]
     Journal(JournalCommand),
@@ -79,16 +81,33 @@ pub enum JournalCommand {
 pub enum JobsCommand {
     /// Newest first.
     List {
-        /// queued, running, waiting, retrying, dead, parked, done, dropped or skipped.
+        /// queued, running, waiting, retrying, dead, parked, done, dropped, skipped or paused.
         #[arg(long)]
         state: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Put a dead job back on the main queue, attempts reset.
+    /// One job: state, outcome, attempts, the prompt, the ledger, the pull request, the log tail.
+    Show {
+        id: String,
+        /// Print the whole log (where this host has it) and follow it while the job runs.
+        #[arg(long)]
+        log: bool,
+    },
+    /// Put a dead (or paused) job back on the main queue, attempts reset.
     Replay(JobTarget),
     /// Remove a dead job, skip a queued one, or cancel a running one.
     Drop(JobTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct CostsArgs {
+    /// First UTC day shown: YYYY-MM-DD, or a number of days back (7d); default 30d.
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// One repository (owner/name or group/project, any case).
+    #[arg(long)]
+    pub repo: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,7 @@
 //! What each command does, at the binary's edge (anyhow errors with context, printing to
 //! stdout). The long-running service is `app::run`.
 
-use crate::cli::{
-    Cli, Command, ConfigCommand, DeliveriesCommand, JobTarget, JobsCommand, JournalCommand, LogFormat, SendArgs,
-};
+use crate::cli::{Cli, Command, ConfigCommand, DeliveriesCommand, JournalCommand, LogFormat, SendArgs};
 use crate::config::{self, Config, Env, ensure_route_secrets};
 use crate::event::Bus;
 use crate::{app, headless, ops, send};
@@ -11,6 +9,7 @@ use anyhow::{Context, bail};
 use std::sync::Arc;
 
 mod deliveries;
+mod jobs;
 use tokio_util::sync::CancellationToken;
 
 /// Reads `./.env` if present (it never overrides variables already set).
@@ -93,7 +92,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Send(args)) => send_command(load_config(&cli, &env)?, args).await,
         Some(Command::Deliveries(cmd)) => deliveries_command(load_config(&cli, &env)?, cmd).await,
-        Some(Command::Jobs(cmd)) => jobs_command(load_config(&cli, &env)?, cmd).await,
+        Some(Command::Jobs(cmd)) => jobs::jobs_command(load_config(&cli, &env)?, cmd).await,
+        Some(Command::Costs(args)) => jobs::costs_command(load_config(&cli, &env)?, args).await,
         Some(Command::Instances) => instances_command(load_config(&cli, &env)?).await,
         Some(Command::Journal(JournalCommand::Migrate { to })) => {
             crate::store::pg::migrate_from_sqlite(&load_config(&cli, &env)?, to).await
@@ -196,60 +196,6 @@ async fn deliveries_command(config: Config, cmd: &DeliveriesCommand) -> anyhow::
             Ok(())
         }
     }
-}
-
-fn target(t: &JobTarget) -> ops::Jobs {
-    match &t.id {
-        Some(id) => ops::Jobs::One(id.clone()),
-        None => ops::Jobs::AllDead,
-    }
-}
-
-async fn jobs_command(config: Config, cmd: &JobsCommand) -> anyhow::Result<()> {
-    use crate::store::TaskState;
-    let ops = ops::Ops::open(&config).await?;
-    let lines = match cmd {
-        JobsCommand::List { state, limit } => {
-            println!(
-                "{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  {:<12}  DETAIL",
-                "ID", "STATE", "ITEM", "TRY", "PCT", "INSTANCE"
-            );
-            for j in ops.jobs_list(state.as_deref(), *limit).await? {
-                let detail = match j.state {
-                    TaskState::Running => j.progress_message.clone().unwrap_or_default(),
-                    TaskState::Waiting => format!("waiting behind {}", j.waiting_behind.clone().unwrap_or_default()),
-                    TaskState::Retrying => format!(
-                        "next attempt in {} s; {}",
-                        (j.next_attempt_unix.unwrap_or(0) - crate::store::unix_now()).max(0),
-                        j.failure.clone().unwrap_or_default()
-                    ),
-                    _ => j.failure.clone().unwrap_or_default(),
-                };
-                let pct = j.progress.map(|p| format!("{p}%")).unwrap_or_default();
-                // Progress messages and failures carry handler output: no control characters.
-                let (item, detail) = (crate::text::for_terminal_line(&j.item), crate::text::for_terminal_line(&detail));
-                let instance = j.instance.as_deref().map(short_id).unwrap_or("-");
-                println!(
-                    "{:<36}  {:<8}  {:<28}  {:>3}  {:>4}  {instance:<12}  {detail}",
-                    j.id,
-                    j.state.as_str(),
-                    item,
-                    j.attempt,
-                    pct
-                );
-            }
-            return Ok(());
-        }
-        JobsCommand::Replay(t) => ops.jobs_replay(target(t)).await?,
-        JobsCommand::Drop(t) => ops.jobs_drop(target(t)).await?,
-    };
-    for line in &lines {
-        println!("{line}");
-    }
-    if lines.iter().any(|l| l.contains("no such job") || l.contains(": not ")) {
-        bail!("some jobs were not changed");
-    }
-    Ok(())
 }
 
 /// An instance id as `jobs list` and `instances` show it: its first 12 characters.

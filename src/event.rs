@@ -112,6 +112,21 @@ pub enum Event {
         /// When a retrying task runs again (Unix seconds).
         retry_at_unix: Option<i64>,
     },
+    /// The built-in agent runner heard its agent: a readable step of its stream, with the
+    /// ledger so far (`step` empty for a ledger-only update).
+    AgentStep {
+        task_id: String,
+        step: String,
+        usage: crate::store::runs::Usage,
+    },
+    /// An agent run ended (before its task's `TaskFinished`).
+    AgentRunEnded {
+        task_id: String,
+        profile: String,
+        outcome: crate::store::runs::RunOutcome,
+        usage: crate::store::runs::Usage,
+        pr_url: Option<String>,
+    },
     /// Another task for the same item is running; this one runs after it.
     TaskWaiting {
         task_id: String,

@@ -58,6 +58,7 @@ pub fn log(event: &Event) {
                     task_id.as_deref().unwrap_or("none")
                 ),
                 Verdict::Pong => info!("Ping received: answered pong (delivery {journal_id})"),
+                Verdict::Cancelled => info!("Run cancelled from the forge: delivery {journal_id} ({item}): {reason}"),
                 // Refusals come as `DeliveryRejected`; a decided delivery is never one.
                 Verdict::Rejected => warn!("Rejected delivery {journal_id} ({item}): {reason}{replay}"),
             }
@@ -97,6 +98,15 @@ pub fn log(event: &Event) {
                 TaskState::Skipped => info!("Task skipped, not run: task={task_id} item={item}{why}"),
                 _ => info!("Task {state}: task={task_id} item={item}{why}"),
             }
+        }
+        Event::AgentStep { task_id, step, .. } if !step.is_empty() => info!("Agent: task={task_id} {step}"),
+        Event::AgentStep { .. } => {}
+        Event::AgentRunEnded { task_id, profile, outcome, usage, pr_url } => {
+            let pr = pr_url.as_deref().map(|u| format!(" {u}")).unwrap_or_default();
+            info!(
+                "Agent run ended: task={task_id} profile={profile} outcome={outcome} turns={} cost=${:.4}{pr}",
+                usage.turns, usage.cost_usd
+            )
         }
         Event::TaskWaiting { task_id, item } => info!("Task waiting: task={task_id} item={item} is already running"),
         Event::TaskSkipped { task_id, reason } => info!("Task skipped: task={task_id}: {reason}"),

@@ -13,12 +13,15 @@
 //! - done: `processing` (and the trigger) → `labels.done`
 //! - failed: `processing` (and the trigger) → `labels.failed`, then a comment with the reason
 //!   and the attempt count.
-//! - skipped (the worker's re-check found the item closed, merged or unlabelled): `processing`
-//!   goes.
+//! - skipped (the worker's re-check found the item closed, merged or unlabelled, or its run was
+//!   cancelled): `processing` goes.
+//! - comment: the agent run's progress comment gets its final body — edited in place, or posted
+//!   (and recorded) when the run never managed to post it or someone deleted it. A task with a
+//!   progress comment gets no separate failure comment: the final body says why.
 
 use crate::config::Labels;
 use crate::event::{Bus, Event};
-use crate::forge::{ForgeError, Forges};
+use crate::forge::{EditError, ForgeError, Forges};
 use crate::store::label_ops::{self, LabelOp, Pending};
 use crate::store::{Journal, unix_now};
 use std::time::Duration;
@@ -60,7 +63,7 @@ pub async fn run(
             // label swaps are idempotent, so the next start carries it out.
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                r = apply(&forges, &labels, &op, busy) => r,
+                r = apply(&journal, &forges, &labels, &op, busy) => r,
             };
             let (id, tries) = (op.id, op.tries + 1);
             let (error, gave_up) = match &result {
@@ -93,7 +96,13 @@ async fn item_has_another_live_task(journal: &Journal, op: &Pending) -> bool {
     matches!(journal.live_task_for(op.task.item_key()).await, Ok(Some(id)) if id != op.task.id)
 }
 
-async fn apply(forges: &Forges, labels: &Labels, op: &Pending, item_busy: bool) -> Result<(), ForgeError> {
+async fn apply(
+    journal: &Journal,
+    forges: &Forges,
+    labels: &Labels,
+    op: &Pending,
+    item_busy: bool,
+) -> Result<(), ForgeError> {
     let task = &op.task;
     let Some(forge) = forges.get(task.source) else {
         // The token was removed since: nothing can be done, and nothing is wrong.
@@ -116,6 +125,10 @@ async fn apply(forges: &Forges, labels: &Labels, op: &Pending, item_busy: bool) 
         LabelOp::Failed => {
             // Swapping is idempotent, so a retry after a failed comment may swap again.
             forge.swap_labels(task, &strip(&processing_and_trigger), &labels.failed).await?;
+            if journal.run_comment(task.id.clone()).await.ok().flatten().is_some() {
+                // The run's progress comment already says why (one comment per run).
+                return Ok(());
+            }
             let reason = op.detail.as_deref().unwrap_or("unknown");
             let attempts = task.attempt;
             let body = format!(
@@ -124,6 +137,23 @@ async fn apply(forges: &Forges, labels: &Labels, op: &Pending, item_busy: bool) 
                 if attempts == 1 { "" } else { "s" }
             );
             forge.comment(task, &body).await
+        }
+        LabelOp::Comment => {
+            let body = op.detail.as_deref().unwrap_or_default();
+            let known = journal.run_comment(task.id.clone()).await.ok().flatten();
+            if let Some(comment) = known {
+                match forge.edit_comment(task, &comment, body).await {
+                    Ok(()) => return Ok(()),
+                    // Deleted by someone: post it again below.
+                    Err(EditError::Deleted { .. }) => {}
+                    Err(EditError::Forge(e)) => return Err(e),
+                }
+            }
+            let posted = forge.create_comment(task, body).await?;
+            if let Err(e) = journal.set_run_comment(task.id.clone(), posted).await {
+                tracing::warn!("task {}: cannot record its progress comment: {e}", task.id);
+            }
+            Ok(())
         }
     }
 }

@@ -44,8 +44,29 @@ struct LabelOpLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    profile: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    profile: String,
+    /// input | output | cache_read | cache_write
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProfileLabels {
+    profile: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    agent_runs: Family<AgentLabels, Counter>,
+    agent_tokens: Family<TokenLabels, Counter>,
+    agent_cost: Family<ProfileLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     deliveries: Family<DeliveryLabels, Counter>,
     queue: Family<QueueLabels, Gauge>,
     publish_seconds: Histogram,
@@ -118,7 +139,16 @@ impl Metrics {
         );
         let label_ops = Family::<LabelOpLabels, Counter>::default();
         registry.register("label_ops", "Label life-cycle operations by op and result", label_ops.clone());
+        let agent_runs = Family::<AgentLabels, Counter>::default();
+        registry.register("agent_runs", "Agent runs by profile and outcome", agent_runs.clone());
+        let agent_tokens = Family::<TokenLabels, Counter>::default();
+        registry.register("agent_tokens", "Tokens agent runs used, by profile and kind", agent_tokens.clone());
+        let agent_cost = Family::<ProfileLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register("agent_cost_usd", "What agent runs cost, in US dollars, by profile", agent_cost.clone());
         Metrics {
+            agent_runs,
+            agent_tokens,
+            agent_cost,
             poll,
             label_ops,
             journal_failures,
@@ -224,6 +254,23 @@ impl Metrics {
                     (Some(_), true) => "gave_up",
                 };
                 self.label_ops.get_or_create(&LabelOpLabels { op: op.to_string(), result: result.into() }).inc();
+            }
+            Event::AgentRunEnded { profile, outcome, usage, .. } => {
+                let labels = AgentLabels { profile: profile.clone(), outcome: outcome.to_string() };
+                self.agent_runs.get_or_create(&labels).inc();
+                for (kind, n) in [
+                    ("input", usage.input_tokens),
+                    ("output", usage.output_tokens),
+                    ("cache_read", usage.cache_read_tokens),
+                    ("cache_write", usage.cache_write_tokens),
+                ] {
+                    self.agent_tokens
+                        .get_or_create(&TokenLabels { profile: profile.clone(), kind: kind.into() })
+                        .inc_by(n);
+                }
+                self.agent_cost
+                    .get_or_create(&ProfileLabels { profile: profile.clone() })
+                    .inc_by(usage.cost_usd.max(0.0));
             }
             Event::TaskFinished { state, duration_ms, .. } => {
                 self.task_seconds

@@ -159,9 +159,18 @@ fn decide_every_way(p: &Parsed) {
     let filters =
         [Filter::default(), Filter { labels: vec!["bug".into()], repos: vec!["Codertocat/Hello-World".into()] }];
     for f in &filters {
-        for d in [decide(p, f), decide_as(p, f, p.sender.as_deref()), decide_as(p, f, Some("root"))] {
-            if let Decision::Task { label } = d {
-                assert!(f.labels.contains(&label) && p.item.is_some());
+        for d in [
+            decide(p, f),
+            decide_as(p, f, p.sender.as_deref(), None),
+            decide_as(p, f, Some("root"), Some("agent processing")),
+        ] {
+            match d {
+                Decision::Task { label } => assert!(f.labels.contains(&label) && p.item.is_some()),
+                // Only a verified removal of a trigger or processing label cancels.
+                Decision::Cancel { label, .. } => {
+                    assert!((f.labels.contains(&label) || label == "agent processing") && p.item.is_some())
+                }
+                _ => {}
             }
         }
     }

@@ -2,11 +2,13 @@
 //! and validation. Loading (file + environment layering) lives in `load`, secret handling in
 //! `secret`, the generated starter file in `init`.
 
+mod agent;
 mod init;
 pub mod load;
 mod secret;
 mod secrets_file;
 
+pub use agent::{Agent, AgentProfile, ModelPrice};
 pub use init::{init_config, render_template};
 pub use load::{ConfigError, Env, default_config_path, load};
 pub use secret::{MASK, Secret};
@@ -29,6 +31,7 @@ pub struct Config {
     pub poll: Poll,
     pub storage: Storage,
     pub ui: Ui,
+    pub agent: Agent,
     /// The file this config was read from, if any (a sandboxed handler must not see it).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -36,7 +39,7 @@ pub struct Config {
 
 /// The section names, in file order; env layering and error messages use them.
 pub const SECTIONS: &[&str] =
-    &["listen", "github", "gitlab", "filter", "labels", "broker", "worker", "poll", "storage", "ui"];
+    &["listen", "github", "gitlab", "filter", "labels", "broker", "worker", "poll", "storage", "ui", "agent"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -76,11 +79,19 @@ pub struct GitHub {
     pub webhook_secret: Secret,
     pub token: Secret,
     pub api_url: String,
+    /// Where the agent runner clones from and pushes to (`{repo}` = owner/name); empty = the
+    /// host of `api_url` (github.com, or the GitHub Enterprise server's).
+    pub git_url: String,
 }
 
 impl Default for GitHub {
     fn default() -> Self {
-        GitHub { webhook_secret: Secret::default(), token: Secret::default(), api_url: "https://api.github.com".into() }
+        GitHub {
+            webhook_secret: Secret::default(),
+            token: Secret::default(),
+            api_url: "https://api.github.com".into(),
+            git_url: String::new(),
+        }
     }
 }
 
@@ -93,6 +104,9 @@ pub struct GitLab {
     pub signing_token: Secret,
     pub token: Secret,
     pub api_url: String,
+    /// Where the agent runner clones from and pushes to (`{repo}` = group/project); empty =
+    /// the host of `api_url`.
+    pub git_url: String,
 }
 
 impl Default for GitLab {
@@ -103,6 +117,7 @@ impl Default for GitLab {
             signing_token: Secret::default(),
             token: Secret::default(),
             api_url: "https://gitlab.com/api/v4".into(),
+            git_url: String::new(),
         }
     }
 }
@@ -458,6 +473,7 @@ impl Config {
                 message: format!("'{r}' is not owner/name (GitHub) or group/project (GitLab)"),
             });
         }
+        self.agent.validate(!self.worker.command.is_empty(), &data, |model| self.agent.prices.contains_key(model))?;
         Ok(())
     }
 

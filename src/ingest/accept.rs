@@ -95,6 +95,8 @@ pub struct Ingest {
     salt: Arc<[u8]>,
     /// The instance that receives (recorded with each delivery); none for an operator's replay.
     instance: Option<Arc<str>>,
+    /// `labels.processing`: its removal, like a trigger label's, cancels the item's run.
+    processing: Arc<str>,
 }
 
 impl Ingest {
@@ -117,6 +119,7 @@ impl Ingest {
             caps: RejectedCaps::default(),
             salt: salt.into(),
             instance: None,
+            processing: config.labels.processing.as_str().into(),
         })
     }
 
@@ -206,7 +209,11 @@ impl Ingest {
             event: parsed.event.clone(),
             action: parsed.action.clone(),
         });
-        let decision = filter::decide_as(&parsed, &self.filter, self.self_users.get(parsed.source));
+        let me = self.self_users.get(parsed.source);
+        // With the life-cycle on, agentctl removes labels itself: until its own user is known, a
+        // removal cannot be told from a person's, and none cancels.
+        let processing = (me.is_some() || !self.lifecycle(parsed.source)).then_some(&*self.processing);
+        let decision = filter::decide_as(&parsed, &self.filter, me, processing);
         let record = self.delivery(&incoming, token_fp, "ok", 200, String::new());
         self.commit(record, parsed, decision, incoming.replay_of).await
     }
@@ -375,15 +382,44 @@ impl Ingest {
         decision: Decision,
         replay_of: Option<i64>,
     ) -> Answer {
+        let cancelled = match (&decision, &parsed.item) {
+            (Decision::Cancel { label, by }, Some(item)) => {
+                let by = by.as_deref().map(|u| format!(" by @{u}")).unwrap_or_default();
+                let why = format!("cancelled: label '{label}' removed{by}");
+                match self.journal.cancel_item(item.key(), why.clone()).await {
+                    Ok(tasks) => Some((tasks, why)),
+                    Err(e) => {
+                        self.bus.emit(Event::JournalFailed { error: e.to_string() });
+                        return Answer::Unavailable { reason: format!("the cancel could not be stored: {e}") };
+                    }
+                }
+            }
+            _ => None,
+        };
         let (verdict, reason, label) = match &decision {
+            Decision::Cancel { .. } => match &cancelled {
+                Some((tasks, why)) if !tasks.is_empty() => {
+                    let what: Vec<String> = tasks.iter().map(|(id, was)| format!("{id} ({was})")).collect();
+                    (Verdict::Cancelled, format!("{why}: {}", what.join(", ")), None)
+                }
+                _ => (
+                    Verdict::Ignored,
+                    "a trigger or processing label was removed; the item has no live task".into(),
+                    None,
+                ),
+            },
             Decision::Task { label } => (Verdict::Queued, format!("label '{label}' matched"), Some(label.clone())),
             Decision::Ignore { reason } => (Verdict::Ignored, reason.clone(), None),
             Decision::Pong => (Verdict::Pong, "ping".to_string(), None),
         };
-        let provisional = match &decision {
-            Decision::Task { .. } => Answer::Queued { task_id: String::new() },
-            Decision::Ignore { reason } => Answer::Ignored { reason: reason.clone() },
-            Decision::Pong => Answer::Pong,
+        let provisional = match (&decision, &cancelled) {
+            (Decision::Cancel { .. }, Some((tasks, _))) if !tasks.is_empty() => {
+                Answer::Cancelled { task_ids: tasks.iter().map(|(id, _)| id.clone()).collect(), reason: reason.clone() }
+            }
+            (Decision::Cancel { .. }, _) => Answer::Ignored { reason: reason.clone() },
+            (Decision::Task { .. }, _) => Answer::Queued { task_id: String::new() },
+            (Decision::Ignore { reason }, _) => Answer::Ignored { reason: reason.clone() },
+            (Decision::Pong, _) => Answer::Pong,
         };
         record.http_status = provisional.status();
         record.reason = reason.clone();

@@ -16,6 +16,11 @@ pub enum Answer {
         task_id: Option<String>,
     },
     Pong,
+    /// A trigger or processing label was removed: what was cancelled, and why.
+    Cancelled {
+        task_ids: Vec<String>,
+        reason: String,
+    },
     Unauthorized {
         reason: String,
     },
@@ -45,7 +50,7 @@ impl Answer {
     pub fn status(&self) -> u16 {
         match self {
             Answer::Queued { .. } => 202,
-            Answer::Ignored { .. } | Answer::Duplicate { .. } | Answer::Pong => 200,
+            Answer::Ignored { .. } | Answer::Duplicate { .. } | Answer::Pong | Answer::Cancelled { .. } => 200,
             Answer::Unauthorized { .. } => 401,
             Answer::BadRequest { .. } => 400,
             Answer::TooLarge { .. } => 413,
@@ -62,6 +67,9 @@ impl Answer {
             Answer::Ignored { reason } => json!({"status": "ignored", "reason": reason}),
             Answer::Duplicate { task_id } => json!({"status": "duplicate", "task_id": task_id}),
             Answer::Pong => json!({"status": "pong"}),
+            Answer::Cancelled { task_ids, reason } => {
+                json!({"status": "cancelled", "task_ids": task_ids, "reason": reason})
+            }
             Answer::Unauthorized { reason } => json!({"status": "unauthorized", "reason": reason}),
             Answer::BadRequest { reason } => json!({"status": "bad_request", "reason": reason}),
             Answer::TooLarge { limit } => {

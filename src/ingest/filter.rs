@@ -14,19 +14,29 @@ pub enum Decision {
         reason: String,
     },
     Pong,
+    /// A trigger or processing label was removed by someone other than agentctl: the item's
+    /// live run is cancelled and its waiting tasks dropped.
+    Cancel {
+        label: String,
+        by: Option<String>,
+    },
 }
 
 /// The reason given for an event agentctl caused itself (loop protection).
 pub const SELF_EVENT: &str = "self-event";
 
 pub fn decide(p: &Parsed, filter: &Filter) -> Decision {
-    decide_as(p, filter, None)
+    decide_as(p, filter, None, None)
 }
 
 /// [`decide`], knowing the forge user whose token agentctl uses: events that user caused (the
 /// label life-cycle's own label changes and comments) are ignored as `self-event`, so agentctl
 /// never triggers itself.
-pub fn decide_as(p: &Parsed, filter: &Filter, self_user: Option<&str>) -> Decision {
+///
+/// `processing` is `labels.processing` when a label's removal may cancel a run: removing it or a
+/// trigger label cancels. `None` when agentctl cannot tell its own removals (the life-cycle's
+/// trigger → processing swap) from a person's yet — its forge user is not known — so none cancels.
+pub fn decide_as(p: &Parsed, filter: &Filter, self_user: Option<&str>, processing: Option<&str>) -> Decision {
     let ignore = |reason: String| Decision::Ignore { reason };
     let is_trigger = |l: &str| filter.labels.iter().any(|t| t == l);
     match &p.change {
@@ -45,14 +55,29 @@ pub fn decide_as(p: &Parsed, filter: &Filter, self_user: Option<&str>) -> Decisi
     if !filter.repos.is_empty() && !filter.repos.iter().any(|r| r.eq_ignore_ascii_case(&item.repo_full_name)) {
         return ignore(format!("repository '{}' is not in filter.repos", item.repo_full_name));
     }
+    let cancels = |l: &str| is_trigger(l) || processing.is_some_and(|p| !p.is_empty() && p == l);
+    let cancel = |label: &str| match processing {
+        Some(_) => Decision::Cancel { label: label.to_string(), by: p.sender.clone() },
+        None => ignore(format!(
+            "label '{label}' removed; agentctl's own forge user is not known yet, so this cannot be told \
+             from its own label change: nothing cancelled"
+        )),
+    };
     match &p.change {
+        Change::Unlabeled(label) if cancels(label) => cancel(label),
+        Change::Unlabeled(label) => ignore(format!("label '{label}' removed is not a trigger or processing label")),
+        Change::LabelsChanged { added, removed }
+            if !added.iter().any(|l| is_trigger(l)) && removed.iter().any(|l| cancels(l)) =>
+        {
+            cancel(removed.iter().find(|l| cancels(l)).expect("checked"))
+        }
         Change::Labeled(label) if is_trigger(label) => Decision::Task { label: label.clone() },
         Change::Labeled(label) => ignore(format!("label '{label}' is not a trigger label")),
         Change::Opened => match item.labels.iter().find(|l| is_trigger(l)) {
             Some(label) => Decision::Task { label: label.clone() },
             None => ignore(format!("action '{}' without a trigger label", p.action.as_deref().unwrap_or("open"))),
         },
-        Change::LabelsChanged { added } => match added.iter().find(|l| is_trigger(l)) {
+        Change::LabelsChanged { added, .. } => match added.iter().find(|l| is_trigger(l)) {
             Some(label) => Decision::Task { label: label.clone() },
             None => match item.labels.iter().find(|l| is_trigger(l)) {
                 Some(label) => ignore(format!("label '{label}' was already present; the update kept it")),
@@ -112,19 +137,28 @@ mod tests {
         p.action = Some("reopened".into());
         assert_eq!(reason(decide(&p, &f)), "action 'reopened' without a trigger label");
         assert_eq!(
-            decide(&parsed(Change::LabelsChanged { added: vec!["coding agent".into()] }, &["coding agent"]), &f),
+            decide(
+                &parsed(
+                    Change::LabelsChanged { removed: vec![], added: vec!["coding agent".into()] },
+                    &["coding agent"]
+                ),
+                &f
+            ),
             task("coding agent")
         );
         assert_eq!(
-            reason(decide(&parsed(Change::LabelsChanged { added: vec!["x".into()] }, &["coding agent", "x"]), &f)),
+            reason(decide(
+                &parsed(Change::LabelsChanged { removed: vec![], added: vec!["x".into()] }, &["coding agent", "x"]),
+                &f
+            )),
             "label 'coding agent' was already present; the update kept it"
         );
         assert_eq!(
-            reason(decide(&parsed(Change::LabelsChanged { added: vec!["x".into()] }, &["x"]), &f)),
+            reason(decide(&parsed(Change::LabelsChanged { removed: vec![], added: vec!["x".into()] }, &["x"]), &f)),
             "labels added (x) are not trigger labels"
         );
         assert_eq!(
-            reason(decide(&parsed(Change::LabelsChanged { added: vec![] }, &[]), &f)),
+            reason(decide(&parsed(Change::LabelsChanged { removed: vec![], added: vec![] }, &[]), &f)),
             "update removed labels only"
         );
         assert_eq!(reason(decide(&parsed(Change::Unchanged, &["coding agent"]), &f)), "update did not change labels");
@@ -168,14 +202,42 @@ mod tests {
             }
             p.change = Change::Opened;
             assert_eq!(p.sender.as_deref(), Some(sender), "{}", p.event);
-            assert!(matches!(decide_as(&p, &f, Some("someone-else")), Decision::Task { .. }), "{}", p.event);
-            assert!(matches!(decide_as(&p, &f, None), Decision::Task { .. }));
-            assert_eq!(reason(decide_as(&p, &f, Some(sender))), SELF_EVENT, "{}", p.event);
-            assert_eq!(reason(decide_as(&p, &f, Some(&sender.to_uppercase()))), SELF_EVENT, "logins ignore case");
+            assert!(matches!(decide_as(&p, &f, Some("someone-else"), None), Decision::Task { .. }), "{}", p.event);
+            assert!(matches!(decide_as(&p, &f, None, None), Decision::Task { .. }));
+            assert_eq!(reason(decide_as(&p, &f, Some(sender), None)), SELF_EVENT, "{}", p.event);
+            assert_eq!(reason(decide_as(&p, &f, Some(&sender.to_uppercase()), None)), SELF_EVENT, "logins ignore case");
         }
         // A ping is answered whoever sent it.
         let ping = github::parse("ping", None, &payload("github/ping.json")).unwrap();
-        assert_eq!(decide_as(&ping, &f, Some("Codertocat")), Decision::Pong);
+        assert_eq!(decide_as(&ping, &f, Some("Codertocat"), None), Decision::Pong);
+    }
+
+    #[test]
+    fn removing_a_trigger_or_processing_label_cancels_unless_agentctl_did_it() {
+        let f = Filter::default();
+        let mut p = parsed(Change::Unlabeled("coding agent".into()), &[]);
+        p.sender = Some("alice".into());
+        let cancel = |label: &str| Decision::Cancel { label: label.into(), by: Some("alice".into()) };
+        assert_eq!(decide_as(&p, &f, Some("bot"), Some("agent processing")), cancel("coding agent"));
+        p.change = Change::Unlabeled("agent processing".into());
+        assert_eq!(decide_as(&p, &f, Some("bot"), Some("agent processing")), cancel("agent processing"));
+        p.change = Change::Unlabeled("bug".into());
+        assert_eq!(
+            reason(decide_as(&p, &f, Some("bot"), Some("agent processing"))),
+            "label 'bug' removed is not a trigger or processing label"
+        );
+        // The life-cycle's own trigger → processing swap.
+        p.change = Change::Unlabeled("coding agent".into());
+        assert_eq!(reason(decide_as(&p, &f, Some("ALICE"), Some("agent processing"))), SELF_EVENT);
+        // Its own user not known yet: a removal cannot be told from its own.
+        assert!(reason(decide_as(&p, &f, None, None)).contains("nothing cancelled"));
+        // GitLab: an update that removes the trigger label and adds none.
+        p.change = Change::LabelsChanged { added: vec!["x".into()], removed: vec!["coding agent".into()] };
+        assert_eq!(decide_as(&p, &f, Some("bot"), Some("agent processing")), cancel("coding agent"));
+        // ... but one that swaps to another trigger label is a new task.
+        let f2 = Filter { labels: vec!["coding agent".into(), "ai".into()], repos: vec![] };
+        p.change = Change::LabelsChanged { added: vec!["ai".into()], removed: vec!["coding agent".into()] };
+        assert_eq!(decide_as(&p, &f2, Some("bot"), Some("agent processing")), Decision::Task { label: "ai".into() });
     }
 
     #[test]

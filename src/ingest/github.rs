@@ -99,6 +99,10 @@ pub fn parse(event: &str, content_type: Option<&str>, body: &[u8]) -> Result<Par
             Some(l) => Change::Labeled(l.name),
             None => return Err(ParseError("labeled payload has no label".into())),
         },
+        Some("unlabeled") => match p.label {
+            Some(l) => Change::Unlabeled(l.name),
+            None => return Err(ParseError("unlabeled payload has no label".into())),
+        },
         Some("opened") | Some("reopened") => Change::Opened,
         Some(other) => Change::Unhandled(format!("action '{other}' is not handled")),
         None => return Err(ParseError(format!("{event} payload has no action"))),

@@ -116,14 +116,10 @@ pub fn parse(body: &[u8], system: bool) -> Result<Parsed, ParseError> {
         Some("update") => match p.changes.and_then(|c| c.labels) {
             Some(ch) => {
                 let before: Vec<String> = ch.previous.unwrap_or_default().into_iter().map(|l| l.title).collect();
-                let added = ch
-                    .current
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|l| l.title)
-                    .filter(|t| !before.contains(t))
-                    .collect();
-                Change::LabelsChanged { added }
+                let after: Vec<String> = ch.current.unwrap_or_default().into_iter().map(|l| l.title).collect();
+                let added = after.iter().filter(|t| !before.contains(t)).cloned().collect();
+                let removed = before.into_iter().filter(|t| !after.contains(t)).collect();
+                Change::LabelsChanged { added, removed }
             }
             None => Change::Unchanged,
         },
@@ -160,7 +156,7 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_slice(&payload("gitlab/merge_request.json")).unwrap();
         v["object_attributes"]["action"] = "update".into();
         let p = parse(&serde_json::to_vec(&v).unwrap(), false).unwrap();
-        assert_eq!(p.change, Change::LabelsChanged { added: vec!["Platform".into()] });
+        assert!(matches!(&p.change, Change::LabelsChanged { added, .. } if added == &["Platform".to_string()]));
         let item = p.item.unwrap();
         assert_eq!(item.kind, Kind::MergeRequest);
         assert_eq!(item.number, 1);

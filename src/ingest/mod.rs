@@ -31,8 +31,10 @@ pub enum Change {
     Labeled(String),
     /// Opened or reopened: the labels it carries now count.
     Opened,
-    /// GitLab `update` with a label change: the labels newly added.
-    LabelsChanged { added: Vec<String> },
+    /// This label was just removed (GitHub `unlabeled`).
+    Unlabeled(String),
+    /// GitLab `update` with a label change: the labels newly added and those removed.
+    LabelsChanged { added: Vec<String>, removed: Vec<String> },
     /// GitLab `update` that did not touch the labels.
     Unchanged,
     /// Not an event or action agentctl acts on; the reason says which.

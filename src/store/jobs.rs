@@ -122,7 +122,7 @@ pub fn drop_task(c: &Connection, id: &str) -> rusqlite::Result<Option<Dropped>> 
     let Some(state) = state_of(c, id)? else { return Ok(None) };
     let now = unix_now();
     Ok(Some(match state {
-        TaskState::Queued | TaskState::Waiting | TaskState::Retrying => {
+        TaskState::Queued | TaskState::Waiting | TaskState::Retrying | TaskState::Paused => {
             c.execute(
                 "UPDATE tasks SET state = 'dropped', failure = 'dropped by an operator', waiting_behind = NULL,
                      updated_unix = ?2 WHERE id = ?1",
@@ -131,7 +131,7 @@ pub fn drop_task(c: &Connection, id: &str) -> rusqlite::Result<Option<Dropped>> 
             Dropped::Tombstoned
         }
         TaskState::Running => {
-            c.execute("UPDATE tasks SET cancel_requested = 1, updated_unix = ?2 WHERE id = ?1", (id, now))?;
+            c.execute("UPDATE tasks SET cancel_requested = 1, failure = 'cancelled by an operator', updated_unix = ?2 WHERE id = ?1", (id, now))?;
             Dropped::Cancelling
         }
         TaskState::Dead => {
@@ -146,7 +146,7 @@ pub fn drop_task(c: &Connection, id: &str) -> rusqlite::Result<Option<Dropped>> 
 /// as a replay. Returns the new message, or None when the task is unknown or still active.
 pub fn replay_task(c: &Connection, id: &str, main_queue: &str) -> rusqlite::Result<Option<Task>> {
     let Some((state, mut task)) = task_state(c, id)? else { return Ok(None) };
-    if !state.is_final() {
+    if !state.is_replayable() {
         return Ok(None);
     }
     task.attempt = 1;

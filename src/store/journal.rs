@@ -32,7 +32,7 @@ type R<T> = Result<T, StoreError>;
 /// Everything the journal holds and every transition made on it. Each write is one transaction:
 /// a state and the outbox row or label operation that follows it never disagree.
 #[async_trait]
-pub trait Backend: Send + Sync {
+pub trait Backend: super::runs::RunStore + Send + Sync {
     /// What to show a person: the file's path, or the database URL without its password.
     fn describe(&self) -> String;
     /// A journal that other instances may share (PostgreSQL): no instance may assume it is alone.

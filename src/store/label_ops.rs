@@ -18,6 +18,9 @@ pub enum LabelOp {
     Failed,
     /// The worker's re-check skipped the task: `labels.processing` goes.
     Skipped,
+    /// The agent run's progress comment gets `detail` as its final body (edited in place, or
+    /// posted when the run never managed to post it).
+    Comment,
 }
 
 impl LabelOp {
@@ -27,6 +30,7 @@ impl LabelOp {
             LabelOp::Done => "done",
             LabelOp::Failed => "failed",
             LabelOp::Skipped => "skipped",
+            LabelOp::Comment => "comment",
         }
     }
 
@@ -36,6 +40,7 @@ impl LabelOp {
             "done" => Some(LabelOp::Done),
             "failed" => Some(LabelOp::Failed),
             "skipped" => Some(LabelOp::Skipped),
+            "comment" => Some(LabelOp::Comment),
             _ => None,
         }
     }

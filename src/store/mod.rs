@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod pg;
 pub mod retention;
 mod route;
+pub mod runs;
 mod schema;
 mod sqlite;
 mod state;

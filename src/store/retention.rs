@@ -62,6 +62,9 @@ pub(super) fn sweep_chunk(c: &rusqlite::Connection, cutoff: i64, chunk: i64) -> 
     )?;
     // Label operations whose task went (done, or given up long ago).
     c.execute("DELETE FROM label_ops WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
+    // An agent run's row and comment go with their task (`agentctl costs` covers the retention).
+    c.execute("DELETE FROM runs WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
+    c.execute("DELETE FROM run_comments WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
     // Each removed rejected row comes off the running counts of the rejected-row
     // caps; nothing here counts the table.
     let (mut n, mut rejected, mut bytes) = (0, 0, 0);

@@ -204,6 +204,44 @@ CREATE TABLE instances (
     r#"
 DROP INDEX IF EXISTS tasks_item;
 "#,
+    // 12: the built-in agent runner's runs (prompt, steps, ledger, outcome, pull request), one
+    // row per attempt, and the progress comment a task's runs share. `repo_key` is the
+    // repository lowercased (GitHub and GitLab names are case-insensitive): costs and the daily
+    // budget group by it.
+    r#"
+CREATE TABLE runs (
+    id                 INTEGER PRIMARY KEY,
+    task_id            TEXT NOT NULL,
+    attempt            INTEGER NOT NULL,
+    repo               TEXT NOT NULL,
+    repo_key           TEXT NOT NULL,
+    profile            TEXT NOT NULL,
+    model              TEXT NOT NULL,
+    branch             TEXT NOT NULL,
+    prompt             TEXT NOT NULL,
+    started_unix       INTEGER NOT NULL,
+    day                TEXT NOT NULL,
+    ended_unix         INTEGER,
+    outcome            TEXT,
+    turns              INTEGER NOT NULL DEFAULT 0,
+    input_tokens       INTEGER NOT NULL DEFAULT 0,
+    output_tokens      INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd           REAL NOT NULL DEFAULT 0,
+    cost_source        TEXT NOT NULL DEFAULT 'unknown',
+    pr_url             TEXT,
+    steps              TEXT NOT NULL DEFAULT '[]',
+    final_message      TEXT
+);
+CREATE INDEX runs_task ON runs(task_id, id);
+CREATE INDEX runs_day ON runs(day, repo_key);
+CREATE TABLE run_comments (
+    task_id    TEXT PRIMARY KEY,
+    comment_id TEXT NOT NULL,
+    url        TEXT
+);
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -19,10 +19,13 @@ pub enum TaskState {
     Dropped,
     /// The worker's re-check found the item closed, merged or unlabelled: not run.
     Skipped,
+    /// Its repository's agent runs spent `agent.daily_budget_usd` today: it runs the next UTC
+    /// day (`next_attempt_unix`), or when an operator replays it.
+    Paused,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 9] = [
+    pub const ALL: [TaskState; 10] = [
         TaskState::Queued,
         TaskState::Running,
         TaskState::Waiting,
@@ -32,6 +35,7 @@ impl TaskState {
         TaskState::Done,
         TaskState::Dropped,
         TaskState::Skipped,
+        TaskState::Paused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +49,7 @@ impl TaskState {
             TaskState::Done => "done",
             TaskState::Dropped => "dropped",
             TaskState::Skipped => "skipped",
+            TaskState::Paused => "paused",
         }
     }
 
@@ -54,7 +59,15 @@ impl TaskState {
 
     /// Still to run, or running: an item with such a task needs no new one.
     pub fn is_live(self) -> bool {
-        matches!(self, TaskState::Queued | TaskState::Running | TaskState::Waiting | TaskState::Retrying)
+        matches!(
+            self,
+            TaskState::Queued | TaskState::Running | TaskState::Waiting | TaskState::Retrying | TaskState::Paused
+        )
+    }
+
+    /// An operator may replay it: it ended, or it waits for a budget.
+    pub fn is_replayable(self) -> bool {
+        self.is_final() || self == TaskState::Paused
     }
 
     /// Ended for good until an operator's replay.

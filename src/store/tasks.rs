@@ -95,7 +95,7 @@ pub fn claim(c: &Connection, task: &Task, lease: &Lease, now_ms: i64) -> rusqlit
     };
     match state {
         TaskState::Dropped => return skip(SkipReason::Dropped),
-        s if s.is_final() => return skip(SkipReason::Finished(s)),
+        s if s.is_replayable() => return skip(SkipReason::Finished(s)),
         _ if task.generation != generation => {
             return skip(SkipReason::Stale { generation: task.generation, current: generation, state });
         }
@@ -229,6 +229,12 @@ pub enum Finish {
     /// Not run: the item is closed, merged, or no longer labelled.
     Skipped {
         reason: String,
+    },
+    /// Not run: its repository's agent budget for the day is spent. It waits, `paused`, until
+    /// `until_unix` (the next UTC day; see `wake_paused`) or an operator's replay.
+    Paused {
+        reason: String,
+        until_unix: i64,
     },
 }
 
@@ -366,7 +372,37 @@ pub(crate) fn end(c: &Connection, id: &str, outcome: &Finish) -> rusqlite::Resul
             )?;
             Ok(state)
         }
+        Finish::Paused { reason, until_unix } => {
+            c.execute(
+                "UPDATE tasks SET state = 'paused', failure = ?2, owner = NULL, lease_until_ms = NULL,
+                     waiting_behind = NULL, next_attempt_unix = ?3, updated_unix = ?4 WHERE id = ?1",
+                params![id, reason, until_unix, now],
+            )?;
+            Ok(TaskState::Paused)
+        }
     }
+}
+
+/// Paused tasks whose day has come go back on the main queue under a new generation; returns
+/// how many.
+pub fn wake_paused(c: &Connection, now: i64, main_queue: &str) -> rusqlite::Result<usize> {
+    let ids: Vec<String> = c
+        .prepare_cached(
+            "SELECT id FROM tasks WHERE state = 'paused' AND next_attempt_unix <= ?1 ORDER BY created_unix",
+        )?
+        .query_map([now], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in &ids {
+        if let Some((_, task)) = task_state(c, id)? {
+            next_generation(c, task)?;
+        }
+        c.execute(
+            "UPDATE tasks SET state = 'queued', failure = NULL, next_attempt_unix = NULL, updated_unix = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        enqueue(c, id, main_queue, 0)?;
+    }
+    Ok(ids.len())
 }
 
 /// Writes `task` back as the task's message under its next generation, for a publish that is

@@ -15,11 +15,13 @@ pub enum Verdict {
     Pong,
     /// Refused before a decision: bad signature or token, malformed, too large.
     Rejected,
+    /// A trigger or processing label was removed: the item's live tasks were cancelled.
+    Cancelled,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 5] =
-        [Verdict::Queued, Verdict::Ignored, Verdict::Duplicate, Verdict::Pong, Verdict::Rejected];
+    pub const ALL: [Verdict; 6] =
+        [Verdict::Queued, Verdict::Ignored, Verdict::Duplicate, Verdict::Pong, Verdict::Rejected, Verdict::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -28,6 +30,7 @@ impl Verdict {
             Verdict::Duplicate => "duplicate",
             Verdict::Pong => "pong",
             Verdict::Rejected => "rejected",
+            Verdict::Cancelled => "cancelled",
         }
     }
 

@@ -434,10 +434,18 @@ impl Console {
                 let Some(j) = self.selected_job(state) else { return };
                 if !matches!(
                     j.state,
-                    JobState::Dead | JobState::Parked | JobState::Dropped | JobState::Done | JobState::Skipped
+                    JobState::Dead
+                        | JobState::Parked
+                        | JobState::Dropped
+                        | JobState::Done
+                        | JobState::Skipped
+                        | JobState::Paused
                 ) {
                     return self.say(
-                        format!("job is {}: only dead, parked, dropped or done jobs are replayed", j.state.as_str()),
+                        format!(
+                            "job is {}: only dead, parked, dropped, done or paused jobs are replayed",
+                            j.state.as_str()
+                        ),
                         now,
                     );
                 }

@@ -134,7 +134,7 @@ impl State {
             } => {
                 match verdict {
                     Verdict::Queued => self.counters.queued += 1,
-                    Verdict::Ignored | Verdict::Pong => self.counters.ignored += 1,
+                    Verdict::Ignored | Verdict::Pong | Verdict::Cancelled => self.counters.ignored += 1,
                     Verdict::Duplicate => self.counters.duplicates += 1,
                     Verdict::Rejected => self.counters.rejected += 1,
                 }
@@ -190,6 +190,30 @@ impl State {
                     job.message = message;
                     job.updated_at = now;
                     job.heard_at = Some(now);
+                }
+            }
+            Event::AgentStep { task_id, step, usage } => {
+                if let Some(job) = self.jobs.get_mut(&task_id) {
+                    let agent = job.agent.get_or_insert_with(Default::default);
+                    agent.usage = usage;
+                    if !step.is_empty() {
+                        agent.push_step(step);
+                    }
+                    job.updated_at = now;
+                    job.heard_at = Some(now);
+                }
+            }
+            Event::AgentRunEnded { task_id, profile, outcome, usage, pr_url } => {
+                let day = crate::store::runs::utc_day(now / 1000);
+                if self.counters.cost_day != day {
+                    self.counters.cost_day = day;
+                    self.counters.cost_today_micros = 0;
+                }
+                self.counters.cost_today_micros += (usage.cost_usd.max(0.0) * 1e6).round() as u64;
+                if let Some(job) = self.jobs.get_mut(&task_id) {
+                    let agent = job.agent.get_or_insert_with(Default::default);
+                    (agent.profile, agent.outcome, agent.usage, agent.pr_url) = (profile, Some(outcome), usage, pr_url);
+                    job.updated_at = now;
                 }
             }
             Event::TaskLog { task_id, line } => {

@@ -138,6 +138,15 @@ pub(super) async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
                 }
                 Err(e) => tracing::warn!("cannot look for orphaned waiting tasks: {e}"),
             }
+            // Tasks paused by the agent runner's daily budget run again when their day comes.
+            match shared.journal.wake_paused(crate::store::unix_now(), shared.queues.main.clone()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    shared.journal.notify_outbox();
+                    tracing::info!("{n} task(s) paused by the daily agent budget went back on the queue");
+                }
+                Err(e) => tracing::warn!("cannot look for paused tasks whose day came: {e}"),
+            }
         }
         // Slots not running a handler (the consumer may hold one while it waits for a message).
         let running = shared.running.lock().expect("running lock").len();

@@ -402,7 +402,11 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     if !attempt.log_tail.is_empty() {
         let _ = shared.journal.record_log_tail(task.id.clone(), attempt.log_tail.clone()).await;
     }
-    let finish = policy::decide(&task, &attempt, &shared.config.worker, &shared.queues, unix_now());
+    let mut finish = policy::decide(&task, &attempt, &shared.config.worker, &shared.queues, unix_now());
+    let forge_cancel = forge_cancel_reason(shared, &task, &finish).await;
+    if let Some(why) = &forge_cancel {
+        finish = Finish::Dropped { reason: why.clone() };
+    }
     let (failure, retry_at_unix) = match &finish {
         Finish::Retry { task, next_unix, .. } => (task.failure.as_ref(), Some(*next_unix)),
         Finish::Dead { task, .. } => (task.failure.as_ref(), None),
@@ -417,6 +421,8 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     let label_op = match &finish {
         _ if shared.forges.get(task.source).is_none() => None,
         Finish::Done { .. } => Some((LabelOp::Done, None)),
+        // Cancelled (by an operator or from the forge): neither done nor failed; `processing` goes.
+        Finish::Dropped { .. } if forge_cancel.is_some() => Some((LabelOp::Skipped, None)),
         Finish::Dead { task, .. } => {
             let why = task.failure.as_ref().map_or("unknown".to_string(), |f| f.reason.clone());
             Some((LabelOp::Failed, Some(why)))
@@ -443,6 +449,15 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         failure_class,
         retry_at_unix,
     });
+}
+
+/// Why this attempt was cancelled (by an operator, or from the forge: a trigger or processing
+/// label was removed), when it was.
+async fn forge_cancel_reason(shared: &Shared, task: &Task, finish: &Finish) -> Option<String> {
+    if !matches!(finish, Finish::Dropped { .. }) {
+        return None;
+    }
+    shared.journal.cancel_reason(task.id.clone()).await.ok().flatten()
 }
 
 /// Shutdown: no new tasks are taken; running handlers get `worker.shutdown_grace_secs` to

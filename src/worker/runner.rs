@@ -46,6 +46,18 @@ const SECRET_ENV: &[&str] = &[
     "PGPASSWORD",
 ];
 
+/// Forge tokens under the names handlers and agent CLIs commonly read; an agent CLI gets none
+/// of them (git gets the token through agentctl's credential helper only).
+const FORGE_TOKEN_ENV: &[&str] = &[
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "GITHUB_PERSONAL_ACCESS_TOKEN",
+    "GITLAB_TOKEN",
+    "GITLAB_PERSONAL_ACCESS_TOKEN",
+    "AGENTCTL_GITHUB_TOKEN",
+    "AGENTCTL_GITLAB_TOKEN",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Exited(i32),
@@ -97,7 +109,8 @@ pub fn log_path(data_dir: &Path, task_id: &str) -> PathBuf {
     data_dir.join("logs").join(format!("{task_id}.log"))
 }
 
-/// Runs one attempt; `on_start` hears the handler's process group id once it runs.
+/// Runs one attempt of `worker.command`; `on_start` hears the handler's process group id once
+/// it runs.
 pub async fn run(
     task: &Task,
     config: &Config,
@@ -106,19 +119,14 @@ pub async fn run(
     cancel: CancellationToken,
     on_start: impl FnOnce(i32),
 ) -> Attempt {
-    let started = Instant::now();
-    // The reason reaches terminals (jobs list, the console) and the forge: no escapes.
-    let failed = |why: String| Attempt {
-        outcome: Outcome::FailedToStart(crate::text::for_terminal_line(&why).into_owned()),
-        duration: started.elapsed(),
-        log_tail: String::new(),
-    };
     let (program, args) = match &config.worker.command {
         HandlerCommand::Shell(s) if s.trim().is_empty() => {
-            return failed("worker.command is not set".into());
+            return Attempt::failed("worker.command is not set".into(), Instant::now());
         }
         HandlerCommand::Shell(s) => ("sh".to_string(), vec!["-c".to_string(), s.clone()]),
-        HandlerCommand::Argv(v) if v.is_empty() => return failed("worker.command is an empty list".into()),
+        HandlerCommand::Argv(v) if v.is_empty() => {
+            return Attempt::failed("worker.command is an empty list".into(), Instant::now());
+        }
         HandlerCommand::Argv(v) => {
             // The handler runs in the task's own directory; relative paths in the command (a
             // script beside the config, say) are meant from where agentctl was started.
@@ -132,118 +140,184 @@ pub async fn run(
     if let Err(e) =
         private_dir(&places.work_root).and_then(|_| private_dir(&dir)).and_then(|_| std::fs::write(&task_file, &json))
     {
-        return failed(format!("cannot prepare the working directory {}: {e}", dir.display()));
+        let why = format!("cannot prepare the working directory {}: {e}", dir.display());
+        return Attempt::failed(why, Instant::now());
     }
-    let (program, args): (OsString, Vec<OsString>) = match config.worker.sandbox {
-        Sandbox::None => (program.into(), args.into_iter().map(Into::into).collect()),
-        Sandbox::Bwrap => {
-            let bwrap = match sandbox::find_bwrap() {
-                Ok(b) => b,
-                Err(why) => return failed(why),
-            };
-            let jail = sandbox::Bwrap {
-                work_dir: dir.clone(),
-                work_root: places.work_root.clone(),
-                hidden: places.hidden.clone(),
-            };
-            let mut full = match jail.args() {
-                Ok(a) => a,
-                Err(e) => return failed(format!("cannot set up the bwrap sandbox: {e}")),
-            };
-            full.push(program.into());
-            full.extend(args.into_iter().map(Into::into));
-            (bwrap.into_os_string(), full)
-        }
+    let launch = Launch {
+        program: program.into(),
+        args: args.into_iter().map(Into::into).collect(),
+        dir: dir.clone(),
+        sandbox_root: places.work_root.clone(),
+        stdin: json,
+        env: vec![("AGENTCTL_TASK_FILE".into(), task_file.into_os_string())],
+        forge_tokens: true,
+        timeout: Duration::from_secs(config.worker.timeout_secs),
+        tee: None,
     };
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&args)
-        .current_dir(&dir)
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // If agentctl itself dies (SIGKILL), the handler goes with it rather than running on
-    // unsupervised; what it started is stopped at the next start (see `stop_leftover_group`).
-    // SAFETY: prctl only sets a flag on the child; nothing is allocated between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    for var in SECRET_ENV {
-        cmd.env_remove(var);
-    }
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AGENTCTL_") {
-            cmd.env_remove(k);
-        }
-    }
-    let tokens = [
-        ("GITHUB_PERSONAL_ACCESS_TOKEN", &config.github.token),
-        ("GITLAB_PERSONAL_ACCESS_TOKEN", &config.gitlab.token),
-    ];
-    for (name, token) in tokens {
-        if !token.is_empty() {
-            cmd.env(name, token.expose());
-        }
-    }
-    cmd.env("AGENTCTL_TASK_FILE", &task_file)
-        .env("AGENTCTL_TASK_ID", &task.id)
-        .env("AGENTCTL_SOURCE", task.source.as_str())
-        .env("AGENTCTL_KIND", task.kind.as_str())
-        .env("AGENTCTL_REPO", &task.repo_full_name)
-        .env("AGENTCTL_NUMBER", task.number.to_string())
-        .env("AGENTCTL_URL", &task.url)
-        .env("AGENTCTL_ATTEMPT", task.attempt.to_string());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return failed(format!("{}: {e}", program.to_string_lossy())),
-    };
-    let pgid = child.id().map(|p| p as i32);
-    if let Some(pg) = pgid {
-        on_start(pg);
-    }
+    let attempt = launch.run(task, config, places, bus, cancel, on_start).await;
+    cleanup::after_attempt(&dir, &attempt.outcome, config.worker.keep_work_dirs);
+    attempt
+}
 
-    // stdin: the task; a handler that does not read it must not block us.
-    if let Some(mut stdin) = child.stdin.take() {
-        tokio::spawn(async move {
-            let _ = stdin.write_all(&json).await;
-        });
+impl Attempt {
+    /// An attempt whose process never started. The reason reaches terminals (jobs list, the
+    /// console) and the forge: no escapes.
+    pub fn failed(why: String, started: Instant) -> Attempt {
+        Attempt {
+            outcome: Outcome::FailedToStart(crate::text::for_terminal_line(&why).into_owned()),
+            duration: started.elapsed(),
+            log_tail: String::new(),
+        }
     }
-    let (lines_tx, lines_rx) = mpsc::channel::<String>(1024);
-    for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        tokio::spawn(output::read_lines(stream, lines_tx.clone()));
-    }
-    drop(lines_tx);
-    let log = tokio::spawn(consume_lines(lines_rx, places.log_path(&task.id), task.clone(), bus.clone()));
+}
 
-    let timeout = Duration::from_secs(config.worker.timeout_secs);
-    let outcome = tokio::select! {
-        status = child.wait() => exit_outcome(status),
-        _ = tokio::time::sleep(timeout) => {
-            stop_group(&mut child, pgid).await;
-            Outcome::TimedOut
+/// One supervised child process: the handler of `worker.command`, or the agent CLI the built-in
+/// runner starts (`crate::agent`).
+pub struct Launch {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// Its working directory (read-write inside the sandbox).
+    pub dir: PathBuf,
+    /// Hidden (an empty tmpfs) inside the sandbox but for `dir`: other tasks' directories.
+    pub sandbox_root: PathBuf,
+    pub stdin: Vec<u8>,
+    /// Set on top of the scrubbed environment (besides the task's `AGENTCTL_*` contract).
+    pub env: Vec<(String, OsString)>,
+    /// Whether the forge tokens are passed (a `worker.command` handler gets them; an agent CLI
+    /// never does).
+    pub forge_tokens: bool,
+    pub timeout: Duration,
+    /// Hears every output line (stdout and stderr, split and decoded) besides the log.
+    pub tee: Option<mpsc::Sender<String>>,
+}
+
+impl Launch {
+    /// Runs it to its end, a timeout or `cancel`; `on_start` hears its process group id.
+    pub async fn run(
+        self,
+        task: &Task,
+        config: &Config,
+        places: &Places,
+        bus: &Bus,
+        cancel: CancellationToken,
+        on_start: impl FnOnce(i32),
+    ) -> Attempt {
+        let started = Instant::now();
+        let failed = |why: String| Attempt::failed(why, started);
+        let Launch { program, args, dir, sandbox_root, stdin, env, forge_tokens, timeout, tee } = self;
+        let (program, args): (OsString, Vec<OsString>) = match config.worker.sandbox {
+            Sandbox::None => (program, args),
+            Sandbox::Bwrap => {
+                let bwrap = match sandbox::find_bwrap() {
+                    Ok(b) => b,
+                    Err(why) => return failed(why),
+                };
+                let jail =
+                    sandbox::Bwrap { work_dir: dir.clone(), work_root: sandbox_root, hidden: places.hidden.clone() };
+                let mut full = match jail.args() {
+                    Ok(a) => a,
+                    Err(e) => return failed(format!("cannot set up the bwrap sandbox: {e}")),
+                };
+                full.push(program);
+                full.extend(args);
+                (bwrap.into_os_string(), full)
+            }
+        };
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&args)
+            .current_dir(&dir)
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // If agentctl itself dies (SIGKILL), the handler goes with it rather than running on
+        // unsupervised; what it started is stopped at the next start (see `stop_leftover_group`).
+        // SAFETY: prctl only sets a flag on the child; nothing is allocated between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
-        _ = cancel.cancelled() => {
-            stop_group(&mut child, pgid).await;
-            Outcome::Cancelled
+        for var in SECRET_ENV {
+            cmd.env_remove(var);
         }
-    };
-    // Whatever the handler started and left behind in its group goes too.
-    if let Some(pg) = pgid {
-        signal_group(pg, libc::SIGKILL);
+        if !forge_tokens {
+            for var in FORGE_TOKEN_ENV {
+                cmd.env_remove(var);
+            }
+        }
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AGENTCTL_") {
+                cmd.env_remove(k);
+            }
+        }
+        let tokens = [
+            ("GITHUB_PERSONAL_ACCESS_TOKEN", &config.github.token),
+            ("GITLAB_PERSONAL_ACCESS_TOKEN", &config.gitlab.token),
+        ];
+        for (name, token) in tokens {
+            if forge_tokens && !token.is_empty() {
+                cmd.env(name, token.expose());
+            }
+        }
+        cmd.env("AGENTCTL_TASK_ID", &task.id)
+            .env("AGENTCTL_SOURCE", task.source.as_str())
+            .env("AGENTCTL_KIND", task.kind.as_str())
+            .env("AGENTCTL_REPO", &task.repo_full_name)
+            .env("AGENTCTL_NUMBER", task.number.to_string())
+            .env("AGENTCTL_URL", &task.url)
+            .env("AGENTCTL_ATTEMPT", task.attempt.to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return failed(format!("{}: {e}", program.to_string_lossy())),
+        };
+        let pgid = child.id().map(|p| p as i32);
+        if let Some(pg) = pgid {
+            on_start(pg);
+        }
+
+        // stdin: the task or the prompt; a process that does not read it must not block us.
+        if let Some(mut pipe) = child.stdin.take() {
+            tokio::spawn(async move {
+                let _ = pipe.write_all(&stdin).await;
+            });
+        }
+        let (lines_tx, lines_rx) = mpsc::channel::<String>(1024);
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tokio::spawn(output::read_lines(stream, lines_tx.clone()));
+        }
+        drop(lines_tx);
+        let log = tokio::spawn(consume_lines(lines_rx, places.log_path(&task.id), task.clone(), bus.clone(), tee));
+
+        let outcome = tokio::select! {
+            status = child.wait() => exit_outcome(status),
+            _ = tokio::time::sleep(timeout) => {
+                stop_group(&mut child, pgid).await;
+                Outcome::TimedOut
+            }
+            _ = cancel.cancelled() => {
+                stop_group(&mut child, pgid).await;
+                Outcome::Cancelled
+            }
+        };
+        // Whatever the handler started and left behind in its group goes too.
+        if let Some(pg) = pgid {
+            signal_group(pg, libc::SIGKILL);
+        }
+        let log_tail = log.await.unwrap_or_default();
+        Attempt { outcome, duration: started.elapsed(), log_tail }
     }
-    let log_tail = log.await.unwrap_or_default();
-    cleanup::after_attempt(&dir, &outcome, config.worker.keep_work_dirs);
-    Attempt { outcome, duration: started.elapsed(), log_tail }
 }
 
 /// Creates `dir` (and its parents) readable by agentctl's user only.
@@ -320,7 +394,13 @@ async fn stop_group(child: &mut tokio::process::Child, pgid: Option<i32>) {
 }
 
 /// Writes lines to the capped log, turns progress lines into events, and returns the tail.
-async fn consume_lines(mut rx: mpsc::Receiver<String>, path: PathBuf, task: Task, bus: Bus) -> String {
+async fn consume_lines(
+    mut rx: mpsc::Receiver<String>,
+    path: PathBuf,
+    task: Task,
+    bus: Bus,
+    tee: Option<mpsc::Sender<String>>,
+) -> String {
     if let Some(dir) = path.parent() {
         let _ = private_dir(dir);
     }
@@ -344,6 +424,10 @@ async fn consume_lines(mut rx: mpsc::Receiver<String>, path: PathBuf, task: Task
     };
     write(&mut file, &header, &mut written).await;
     while let Some(line) = rx.recv().await {
+        if let Some(tee) = &tee {
+            // The agent's stream parser: back-pressure here slows the reader, never drops.
+            let _ = tee.send(line.clone()).await;
+        }
         if let Some((percent, message)) = progress::parse(&line) {
             bus.emit(Event::TaskProgress { task_id: task.id.clone(), percent, message });
             continue;

@@ -120,6 +120,9 @@ macro_rules! in_tx {
     }};
 }
 
+// After `in_tx`, which it uses.
+mod runs;
+
 fn retryable(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.code().is_some_and(|c| {
@@ -419,8 +422,11 @@ impl Backend for PgJournal {
                 &[&cutoff],
             )
             .await?;
-            c.execute("DELETE FROM label_ops l WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = l.task_id)", &[])
-                .await?;
+            for table in ["label_ops", "runs", "run_comments"] {
+                let sql =
+                    format!("DELETE FROM {table} x WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = x.task_id)");
+                c.execute(&sql, &[]).await?;
+            }
             let removed = c
                 .query(
                     "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d WHERE d.received_unix < $1

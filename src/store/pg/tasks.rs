@@ -13,7 +13,7 @@ use crate::store::{LabelChange, Lease, TaskState, unix_now};
 use crate::task::Task;
 use tokio_postgres::{Error, GenericClient, Row};
 
-fn state(r: &Row, i: usize) -> TaskState {
+pub(super) fn state(r: &Row, i: usize) -> TaskState {
     TaskState::parse(r.get::<_, &str>(i)).unwrap_or(TaskState::Queued)
 }
 
@@ -51,7 +51,7 @@ pub(super) async fn enqueue(c: &impl GenericClient, task_id: &str, queue: &str, 
     Ok(())
 }
 
-async fn task_state(c: &impl GenericClient, id: &str) -> Result<Option<(TaskState, Task)>, Error> {
+pub(super) async fn task_state(c: &impl GenericClient, id: &str) -> Result<Option<(TaskState, Task)>, Error> {
     let row = c.query_opt("SELECT state, payload FROM tasks WHERE id = $1", &[&id]).await?;
     Ok(row.and_then(|r| Task::from_message(r.get::<_, &str>(1).as_bytes()).ok().map(|t| (state(&r, 0), t))))
 }
@@ -61,7 +61,7 @@ pub(super) async fn task_state_pg(c: &impl GenericClient, id: &str) -> Result<Op
 }
 
 /// Writes `task` back under its next generation (a publish that is not an attempt's end).
-async fn next_generation(c: &impl GenericClient, mut task: Task) -> Result<Task, Error> {
+pub(super) async fn next_generation(c: &impl GenericClient, mut task: Task) -> Result<Task, Error> {
     let current: i64 = c.query_one("SELECT generation FROM tasks WHERE id = $1", &[&task.id]).await?.get(0);
     task.generation = current as u64 + 1;
     let payload = String::from_utf8(task.to_json()).expect("JSON is UTF-8");
@@ -108,7 +108,7 @@ pub(super) async fn claim(c: &impl GenericClient, task: &Task, lease: &Lease) ->
     let skip = |why: SkipReason| Ok(Claim::Skip(why));
     match st {
         TaskState::Dropped => return skip(SkipReason::Dropped),
-        s if s.is_final() => return skip(SkipReason::Finished(s)),
+        s if s.is_replayable() => return skip(SkipReason::Finished(s)),
         _ if task.generation != generation as u64 => {
             return skip(SkipReason::Stale { generation: task.generation, current: generation as u64, state: st });
         }
@@ -227,6 +227,15 @@ pub(super) async fn end(c: &impl GenericClient, id: &str, outcome: &Finish) -> R
             )
             .await?;
             Ok(state)
+        }
+        Finish::Paused { reason, until_unix } => {
+            c.execute(
+                "UPDATE tasks SET state = 'paused', failure = $2, owner = NULL, lease_until_ms = NULL,
+                     waiting_behind = NULL, next_attempt_unix = $3, updated_unix = $4 WHERE id = $1",
+                &[&id, reason, until_unix, &now],
+            )
+            .await?;
+            Ok(TaskState::Paused)
         }
     }
 }
@@ -476,7 +485,7 @@ pub(super) async fn drop_task(c: &impl GenericClient, id: &str) -> Result<Option
     };
     let now = unix_now();
     Ok(Some(match state(&row, 0) {
-        TaskState::Queued | TaskState::Waiting | TaskState::Retrying => {
+        TaskState::Queued | TaskState::Waiting | TaskState::Retrying | TaskState::Paused => {
             c.execute(
                 "UPDATE tasks SET state = 'dropped', failure = 'dropped by an operator', waiting_behind = NULL,
                      updated_unix = $2 WHERE id = $1",
@@ -486,8 +495,12 @@ pub(super) async fn drop_task(c: &impl GenericClient, id: &str) -> Result<Option
             Dropped::Tombstoned
         }
         TaskState::Running => {
-            c.execute("UPDATE tasks SET cancel_requested = true, updated_unix = $2 WHERE id = $1", &[&id, &now])
-                .await?;
+            c.execute(
+                "UPDATE tasks SET cancel_requested = true, failure = 'cancelled by an operator', updated_unix = $2
+                 WHERE id = $1",
+                &[&id, &now],
+            )
+            .await?;
             Dropped::Cancelling
         }
         TaskState::Dead => {
@@ -506,7 +519,7 @@ pub(super) async fn replay_task(
 ) -> Result<Option<Task>, Error> {
     c.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&id]).await?;
     let Some((st, mut task)) = task_state(c, id).await? else { return Ok(None) };
-    if !st.is_final() {
+    if !st.is_replayable() {
         return Ok(None);
     }
     task.attempt = 1;

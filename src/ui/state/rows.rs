@@ -55,6 +55,8 @@ pub enum JobState {
     Done,
     Dropped,
     Skipped,
+    /// Waiting for the next day's agent budget (or a replay).
+    Paused,
 }
 
 /// The console's order of states (running first) over the journal's [`TaskState`].
@@ -70,6 +72,7 @@ impl From<TaskState> for JobState {
             TaskState::Done => JobState::Done,
             TaskState::Dropped => JobState::Dropped,
             TaskState::Skipped => JobState::Skipped,
+            TaskState::Paused => JobState::Paused,
         }
     }
 }
@@ -86,12 +89,13 @@ impl JobState {
             JobState::Done => "done",
             JobState::Dropped => "dropped",
             JobState::Skipped => "skipped",
+            JobState::Paused => "paused",
         }
     }
 
     /// Still going to run (or running).
     pub fn is_live(self) -> bool {
-        matches!(self, JobState::Running | JobState::Retrying | JobState::Waiting | JobState::Queued)
+        matches!(self, JobState::Running | JobState::Retrying | JobState::Waiting | JobState::Queued | JobState::Paused)
     }
 }
 
@@ -124,6 +128,33 @@ pub struct JobEntry {
     pub journal_tail: Option<String>,
     /// When this process's own pipeline last told of it: a journal row read before that is older.
     pub heard_at: Option<Millis>,
+    /// What the built-in agent runner reported of its run.
+    pub agent: Option<AgentView>,
+}
+
+/// Steps of an agent run the console keeps per job.
+pub const AGENT_STEPS: usize = 200;
+
+/// A job's agent run as the console shows it: profile, outcome, ledger, pull request, and the
+/// latest readable steps of its stream.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentView {
+    pub profile: String,
+    pub outcome: Option<crate::store::runs::RunOutcome>,
+    pub usage: crate::store::runs::Usage,
+    pub pr_url: Option<String>,
+    pub steps: VecDeque<String>,
+    /// The prompt, once the job's detail read it from the journal.
+    pub prompt: Option<String>,
+}
+
+impl AgentView {
+    pub fn push_step(&mut self, step: String) {
+        if self.steps.len() == AGENT_STEPS {
+            self.steps.pop_front();
+        }
+        self.steps.push_back(step);
+    }
 }
 
 impl JobEntry {
@@ -148,6 +179,7 @@ impl JobEntry {
             waiting_behind: None,
             journal_tail: None,
             heard_at: None,
+            agent: None,
         }
     }
 
@@ -181,6 +213,9 @@ pub struct Counters {
     pub dead: u64,
     /// Label life-cycle calls the forge refused for good.
     pub label_failures: u64,
+    /// What agent runs cost today (UTC), in millionths of a dollar, and which day that is.
+    pub cost_today_micros: u64,
+    pub cost_day: String,
 }
 
 /// The last poll cycle (producer mode or a reconciliation sweep).

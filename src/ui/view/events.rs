@@ -14,6 +14,7 @@ pub fn verdict_style(v: Verdict) -> Style {
     match v {
         Verdict::Queued => Style::new().fg(Color::Green).add_modifier(Modifier::BOLD),
         Verdict::Ignored | Verdict::Pong => Style::new().fg(Color::Gray),
+        Verdict::Cancelled => Style::new().fg(Color::Magenta),
         Verdict::Rejected => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
         Verdict::Duplicate => Style::new().fg(Color::Magenta),
     }

@@ -17,6 +17,7 @@ pub fn state_style(s: JobState) -> Style {
         JobState::Running => Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
         JobState::Retrying => Style::new().fg(Color::Yellow),
         JobState::Waiting | JobState::Queued => Style::new().fg(Color::White),
+        JobState::Paused => Style::new().fg(Color::Magenta),
         JobState::Dead | JobState::Parked => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
         JobState::Done => Style::new().fg(Color::Green),
         JobState::Dropped | JobState::Skipped => Style::new().fg(Color::Gray),
@@ -63,6 +64,10 @@ pub fn detail(j: &JobEntry, now: Millis) -> String {
             }
         }
         JobState::Dropped | JobState::Skipped | JobState::Parked => reason,
+        JobState::Paused => match j.retry_at {
+            Some(at) => format!("paused: budget, resumes in {}", duration(at - now)),
+            None => "paused: budget".into(),
+        },
     }
 }
 

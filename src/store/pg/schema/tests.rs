@@ -184,7 +184,18 @@ async fn the_journal_has_its_tables_indexes_and_types() {
     let tables = names("SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1").await;
     assert_eq!(
         tables,
-        ["deliveries", "instances", "label_ops", "meta", "outbox", "schema_version", "settings", "tasks"]
+        [
+            "deliveries",
+            "instances",
+            "label_ops",
+            "meta",
+            "outbox",
+            "run_comments",
+            "runs",
+            "schema_version",
+            "settings",
+            "tasks"
+        ]
     );
     let indexes = names("SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema()").await;
     for index in [
@@ -200,6 +211,8 @@ async fn the_journal_has_its_tables_indexes_and_types() {
         "outbox_pending",
         "label_ops_due",
         "label_ops_task",
+        "runs_task",
+        "runs_day",
     ] {
         assert!(indexes.iter().any(|i| i == index), "{index} missing from {indexes:?}");
     }
