@@ -1,6 +1,17 @@
-//! The built-in agent runner: drives a coding-agent CLI for a task, end to end.
+//! The built-in agent runner (`[agent] profile`): drives a coding-agent CLI for a task, end to
+//! end.
+//!
+//! - What it knows of the CLIs: how to start each one headless ([`profile`]), how to read what it
+//!   prints while it works ([`stream`]), and what a run cost ([`ledger`], priced with [`price`]
+//!   where the CLI reports no cost). Tested on recorded transcripts.
+//! - What it tells the agent ([`prompt`]), what it says on the item while the agent works
+//!   ([`comment`], [`redact`]), and what it may spend ([`budget`]).
 
 pub mod budget;
 pub mod comment;
+pub mod ledger;
+pub mod price;
+pub mod profile;
 pub mod prompt;
 pub mod redact;
+pub mod stream;

@@ -3,47 +3,37 @@
 //! Parsing and validation only; `crate::agent` does the running.
 
 use super::{ConfigError, GitHub, GitLab};
+use crate::agent::price::ModelPrice;
+use crate::agent::profile::{Permission, ProfileKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// The built-in runner's CLI. Empty (the default) runs no agent: the worker runs
-/// `[worker] command`, or nothing, as before.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub enum AgentProfile {
-    #[default]
-    #[serde(rename = "")]
-    None,
-    #[serde(rename = "claude")]
-    Claude,
-    #[serde(rename = "codex")]
-    Codex,
-    #[serde(rename = "aider")]
-    Aider,
-    #[serde(rename = "custom")]
-    Custom,
-}
+/// `agent.profile`: the built-in runner's CLI, or none (the default, written `""`): then the
+/// worker runs `[worker] command`, or nothing, as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgentProfile(pub Option<ProfileKind>);
 
 impl AgentProfile {
     pub fn as_str(self) -> &'static str {
-        match self {
-            AgentProfile::None => "",
-            AgentProfile::Claude => "claude",
-            AgentProfile::Codex => "codex",
-            AgentProfile::Aider => "aider",
-            AgentProfile::Custom => "custom",
-        }
+        self.0.map_or("", ProfileKind::as_str)
     }
 }
 
-/// USD per million tokens of each kind, for a model the CLI does not price itself.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelPrice {
-    pub input: f64,
-    pub output: f64,
-    pub cache_read: f64,
-    pub cache_write: f64,
+impl Serialize for AgentProfile {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AgentProfile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Ok(AgentProfile(None));
+        }
+        s.trim().parse::<ProfileKind>().map(|k| AgentProfile(Some(k))).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,8 +44,11 @@ pub struct Agent {
     pub program: String,
     /// Passed to the CLI's model option; empty = the CLI's own default.
     pub model: String,
-    /// Claude Code's `--max-turns`; 0 = the CLI's default. Codex has no such limit.
+    /// Claude Code's `--max-turns`; 0 = the CLI's default. The other CLIs have no such limit.
     pub max_turns: u32,
+    /// `edit`: the CLI may edit files but asks (and is refused) for anything else; `bypass`:
+    /// its own guard is off — only allowed inside the sandbox (`worker.sandbox = "bwrap"`).
+    pub permission: Permission,
     /// Extra arguments appended to the profile's own.
     pub args: Vec<String>,
     /// `custom` only: the argv template (`{prompt_file}`, `{workdir}`, `{model}`).
@@ -91,10 +84,11 @@ pub struct Agent {
 impl Default for Agent {
     fn default() -> Self {
         Agent {
-            profile: AgentProfile::None,
+            profile: AgentProfile(None),
             program: String::new(),
             model: String::new(),
-            max_turns: 30,
+            max_turns: 0,
+            permission: Permission::Edit,
             args: vec![],
             command: vec![],
             workspace_dir: String::new(),
@@ -115,7 +109,7 @@ impl Default for Agent {
 
 impl Agent {
     pub fn enabled(&self) -> bool {
-        self.profile != AgentProfile::None
+        self.profile.0.is_some()
     }
 
     /// The root of mirrors and task clones.
@@ -162,13 +156,14 @@ impl Agent {
                 ),
             );
         }
-        if self.profile == AgentProfile::Custom && self.command.is_empty() {
+        let custom = self.profile.0 == Some(ProfileKind::Custom);
+        if custom && self.command.is_empty() {
             return bad(
                 "agent.command",
                 "the custom profile needs an argv template, e.g. [\"my-agent\", \"{prompt_file}\"]".into(),
             );
         }
-        if self.profile != AgentProfile::Custom && !self.command.is_empty() {
+        if !custom && !self.command.is_empty() {
             return bad(
                 "agent.command",
                 format!("is only for the custom profile (profile is \"{}\")", self.profile.as_str()),
@@ -188,13 +183,8 @@ impl Agent {
         if self.comment_interval_secs < 5 {
             return bad("agent.comment_interval_secs", "must be at least 5 (the forges' rate limits)".into());
         }
-        for (model, p) in &self.prices {
-            if [p.input, p.output, p.cache_read, p.cache_write].iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
-                return bad(&format!("agent.prices.{model}"), "prices must be positive USD per million tokens".into());
-            }
-        }
         let budget = self.max_cost_usd > 0.0 || self.daily_budget_usd > 0.0;
-        if budget && self.profile == AgentProfile::Custom {
+        if budget && custom {
             return bad(
                 "agent.max_cost_usd",
                 "a custom agent reports no token usage, so a budget (agent.max_cost_usd / agent.daily_budget_usd) \
@@ -203,7 +193,7 @@ impl Agent {
             );
         }
         // aider prices its own runs; the others are priced from the table while they run.
-        if budget && self.profile != AgentProfile::Aider {
+        if budget && self.profile.0 != Some(ProfileKind::Aider) {
             if self.model.is_empty() {
                 return bad(
                     "agent.model",

@@ -8,7 +8,7 @@ pub mod load;
 mod secret;
 mod secrets_file;
 
-pub use agent::{Agent, AgentProfile, ModelPrice};
+pub use agent::{Agent, AgentProfile};
 pub use init::{init_config, render_template};
 pub use load::{ConfigError, Env, default_config_path, load};
 pub use secret::{MASK, Secret};
@@ -473,7 +473,9 @@ impl Config {
                 message: format!("'{r}' is not owner/name (GitHub) or group/project (GitLab)"),
             });
         }
-        self.agent.validate(!self.worker.command.is_empty(), &data, |model| self.agent.prices.contains_key(model))?;
+        let prices = crate::agent::price::PriceTable::with_overrides(self.agent.prices.clone())
+            .map_err(|e| ConfigError::Value { key: "agent.prices".into(), message: e.to_string() })?;
+        self.agent.validate(!self.worker.command.is_empty(), &data, |model| prices.is_known(model))?;
         Ok(())
     }
 

@@ -84,3 +84,60 @@ fn poll_repos_name_owner_and_repository() {
     c.poll.repos = vec!["octo/".into()];
     assert!(c.validate().is_err());
 }
+
+#[test]
+fn the_agent_profile_and_a_worker_command_exclude_each_other() {
+    let mut c = Config::default();
+    c.agent.profile = AgentProfile(Some(crate::agent::profile::ProfileKind::Claude));
+    c.validate().unwrap();
+    c.worker.command = Command::Shell("./handler.sh".into());
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("agent.profile") && err.contains("worker.command"), "{err}");
+}
+
+#[test]
+fn a_budget_needs_a_priced_model_and_custom_runs_have_none() {
+    use crate::agent::profile::ProfileKind;
+    let mut c = Config::default();
+    c.agent.profile = AgentProfile(Some(ProfileKind::Codex));
+    c.agent.daily_budget_usd = 20.0;
+    assert!(c.validate().unwrap_err().to_string().contains("agent.model"));
+    c.agent.model = "my-finetune".into();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("'my-finetune' has no known price") && err.contains("[agent.prices"), "{err}");
+    let price = crate::agent::price::ModelPrice {
+        input: 1.0,
+        output: 2.0,
+        cache_read: 0.1,
+        cache_write: 0.0,
+        cache_write_1h: None,
+    };
+    c.agent.prices.insert("my-finetune".into(), price);
+    c.validate().unwrap();
+    c.agent.profile = AgentProfile(Some(ProfileKind::Custom));
+    c.agent.command = vec!["my-agent".into(), "{prompt_file}".into()];
+    assert!(c.validate().unwrap_err().to_string().contains("custom agent reports no token usage"));
+}
+
+#[test]
+fn the_agent_profile_reads_from_toml_and_empty_is_none() {
+    let c: Agent = toml::from_str(r#"profile = "claude""#).unwrap();
+    assert_eq!(c.profile.as_str(), "claude");
+    let c: Agent = toml::from_str(r#"profile = """#).unwrap();
+    assert!(!c.enabled());
+    let err = toml::from_str::<Agent>(r#"profile = "gpt""#).unwrap_err().to_string();
+    assert!(err.contains("claude, codex, aider, custom"), "{err}");
+}
+
+#[test]
+fn git_urls_follow_the_api_url() {
+    let mut c = Config::default();
+    assert_eq!(c.github.git_url(), "https://github.com/{repo}.git");
+    c.github.api_url = "https://ghe.example.com/api/v3".into();
+    assert_eq!(c.github.git_url(), "https://ghe.example.com/{repo}.git", "never github.com with an Enterprise token");
+    assert_eq!(c.gitlab.git_url(), "https://gitlab.com/{repo}.git");
+    c.gitlab.api_url = "https://git.example.org/api/v4".into();
+    assert_eq!(c.gitlab.git_url(), "https://git.example.org/{repo}.git");
+    c.gitlab.git_url = "http://127.0.0.1:9/{repo}.git".into();
+    assert_eq!(c.gitlab.git_url(), "http://127.0.0.1:9/{repo}.git");
+}
