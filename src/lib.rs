@@ -1,6 +1,7 @@
 //! agentctl: the operations console for label-triggered coding agents. See DESIGN.md for the
 //! flow (listener → verify → filter → journal + outbox → broker → worker) and README.md for use.
 
+pub mod agent;
 pub mod app;
 pub mod broker;
 pub mod cli;
