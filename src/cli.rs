@@ -64,6 +64,13 @@ pub enum Command {
     /// The journal itself: copy an SQLite journal into PostgreSQL.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// The credential helper of agentctl's own git commands, run by git (not by people): it
+    /// asks agentctl for the forge token over the socket named in its environment.
+    #[command(name = "git-credential", hide = true)]
+    GitCredential {
+        /// git's helper action: get, store or erase.
+        action: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

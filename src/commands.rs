@@ -98,6 +98,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Journal(JournalCommand::Migrate { to })) => {
             crate::store::pg::migrate_from_sqlite(&load_config(&cli, &env)?, to).await
         }
+        Some(Command::GitCredential { action }) => {
+            if crate::agent::workspace::credential_helper_main(action) == std::process::ExitCode::SUCCESS {
+                Ok(())
+            } else {
+                bail!("the git credential helper failed")
+            }
+        }
         None => serve(&cli, load_config(&cli, &env)?).await,
     }
 }

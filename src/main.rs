@@ -1,11 +1,16 @@
 //! The `agentctl` binary: parse the command line, set up logging, run the command.
 
-use agentctl::cli::Cli;
+use agentctl::cli::{Cli, Command};
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::GitCredential { action }) = &cli.command {
+        // Run by git inside agentctl's own git commands, in the clone's directory: no .env
+        // from there, no logging, no config.
+        return agentctl::agent::workspace::credential_helper_main(action);
+    }
     if let Err(e) = agentctl::commands::load_dotenv() {
         eprintln!("agentctl: {e:#}");
         return ExitCode::FAILURE;

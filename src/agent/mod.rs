@@ -6,6 +6,8 @@
 //!   where the CLI reports no cost). Tested on recorded transcripts.
 //! - What it tells the agent ([`prompt`]), what it says on the item while the agent works
 //!   ([`comment`], [`redact`]), and what it may spend ([`budget`]).
+//! - Where it works: a cached mirror per repository and a clone per task, with the forge token
+//!   reaching git only through agentctl's credential helper ([`workspace`]).
 
 pub mod budget;
 pub mod comment;
@@ -15,3 +17,4 @@ pub mod profile;
 pub mod prompt;
 pub mod redact;
 pub mod stream;
+pub mod workspace;
