@@ -16,5 +16,7 @@ pub mod price;
 pub mod profile;
 pub mod prompt;
 pub mod redact;
+pub mod run;
 pub mod stream;
+mod watch;
 pub mod workspace;

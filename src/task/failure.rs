@@ -29,6 +29,13 @@ pub enum FailureClass {
     Timeout,
     /// The handler could not start (not retried: it would not start on a retry either).
     Start,
+    /// The built-in agent runner failed around the agent: reading the item, the clone, the
+    /// push, the pull request (retried: the forge or the network may be back).
+    Runner,
+    /// The agent finished without changing anything (not retried).
+    NoChanges,
+    /// The agent run passed `agent.max_cost_usd` (not retried).
+    Budget,
     /// A class this agentctl does not know (a message written by another producer): kept as
     /// written, so the message reads back and is re-published unchanged.
     Other(String),
@@ -41,6 +48,9 @@ impl FailureClass {
             FailureClass::Signal => "signal",
             FailureClass::Timeout => "timeout",
             FailureClass::Start => "start",
+            FailureClass::Runner => "runner",
+            FailureClass::NoChanges => "no_changes",
+            FailureClass::Budget => "budget",
             FailureClass::Other(s) => s,
         }
     }
@@ -51,6 +61,9 @@ impl FailureClass {
             "signal" => FailureClass::Signal,
             "timeout" => FailureClass::Timeout,
             "start" => FailureClass::Start,
+            "runner" => FailureClass::Runner,
+            "no_changes" => FailureClass::NoChanges,
+            "budget" => FailureClass::Budget,
             other => FailureClass::Other(other.to_string()),
         }
     }
@@ -89,7 +102,15 @@ mod tests {
         let f =
             Failure { class: FailureClass::Timeout, exit_code: None, reason: "slow".into(), log_tail: String::new() };
         assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"class":"timeout","reason":"slow"}"#);
-        for c in [FailureClass::Exit, FailureClass::Signal, FailureClass::Timeout, FailureClass::Start] {
+        for c in [
+            FailureClass::Exit,
+            FailureClass::Signal,
+            FailureClass::Timeout,
+            FailureClass::Start,
+            FailureClass::Runner,
+            FailureClass::NoChanges,
+            FailureClass::Budget,
+        ] {
             assert_eq!(FailureClass::parse(c.as_str()), c);
         }
         // An unknown class reads back and is written again as it came.

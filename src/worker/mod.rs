@@ -36,6 +36,7 @@ pub mod lease;
 pub mod output;
 pub mod policy;
 pub mod progress;
+mod recheck;
 mod report;
 pub mod runner;
 pub mod sandbox;
@@ -43,11 +44,13 @@ pub mod sandbox;
 use crate::broker::{Broker, Queues, Received};
 use crate::config::Config;
 use crate::event::{Bus, Event};
-use crate::forge::{Forges, ItemState};
+use crate::forge::Forges;
 use crate::store::label_ops::LabelOp;
 use crate::store::tasks::{Claim, Finish, Finished, INVALID_ITEM, SkipReason};
 use crate::store::{Journal, Lease, TaskState, unix_now};
 use crate::task::Task;
+use recheck::recheck;
+pub use recheck::skip_reason;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -76,6 +79,8 @@ struct Shared {
     slot_wanted: tokio::sync::Notify,
     /// Forge clients where a token is set: the re-check and the label life-cycle.
     forges: Forges,
+    /// The built-in agent runner, when `agent.profile` is set (else `worker.command` runs).
+    agent: Option<Arc<crate::agent::run::AgentRunner>>,
 }
 
 struct Running {
@@ -121,9 +126,17 @@ pub async fn run(
         timeout: Duration::from_secs(10),
     };
     let forges = Forges::with_policy(&config, recheck_policy)?;
+    let places = runner::Places::from_config(&config);
+    let agent = match config.agent.enabled() {
+        true => Some(Arc::new(
+            crate::agent::run::AgentRunner::new(Arc::new(config.clone()), &places).map_err(anyhow::Error::msg)?,
+        )),
+        false => None,
+    };
     let shared = Arc::new(Shared {
         forges,
-        places: runner::Places::from_config(&config),
+        agent,
+        places,
         slots: Arc::new(Semaphore::new(usize::from(config.worker.concurrency))),
         lease: Lease { owner: instance, ms: (config.worker.lease_secs * 1000) as i64 },
         config,
@@ -278,40 +291,6 @@ async fn dead_letter_invalid(shared: &Shared, message: Received, reason: String)
     }
 }
 
-/// Why a task must not run, given its item as the forge has it now.
-pub fn skip_reason(item: &ItemState, task: &Task, config: &Config) -> Option<String> {
-    if item.merged {
-        return Some(format!("{} was merged", task.item_ref()));
-    }
-    if !item.open {
-        return Some(format!("{} is closed", task.item_ref()));
-    }
-    let l = &config.labels;
-    let mut wanted: Vec<&str> = config.filter.labels.iter().map(String::as_str).collect();
-    wanted.push(&task.label);
-    wanted.push(&l.processing);
-    if task.replay {
-        // An operator's replay of a done or failed task: its life-cycle label is enough.
-        wanted.extend([l.done.as_str(), l.failed.as_str()]);
-    }
-    let labelled = item.labels.iter().any(|have| wanted.iter().any(|w| !w.is_empty() && w == have));
-    (!labelled).then(|| format!("{} no longer carries the trigger or processing label", task.item_ref()))
-}
-
-/// The re-check before a run: Some(reason) when the task is to be skipped.
-async fn recheck(shared: &Shared, task: &Task) -> Option<String> {
-    let forge = shared.forges.get(task.source)?;
-    match forge.item_state(task).await {
-        Ok(item) => skip_reason(&item, task, &shared.config),
-        // Deleted, or moved where this task's address no longer reaches it.
-        Err(e) if matches!(e.status(), Some(404 | 410)) => Some(format!("{} no longer exists ({e})", task.item_ref())),
-        Err(e) => {
-            tracing::warn!("cannot re-check {} before task {} ({e}); running it", task.item_ref(), task.id);
-            None
-        }
-    }
-}
-
 /// Records the end of an attempt of `task` as this instance's; false when the lease was lost
 /// meanwhile (nothing recorded) or the journal could not take it (the claim stays, and is
 /// released at the next start or taken over when its lease runs out).
@@ -341,25 +320,37 @@ async fn record_end(
     }
 }
 
+/// Ends a task that was not run (skipped by the re-check, paused by the budget).
+async fn end_unrun(shared: &Shared, task: &Task, finish: Finish, label: Option<(LabelOp, Option<String>)>) {
+    let (reason, retry_at_unix) = match &finish {
+        Finish::Skipped { reason } => (reason.clone(), None),
+        Finish::Paused { reason, until_unix } => (reason.clone(), Some(*until_unix)),
+        _ => unreachable!("only skips and pauses end a task that did not run"),
+    };
+    let Some(state) = record_end(shared, task, finish, label).await else { return };
+    shared.bus.emit(Event::TaskFinished {
+        task_id: task.id.clone(),
+        item: task.item_ref(),
+        state,
+        exit_code: None,
+        duration_ms: 0,
+        reason: Some(reason),
+        failure_class: None,
+        retry_at_unix,
+    });
+}
+
 async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     if let Some(reason) = recheck(shared, &task).await {
-        let finish = Finish::Skipped { reason: reason.clone() };
         // The item's `processing` label goes (it was put there when the task was accepted).
         let label = shared.forges.get(task.source).map(|_| (LabelOp::Skipped, None));
-        if record_end(shared, &task, finish, label).await.is_none() {
-            return;
-        }
-        shared.bus.emit(Event::TaskFinished {
-            task_id: task.id.clone(),
-            item: task.item_ref(),
-            state: TaskState::Skipped,
-            exit_code: None,
-            duration_ms: 0,
-            reason: Some(reason),
-            failure_class: None,
-            retry_at_unix: None,
-        });
-        return;
+        return end_unrun(shared, &task, Finish::Skipped { reason }, label).await;
+    }
+    if shared.agent.is_some()
+        && let Some(pause) =
+            crate::agent::budget::daily_pause(&shared.journal, &shared.config.agent, &task, unix_now()).await
+    {
+        return end_unrun(shared, &task, pause, None).await;
     }
     let cancel = shared.stop_handlers.child_token();
     let lost = Arc::new(AtomicBool::new(false));
@@ -388,7 +379,18 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
             let _ = journal.set_pgid(id, pgid).await;
         });
     };
-    let attempt = runner::run(&task, &shared.config, &shared.places, &shared.bus, cancel, record_pgid).await;
+    let (attempt, decided) = match &shared.agent {
+        Some(agent) => {
+            let lost = lost.clone();
+            let run = agent
+                .run(&task, &shared.forges, &shared.journal, &shared.bus, &shared.places, cancel, lost, record_pgid)
+                .await;
+            let c = &shared.config.worker;
+            let finish = policy::decide_run(&task, &run, c, &shared.queues, unix_now());
+            (run.attempt, Some(finish))
+        }
+        None => (runner::run(&task, &shared.config, &shared.places, &shared.bus, cancel, record_pgid).await, None),
+    };
     shared.running.lock().expect("running lock").remove(&task.id);
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         // Another instance may run it now: this one records nothing and touches nothing.
@@ -402,7 +404,8 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
     if !attempt.log_tail.is_empty() {
         let _ = shared.journal.record_log_tail(task.id.clone(), attempt.log_tail.clone()).await;
     }
-    let mut finish = policy::decide(&task, &attempt, &shared.config.worker, &shared.queues, unix_now());
+    let mut finish =
+        decided.unwrap_or_else(|| policy::decide(&task, &attempt, &shared.config.worker, &shared.queues, unix_now()));
     let forge_cancel = forge_cancel_reason(shared, &task, &finish).await;
     if let Some(why) = &forge_cancel {
         finish = Finish::Dropped { reason: why.clone() };
@@ -469,42 +472,5 @@ async fn drain(shared: &Arc<Shared>) {
     if tokio::time::timeout(grace, all_free).await.is_err() {
         shared.stop_handlers.cancel();
         let _ = tokio::time::timeout(runner::GRACE * 2, shared.slots.clone().acquire_many_owned(total)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn task(replay: bool) -> Task {
-        let mut t = Task::from_message(
-            br#"{"type":"github_issue","owner":"o","repo":"r","number":7,"uuid":"u","label":"coding agent"}"#,
-        )
-        .unwrap();
-        t.replay = replay;
-        t
-    }
-
-    fn item(open: bool, merged: bool, labels: &[&str]) -> ItemState {
-        ItemState { open, merged, labels: labels.iter().map(|l| l.to_string()).collect() }
-    }
-
-    #[test]
-    fn the_recheck_skips_closed_merged_and_unlabelled_items() {
-        let c = Config::default();
-        let run = |i: &ItemState, t: &Task| skip_reason(i, t, &c);
-        assert_eq!(run(&item(true, false, &["coding agent"]), &task(false)), None);
-        assert_eq!(run(&item(true, false, &["bug", "agent processing"]), &task(false)), None);
-        assert_eq!(run(&item(false, false, &["coding agent"]), &task(false)).unwrap(), "o/r#7 is closed");
-        assert_eq!(run(&item(false, true, &["coding agent"]), &task(false)).unwrap(), "o/r#7 was merged");
-        assert_eq!(
-            run(&item(true, false, &["bug"]), &task(false)).unwrap(),
-            "o/r#7 no longer carries the trigger or processing label"
-        );
-        // A finished task's label is not a reason to run again, except for an operator's replay.
-        assert!(run(&item(true, false, &["agent failed"]), &task(false)).is_some());
-        assert_eq!(run(&item(true, false, &["agent failed"]), &task(true)), None);
-        assert_eq!(run(&item(true, false, &["agent done"]), &task(true)), None);
-        assert!(run(&item(false, false, &["agent done"]), &task(true)).is_some(), "closed wins");
     }
 }

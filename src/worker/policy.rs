@@ -18,12 +18,51 @@ pub fn decide(task: &Task, attempt: &Attempt, config: &Worker, queues: &Queues, 
         }
         Outcome::FailedToStart(why) => (FailureClass::Start, None, format!("the handler could not start: {why}")),
     };
+    after_failure(
+        task,
+        Failure { class, exit_code, reason, log_tail: attempt.log_tail.clone() },
+        config,
+        queues,
+        now_unix,
+    )
+}
+
+/// After a run of the built-in agent runner: done when its work reached the forge; otherwise a
+/// failure of its class (`no_changes` and `budget` are never retried).
+pub fn decide_run(
+    task: &Task,
+    run: &crate::agent::run::RunResult,
+    config: &Worker,
+    queues: &Queues,
+    now: i64,
+) -> Finish {
+    use crate::store::runs::RunOutcome;
+    match run.outcome {
+        RunOutcome::PrOpened | RunOutcome::Pushed => Finish::Done { exit_code: 0 },
+        RunOutcome::Cancelled => Finish::Dropped { reason: "cancelled by an operator".into() },
+        outcome => {
+            let exit_code = match run.attempt.outcome {
+                Outcome::Exited(code) => Some(code),
+                _ => None,
+            };
+            let reason = run.reason.clone().unwrap_or_else(|| outcome.to_string());
+            let failure =
+                Failure { class: run.class.clone(), exit_code, reason, log_tail: run.attempt.log_tail.clone() };
+            after_failure(task, failure, config, queues, now)
+        }
+    }
+}
+
+/// A failed attempt: retried after its backoff while attempts are left and its class may be
+/// fixed by another try; else dead.
+pub fn after_failure(task: &Task, failure: Failure, config: &Worker, queues: &Queues, now_unix: i64) -> Finish {
     let mut next = task.clone();
     // The retry or dead letter is a new publish of the task.
     next.generation = task.generation + 1;
-    // A command that cannot start will not start on a retry either.
-    let retried = class != FailureClass::Start;
-    next.failure = Some(Failure { class, exit_code, reason, log_tail: attempt.log_tail.clone() });
+    // A command that cannot start will not start on a retry either; an agent run that changed
+    // nothing or passed its cost limit would do the same again.
+    let retried = !matches!(failure.class, FailureClass::Start | FailureClass::NoChanges | FailureClass::Budget);
+    next.failure = Some(failure);
     if !retried || task.attempt >= config.max_attempts {
         return Finish::Dead { task: next, queue: queues.dead.clone() };
     }

@@ -147,6 +147,7 @@ pub async fn run(
         program: program.into(),
         args: args.into_iter().map(Into::into).collect(),
         dir: dir.clone(),
+        cwd: None,
         sandbox_root: places.work_root.clone(),
         stdin: json,
         env: vec![("AGENTCTL_TASK_FILE".into(), task_file.into_os_string())],
@@ -176,8 +177,10 @@ impl Attempt {
 pub struct Launch {
     pub program: OsString,
     pub args: Vec<OsString>,
-    /// Its working directory (read-write inside the sandbox).
+    /// Its directory (read-write inside the sandbox), and its working directory unless `cwd`.
     pub dir: PathBuf,
+    /// Its working directory when not `dir` (a directory inside it).
+    pub cwd: Option<PathBuf>,
     /// Hidden (an empty tmpfs) inside the sandbox but for `dir`: other tasks' directories.
     pub sandbox_root: PathBuf,
     pub stdin: Vec<u8>,
@@ -204,7 +207,8 @@ impl Launch {
     ) -> Attempt {
         let started = Instant::now();
         let failed = |why: String| Attempt::failed(why, started);
-        let Launch { program, args, dir, sandbox_root, stdin, env, forge_tokens, timeout, tee } = self;
+        let Launch { program, args, dir, cwd, sandbox_root, stdin, env, forge_tokens, timeout, tee } = self;
+        let cwd = cwd.unwrap_or_else(|| dir.clone());
         let (program, args): (OsString, Vec<OsString>) = match config.worker.sandbox {
             Sandbox::None => (program, args),
             Sandbox::Bwrap => {
@@ -212,8 +216,12 @@ impl Launch {
                     Ok(b) => b,
                     Err(why) => return failed(why),
                 };
-                let jail =
-                    sandbox::Bwrap { work_dir: dir.clone(), work_root: sandbox_root, hidden: places.hidden.clone() };
+                let jail = sandbox::Bwrap {
+                    work_dir: dir.clone(),
+                    cwd: cwd.clone(),
+                    work_root: sandbox_root,
+                    hidden: places.hidden.clone(),
+                };
                 let mut full = match jail.args() {
                     Ok(a) => a,
                     Err(e) => return failed(format!("cannot set up the bwrap sandbox: {e}")),
@@ -225,7 +233,7 @@ impl Launch {
         };
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&args)
-            .current_dir(&dir)
+            .current_dir(&cwd)
             .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

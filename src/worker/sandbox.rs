@@ -19,6 +19,8 @@ const NOT_BOUND: &[&str] = &["proc", "dev", "tmp", "run"];
 pub struct Bwrap {
     /// The task's own directory: the only writable place besides the private /tmp.
     pub work_dir: PathBuf,
+    /// Where it starts: `work_dir` or a directory inside it.
+    pub cwd: PathBuf,
     /// The root of all tasks' directories: other tasks' are hidden.
     pub work_root: PathBuf,
     /// Paths the handler must never see (agentctl's data dir, config file, `.env`).
@@ -55,7 +57,7 @@ impl Bwrap {
                 Err(_) => {}
             }
         }
-        push(&[&"--tmpfs", &self.work_root, &"--bind", &self.work_dir, &self.work_dir, &"--chdir", &self.work_dir]);
+        push(&[&"--tmpfs", &self.work_root, &"--bind", &self.work_dir, &self.work_dir, &"--chdir", &self.cwd]);
         push(&[
             &"--unshare-pid",
             &"--unshare-ipc",
@@ -89,6 +91,7 @@ mod tests {
         std::fs::write(&config, "").unwrap();
         let b = Bwrap {
             work_dir: dir.path().join("work/t1"),
+            cwd: dir.path().join("work/t1"),
             work_root: dir.path().join("work"),
             hidden: vec![data.clone(), config.clone(), dir.path().join("absent")],
         };
