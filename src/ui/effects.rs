@@ -24,7 +24,8 @@ pub enum Outcome {
     },
     Failed(String),
     Delivery(i64, Box<Result<DeliveryDetail, String>>),
-    JobLog(String, Vec<String>),
+    /// A job's log lines, and its latest agent run as the journal has it (any instance's).
+    JobLog(String, Vec<String>, Option<Box<crate::store::runs::RunRow>>),
 }
 
 /// Fills the history from the journal.
@@ -49,6 +50,15 @@ pub async fn seed(ops: &Ops, state: &mut State) {
     }
 }
 
+/// Today's agent cost, fleet-wide, from the journal; the events add this process's runs after.
+pub async fn seed_cost(ops: &Ops, state: &mut State) {
+    let today = crate::store::runs::utc_day(crate::store::unix_now());
+    if let Ok(rows) = ops.journal.costs(today.clone(), None).await {
+        let usd: f64 = rows.iter().map(|r| r.cost_usd).sum();
+        (state.counters.cost_day, state.counters.cost_today_micros) = (today, (usd * 1e6).round() as u64);
+    }
+}
+
 /// Runs `effect` on `runtime`; its outcome comes back on `tx`.
 pub fn spawn(runtime: &tokio::runtime::Handle, effect: Effect, ops: Arc<Ops>, bus: Bus, tx: mpsc::Sender<Outcome>) {
     runtime.spawn(async move {
@@ -58,7 +68,8 @@ pub fn spawn(runtime: &tokio::runtime::Handle, effect: Effect, ops: Arc<Ops>, bu
             Effect::LoadJobLog(id) => {
                 let path = crate::worker::runner::log_path(&ops.config.storage.data_dir(), &id);
                 let lines = tokio::task::spawn_blocking(move || tail(&path)).await.unwrap_or_default();
-                Outcome::JobLog(id, lines)
+                let run = ops.journal.runs_of(id.clone()).await.ok().and_then(|mut r| r.pop()).map(Box::new);
+                Outcome::JobLog(id, lines, run)
             }
             Effect::Quit | Effect::Log(_) => return,
         };
@@ -146,7 +157,10 @@ pub fn apply(outcome: Outcome, state: &mut State, console: &mut Console, now: Mi
                 *loaded = Some(result);
             }
         }
-        Outcome::JobLog(id, new_lines) => {
+        Outcome::JobLog(id, new_lines, run) => {
+            if let Some(run) = run {
+                state.set_agent_run(&id, *run);
+            }
             if let Some(Detail::JobLog { task_id, lines, .. }) = &mut console.detail
                 && *task_id == id
             {

@@ -71,6 +71,7 @@ pub async fn run(
     let service = crate::app::Service::open(config.clone(), mode).await?;
     let ops = Arc::new(service.ops());
     effects::seed(&ops, &mut state).await;
+    effects::seed_cost(&ops, &mut state).await;
     // On a shared journal the fleet watcher runs beside the service, on this runtime.
     let fleet_stop = CancellationToken::new();
     let (fleet, fleet_rx) = if ops.journal.shared() {

@@ -316,4 +316,5 @@ fn read_only_footer() {
     insta::assert_snapshot!(render(&s, &c));
 }
 
+mod agent;
 mod fleet;

@@ -17,7 +17,8 @@ mod rows;
 
 pub use queues::{Queues, SPARK_SAMPLES};
 pub use rows::{
-    BrokerState, Counters, DeliveryEntry, Fleet, JobEntry, JobState, PollStatus, contains_lower, short_instance,
+    AgentView, BrokerState, Counters, DeliveryEntry, Fleet, JobEntry, JobState, PollStatus, contains_lower,
+    short_instance,
 };
 
 /// Handler output lines kept per job for the live tail (the log file has every line).
@@ -96,6 +97,23 @@ impl State {
     /// This instance's id on a shared journal.
     fn me(&self) -> Option<String> {
         self.fleet.as_ref().map(|f| f.me.clone())
+    }
+
+    /// A job's agent run as the journal has it: what the events did not carry here (the prompt,
+    /// and everything of a run on another instance).
+    pub fn set_agent_run(&mut self, task_id: &str, run: crate::store::runs::RunRow) {
+        let Some(job) = self.jobs.get_mut(task_id) else { return };
+        let agent = job.agent.get_or_insert_with(Default::default);
+        agent.profile = run.profile;
+        agent.prompt = Some(run.prompt);
+        agent.pr_url = run.pr_url.or(agent.pr_url.take());
+        agent.outcome = run.outcome.or(agent.outcome);
+        if run.usage.turns >= agent.usage.turns {
+            agent.usage = run.usage;
+        }
+        if run.steps.len() > agent.steps.len() {
+            agent.steps = run.steps.into_iter().collect();
+        }
     }
 
     /// Applies one fact. Returns whether anything shown changed.

@@ -79,6 +79,10 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) {
     if c.label_failures > 0 {
         second.extend(count("label failures", c.label_failures, Color::Red));
     }
+    if c.cost_today_micros > 0 {
+        second.push(Span::styled("agent cost today ", dim));
+        second.push(Span::raw(format!("${:.2}  ", c.cost_today_micros as f64 / 1e6)));
+    }
     if let Some(p) = &state.poll {
         let what = if p.reconcile { "sweep" } else { "poll" };
         second.push(Span::styled(format!("{what} "), dim));

@@ -1,9 +1,13 @@
 //! A job's live log tail: its state, attempt and elapsed time, a progress gauge while it runs,
 //! and the last lines of its handler's output: the task's log file, re-read while it runs; for a
 //! run on another instance (no log file here), the tail that run records in the journal.
+//!
+//! A run of the built-in agent runner shows, instead of its raw output (JSON lines), its ledger
+//! and pull request, the stream as readable steps (tool calls, commands, files changed), and the
+//! prompt the agent was given.
 
 use super::Scene;
-use super::jobs::{detail, elapsed, state_style};
+use super::jobs::{agent_summary as summary, detail, elapsed, state_style};
 use crate::text::for_terminal;
 use crate::ui::console::Detail;
 use crate::ui::state::short_instance;
@@ -17,6 +21,11 @@ use ratatui::widgets::{Block, Borders, Gauge, Paragraph};
 pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
     let Some(Detail::JobLog { task_id, lines, scroll }) = &scene.console.detail else { return 0 };
     let job = scene.state.jobs.get(task_id);
+    if let Some(j) = job
+        && let Some(agent) = &j.agent
+    {
+        return draw_agent(frame, area, scene, task_id, j, agent, *scroll);
+    }
     let [info, gauge, log] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(if job.is_some_and(|j| j.percent.is_some()) { 3 } else { 0 }),
@@ -79,5 +88,55 @@ pub fn draw(frame: &mut Frame, area: Rect, scene: &Scene) -> u16 {
     let source = if from_journal { " (the journal's tail of its run)" } else { "" };
     let title = format!(" log: {} lines{source}, {follow} ", text.len());
     frame.render_widget(Paragraph::new(shown).block(Block::new().borders(Borders::ALL).title(title)), log);
+    bottom.min(u16::MAX as usize) as u16
+}
+
+/// An agent run: its summary and ledger, its steps (scrollable, following the newest), and its
+/// prompt.
+fn draw_agent(
+    frame: &mut Frame,
+    area: Rect,
+    scene: &Scene,
+    task_id: &str,
+    j: &crate::ui::state::JobEntry,
+    agent: &crate::ui::state::AgentView,
+    scroll: Option<u16>,
+) -> u16 {
+    let [info, steps_area, prompt_area] =
+        Layout::vertical([Constraint::Length(4), Constraint::Fill(3), Constraint::Fill(2)]).areas(area);
+    let u = &agent.usage;
+    let summary = vec![
+        Line::from(vec![
+            Span::styled(j.state.as_str(), state_style(j.state)),
+            Span::raw(format!("  {}  attempt {}  {}  {}", j.item, j.attempt, elapsed(j, scene.now), summary(agent))),
+        ]),
+        Line::from(format!(
+            "ledger: {} turns, {} input + {} output tokens, {} cache read, {} cache write, ${:.4} ({})",
+            u.turns,
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.cost_usd,
+            u.cost_source.as_str()
+        )),
+    ];
+    frame.render_widget(
+        Paragraph::new(summary).block(Block::new().borders(Borders::ALL).title(format!(" Job {task_id} — Esc back "))),
+        info,
+    );
+    let steps: Vec<&str> = agent.steps.iter().map(String::as_str).collect();
+    let height = steps_area.height.saturating_sub(2) as usize;
+    let bottom = steps.len().saturating_sub(height);
+    let top = scroll.map_or(bottom, |s| (s as usize).min(bottom));
+    let shown: Vec<Line> =
+        steps.iter().skip(top).take(height).map(|l| Line::from(for_terminal(l).into_owned())).collect();
+    let follow = if scroll.is_none() { "following" } else { "G to follow" };
+    let title = format!(" steps: {}, {follow} ", steps.len());
+    frame.render_widget(Paragraph::new(shown).block(Block::new().borders(Borders::ALL).title(title)), steps_area);
+    let prompt = agent.prompt.as_deref().unwrap_or("(loading from the journal)");
+    let lines: Vec<Line> = prompt.lines().map(|l| Line::from(for_terminal(l).into_owned())).collect();
+    let block = Block::new().borders(Borders::ALL).title(" prompt ");
+    frame.render_widget(Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }).block(block), prompt_area);
     bottom.min(u16::MAX as usize) as u16
 }

@@ -5,7 +5,7 @@
 
 use super::{Scene, draw_list, duration, instance_cell, page_rows};
 use crate::ui::console::short;
-use crate::ui::state::{JobEntry, JobState, Millis};
+use crate::ui::state::{AgentView, JobEntry, JobState, Millis};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -35,8 +35,38 @@ pub fn bar(percent: Option<u8>) -> String {
     }
 }
 
+/// An agent run on one line: profile, outcome, turns, tokens, cost, and the pull request.
+pub fn agent_summary(a: &AgentView) -> String {
+    let u = &a.usage;
+    let tokens = u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens;
+    let mut parts = vec![if a.profile.is_empty() { "agent".to_string() } else { a.profile.clone() }];
+    parts.push(a.outcome.map_or("running".to_string(), |o| o.to_string()));
+    parts.push(format!("{} turns", u.turns));
+    parts.push(format!("{} tok", compact(tokens)));
+    if u.cost_usd > 0.0 {
+        parts.push(format!("${:.2}", u.cost_usd));
+    }
+    if let Some(url) = &a.pr_url {
+        parts.push(url.clone());
+    }
+    parts.join(" · ")
+}
+
+/// 1234 → `1.2k`, 3456789 → `3.5M`.
+fn compact(n: u64) -> String {
+    match n {
+        0..1000 => n.to_string(),
+        1000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
+}
+
 /// What the DETAIL column says about a job in its state.
 pub fn detail(j: &JobEntry, now: Millis) -> String {
+    if let Some(a) = &j.agent {
+        let last = a.steps.back().filter(|_| j.state == JobState::Running).map(|s| format!(" · {s}"));
+        return format!("{}{}", agent_summary(a), last.unwrap_or_default());
+    }
     let reason = j.reason.clone().unwrap_or_default();
     match j.state {
         JobState::Running => j.message.clone(),
