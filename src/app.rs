@@ -78,9 +78,12 @@ impl Service {
             }
         }
         let has_listener = matches!(mode, Mode::All | Mode::Webhook);
-        let has_handler = !config.worker.command.is_empty();
+        let has_handler = !config.worker.command.is_empty() || config.agent.enabled();
         if mode == Mode::Consumer && !has_handler {
-            bail!("--mode consumer needs a handler: set [worker] command (or AGENTCTL_WORKER_COMMAND)");
+            bail!(
+                "--mode consumer needs something to run: set [agent] profile (AGENTCTL_AGENT_PROFILE) or \
+                 [worker] command (AGENTCTL_WORKER_COMMAND)"
+            );
         }
         // A handler runs as agentctl's user: it must not read this process's environment or memory
         // through /proc (the same user may, unless the process is non-dumpable).
@@ -164,6 +167,7 @@ impl Service {
         if matches!(mode, Mode::All | Mode::Consumer) && has_handler {
             tasks.spawn(crate::worker::cleanup::run(
                 crate::worker::runner::Places::from_config(&config),
+                config.agent.enabled().then(|| config.agent.workspace_dir()),
                 config.storage.retention_days,
                 config.worker.timeout_secs,
                 shutdown.clone(),
@@ -238,8 +242,9 @@ impl Service {
         }
         if mode == Mode::All && !has_handler {
             tracing::warn!(
-                "No worker.command configured: tasks are queued but not run. Set [worker] command \
-             (e.g. [\"sh\", \"assets/handlers/demo.sh\"]) to run an agent for each task"
+                "Neither agent.profile nor worker.command is configured: tasks are queued but not run. \
+                 Set [agent] profile (e.g. \"claude\") or [worker] command (e.g. [\"sh\", \"assets/handlers/demo.sh\"]) \
+                 to run an agent for each task"
             );
         }
         let mut worker = (matches!(mode, Mode::All | Mode::Consumer) && has_handler).then(|| {

@@ -249,6 +249,16 @@ impl AgentRunner {
         };
         let over_budget = Arc::new(AtomicBool::new(false));
         let agent_cancel = cancel.child_token();
+        // The item is looked at again while the agent works (a polled item sends no webhook
+        // when its label goes): closed, merged or unlabelled stops the run.
+        let gone = Arc::new(std::sync::Mutex::new(None::<String>));
+        let recheck = tokio::spawn(recheck_while_running(
+            forge.clone(),
+            task.clone(),
+            self.config.clone(),
+            agent_cancel.clone(),
+            gone.clone(),
+        ));
         let parser = StreamParser::new(
             kind,
             StreamConfig {
@@ -276,6 +286,8 @@ impl AgentRunner {
             let (watcher, comment) = watch.await.expect("the stream watcher does not panic");
             (attempt, watcher, comment)
         };
+        recheck.abort();
+        let gone = gone.lock().expect("recheck lock").take();
         comment = comment_back;
         let exit_ok = attempt.outcome == Outcome::Exited(0);
         for step in watcher.parser.finish(exit_ok) {
@@ -298,7 +310,7 @@ impl AgentRunner {
                     format!("the agent ran longer than worker.timeout_secs ({} s)", self.config.worker.timeout_secs);
                 (RunOutcome::Timeout, Some(why), FailureClass::Timeout)
             }
-            Outcome::Cancelled => (RunOutcome::Cancelled, None, FailureClass::Runner),
+            Outcome::Cancelled => (RunOutcome::Cancelled, gone, FailureClass::Runner),
             Outcome::FailedToStart(why) => {
                 (RunOutcome::Failed, Some(format!("the agent could not start: {why}")), FailureClass::Start)
             }
@@ -411,5 +423,33 @@ impl AgentRunner {
             }
         };
         Ok(Some((RunOutcome::PrOpened, Some(pull.url))))
+    }
+}
+
+/// How often a running agent's item is looked at again.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// Every [`RECHECK_EVERY`], the item as the forge has it now: one closed, merged or without its
+/// trigger and processing labels cancels the run (`why` says which). A forge that cannot be
+/// reached cancels nothing.
+async fn recheck_while_running(
+    forge: Arc<dyn Forge>,
+    task: Task,
+    config: Arc<Config>,
+    stop: CancellationToken,
+    why: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RECHECK_EVERY) => {}
+        }
+        let Ok(item) = forge.item_state(&task).await else { continue };
+        if let Some(reason) = crate::worker::skip_reason(&item, &task, &config) {
+            tracing::info!("task {}: {reason}; stopping its agent", task.id);
+            *why.lock().expect("recheck lock") = Some(format!("cancelled: {reason}"));
+            stop.cancel();
+            return;
+        }
     }
 }

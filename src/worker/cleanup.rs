@@ -78,6 +78,8 @@ pub fn max_age(retention_days: u32, timeout_secs: u64) -> Duration {
 /// Sweeps every hour until shutdown; `retention_days = 0` keeps everything.
 pub async fn run(
     places: Places,
+    // The agent runner's workspace (`agent.workspace_dir`): failed runs' clones go too.
+    workspace: Option<std::path::PathBuf>,
     retention_days: u32,
     timeout_secs: u64,
     shutdown: CancellationToken,
@@ -102,6 +104,18 @@ pub async fn run(
                 s.logs
             ),
             Err(e) => tracing::warn!("the work dir sweep failed: {e}"),
+        }
+        if let Some(tasks) = workspace.as_ref().map(|w| w.join("tasks")) {
+            let swept = tokio::task::spawn_blocking(move || crate::agent::workspace::sweep_tasks(&tasks, age)).await;
+            match swept {
+                Ok(Ok(s)) if !s.removed.is_empty() => {
+                    let n = s.removed.len();
+                    tracing::info!("Retention: removed {n} agent clone(s) older than {retention_days} days")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("the agent workspace sweep failed: {e}"),
+                Err(e) => tracing::warn!("the agent workspace sweep failed: {e}"),
+            }
         }
     }
 }

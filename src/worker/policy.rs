@@ -39,7 +39,9 @@ pub fn decide_run(
     use crate::store::runs::RunOutcome;
     match run.outcome {
         RunOutcome::PrOpened | RunOutcome::Pushed => Finish::Done { exit_code: 0 },
-        RunOutcome::Cancelled => Finish::Dropped { reason: "cancelled by an operator".into() },
+        RunOutcome::Cancelled => {
+            Finish::Dropped { reason: run.reason.clone().unwrap_or_else(|| "cancelled by an operator".into()) }
+        }
         outcome => {
             let exit_code = match run.attempt.outcome {
                 Outcome::Exited(code) => Some(code),

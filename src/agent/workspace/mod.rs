@@ -33,7 +33,7 @@ pub use git::GitError;
 pub use lock::LockError;
 pub use mirror::MirrorRefresh;
 pub use names::{DEFAULT_BRANCH_TEMPLATE, branch_name, check_branch, git_url, short_task_id};
-pub use retention::Swept;
+pub use retention::{Swept, sweep as sweep_tasks};
 
 use crate::config::Secret;
 use crate::task::Source;
