@@ -11,6 +11,17 @@ fn main() -> ExitCode {
         // from there, no logging, no config.
         return agentctl::agent::workspace::credential_helper_main(action);
     }
+    if matches!(
+        &cli.command,
+        Some(Command::Jobs(_) | Command::Deliveries(_) | Command::Costs(_) | Command::Instances | Command::Config(_))
+    ) {
+        // A listing piped into `head` ends quietly when the reader goes, as other CLIs do,
+        // rather than panicking on a write to a closed pipe. (The service keeps SIGPIPE ignored.)
+        // SAFETY: signal(2) only resets this process's disposition, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = agentctl::commands::load_dotenv() {
         eprintln!("agentctl: {e:#}");
         return ExitCode::FAILURE;
