@@ -184,7 +184,9 @@ comment_interval_secs = 5
         let a = answered.as_secs_f64() * 1e3;
         println!("{:>4}  {a:>10.1}  {:>12.1}  {total:>12.1}  {:>10.2}", i + 1, total - a, sent.elapsed().as_secs_f64());
         if i > 0 {
-            (to_202.push(a), to_agent.push(total - a), totals.push(total));
+            to_202.push(a);
+            to_agent.push(total - a);
+            totals.push(total);
         }
     }
     if runs > 1 {
