@@ -191,6 +191,18 @@ impl AgentRunner {
             return fail(format!("cannot write the prompt to {}: {e}", prompt_file.display()));
         }
         let kind = agent.profile.0.expect("the runner runs only with a profile");
+        if kind == super::profile::ProfileKind::Aider {
+            // aider keeps its chat history and cache in `.aider*` files in the clone, and runs
+            // with --no-gitignore: they must not end up in the commit.
+            let exclude = checkout.repo().join(".git/info/exclude");
+            let mut text = std::fs::read_to_string(&exclude).unwrap_or_default();
+            text.push_str("\n.aider*\n");
+            if let Err(e) =
+                std::fs::create_dir_all(checkout.repo().join(".git/info")).and_then(|_| std::fs::write(&exclude, text))
+            {
+                return fail(format!("cannot keep aider's files out of the commit ({}): {e}", exclude.display()));
+            }
+        }
         let run_id = journal
             .start_run(NewRun {
                 task_id: task.id.clone(),
