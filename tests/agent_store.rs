@@ -5,6 +5,7 @@
 //! `paused` state: replayable, never run from a message, woken when its day comes.
 
 #[allow(dead_code)]
+#[macro_use]
 #[path = "common/journals.rs"]
 mod journals;
 #[allow(dead_code)]
@@ -16,23 +17,6 @@ use agentctl::store::runs::{CommentRef, CostSource, NewRun, RunEnd, RunOutcome, 
 use agentctl::store::tasks::{Claim, Finish, Finished};
 use agentctl::store::{TaskState, unix_now};
 use journals::*;
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Kind::Sqlite).await }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Kind::Postgres).await }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     a_run_is_recorded_from_start_to_end_with_its_final_comment,

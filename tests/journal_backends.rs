@@ -7,6 +7,7 @@
 //! `store::leases`, `store::deliveries`, `store::outbox`); these tests hold both backends to them.
 
 #[allow(dead_code)]
+#[macro_use]
 #[path = "common/journals.rs"]
 mod journals;
 #[allow(dead_code)]
@@ -20,24 +21,6 @@ use agentctl::store::tasks::{Claim, Finish, Finished, INVALID_ITEM};
 use agentctl::store::{MAX_REFUSALS, Recorded, Refusal, RejectedCaps, TaskState, judge_refusal};
 use agentctl::task::{ItemKey, Kind as ItemKind, Source, Task};
 use journals::*;
-
-/// Runs each scenario once per backend: `sqlite::<name>` and `postgres::<name>`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Kind::Sqlite).await }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Kind::Postgres).await }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     claims_skip_what_is_taken_or_finished,

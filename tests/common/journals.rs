@@ -11,6 +11,25 @@ use agentctl::store::{Journal, Lease, NewDelivery, NewTask, StoredBody, TaskStat
 use agentctl::task::Task;
 use std::fmt;
 
+/// Runs each scenario once per backend: `sqlite::<name>` and `postgres::<name>`.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::Kind::Sqlite).await }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::Kind::Postgres).await }
+            )*
+        }
+    };
+}
+
 /// The main queue every scenario publishes to.
 pub const Q: &str = "q";
 /// Every lease in these tests lasts this long: far longer than any test, so only a lease a test
