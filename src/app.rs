@@ -78,9 +78,13 @@ impl Service {
             }
         }
         let has_listener = matches!(mode, Mode::All | Mode::Webhook);
-        let has_handler = !config.worker.command.is_empty();
+        // The handler is `worker.command`, or the built-in agent runner (`agent.profile`).
+        let has_handler = !config.worker.command.is_empty() || config.agent.enabled();
         if mode == Mode::Consumer && !has_handler {
-            bail!("--mode consumer needs a handler: set [worker] command (or AGENTCTL_WORKER_COMMAND)");
+            bail!(
+                "--mode consumer needs a handler: set [worker] command (or AGENTCTL_WORKER_COMMAND), \
+                 or [agent] profile for the built-in agent runner"
+            );
         }
         // A handler runs as agentctl's user: it must not read this process's environment or memory
         // through /proc (the same user may, unless the process is non-dumpable).
@@ -238,8 +242,8 @@ impl Service {
         }
         if mode == Mode::All && !has_handler {
             tracing::warn!(
-                "No worker.command configured: tasks are queued but not run. Set [worker] command \
-             (e.g. [\"sh\", \"assets/handlers/demo.sh\"]) to run an agent for each task"
+                "No worker.command or agent.profile configured: tasks are queued but not run. Set [worker] \
+             command (e.g. [\"sh\", \"assets/handlers/demo.sh\"]) or [agent] profile to run an agent for each task"
             );
         }
         let mut worker = (matches!(mode, Mode::All | Mode::Consumer) && has_handler).then(|| {
