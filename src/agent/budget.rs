@@ -2,7 +2,7 @@
 //! `agent.daily_budget_usd` pauses a repository's new tasks once its runs cost that much on the
 //! current UTC day. A paused task is `paused` in the journal until the next UTC midnight, when
 //! the worker's sweeper queues it again (`store::tasks::wake_paused`), or until an operator
-//! replays it. The daily figure is read when a run starts, so runs started together may
+//! replays it (a replay runs whatever the day's spending). The daily figure is read when a run starts, so runs started together may
 //! overshoot it by at most the runs in flight.
 
 use crate::config::Agent;

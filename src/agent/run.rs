@@ -311,6 +311,18 @@ impl AgentRunner {
         let agent_ok = exit_ok && watcher.parser.progress().phase != super::stream::Phase::Failed;
 
         let last_error = watcher.parser.progress().last_error.clone();
+        // Who stopped it — an operator, or someone removing a label on the forge — is in the
+        // journal; the re-check during the run says what it found. The comment says so. None of
+        // them: agentctl itself is shutting down, and the task runs again after the restart (see
+        // `comment_body`).
+        let stopped_by = match attempt.outcome {
+            Outcome::Cancelled if !over_budget.load(Ordering::SeqCst) => {
+                journal.cancel_reason(task.id.clone()).await.ok().flatten().or(gone)
+            }
+            _ => None,
+        };
+        let shutting_down =
+            attempt.outcome == Outcome::Cancelled && !over_budget.load(Ordering::SeqCst) && stopped_by.is_none();
         let (mut outcome, mut reason, mut class) = match &attempt.outcome {
             _ if over_budget.load(Ordering::SeqCst) => {
                 let limit = agent.max_cost_usd;
@@ -322,7 +334,7 @@ impl AgentRunner {
                     format!("the agent ran longer than worker.timeout_secs ({} s)", self.config.worker.timeout_secs);
                 (RunOutcome::Timeout, Some(why), FailureClass::Timeout)
             }
-            Outcome::Cancelled => (RunOutcome::Cancelled, gone, FailureClass::Runner),
+            Outcome::Cancelled => (RunOutcome::Cancelled, stopped_by, FailureClass::Runner),
             Outcome::FailedToStart(why) => {
                 (RunOutcome::Failed, Some(format!("the agent could not start: {why}")), FailureClass::Start)
             }
@@ -363,7 +375,9 @@ impl AgentRunner {
             reason: reason.clone().or_else(|| (outcome == RunOutcome::Cancelled).then(|| "cancelled".into())),
             log_tail: (!outcome.succeeded() && outcome != RunOutcome::NoChanges).then(|| attempt.log_tail.clone()),
         };
-        let comment_body = comment.as_ref().map(|c| c.final_body(&ending));
+        // A run stopped by a shutdown gets no final body: the task is released and run again,
+        // and that run edits the same comment.
+        let comment_body = comment.as_ref().filter(|_| !shutting_down).map(|c| c.final_body(&ending));
         if let Some(run) = run_id {
             let end = RunEnd { outcome, usage, pr_url: pr_url.clone(), final_message, comment: comment_body };
             if let Err(e) = journal.end_run(run, end).await {

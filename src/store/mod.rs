@@ -108,11 +108,24 @@ pub fn connect(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection, Stor
 
 /// Creates the journal file 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm`
 /// files the database file's mode), and tightens an existing one.
+///
+/// An existing file is never opened here, only looked at by path: closing *any* descriptor of a
+/// file drops every POSIX lock this process holds on it, SQLite's included
+/// (<https://sqlite.org/howtocorrupt.html>, 2.2). Each new read connection came through here, and
+/// its open-and-close released the locks of the connections already open; another process's
+/// connection (`agentctl jobs list` beside a running agentctl, say) then took itself for the
+/// last one when it closed, checkpointed and deleted the WAL and its index under them: "disk I/O
+/// error" on every read after.
 fn private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)?;
-    if file.metadata()?.permissions().mode() & 0o077 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    match std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(path) {
+        // New: no connection of this process can hold a lock on it yet.
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         for suffix in ["-wal", "-shm"] {
             let mut side = path.as_os_str().to_owned();
             side.push(suffix);
@@ -133,4 +146,40 @@ pub fn unix_now() -> i64 {
 /// Milliseconds since the epoch.
 pub fn unix_now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's POSIX locks on the file at `path` (from `/proc/locks`).
+    fn my_locks(path: &Path) -> usize {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(path).unwrap().ino();
+        let me = std::process::id().to_string();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&"POSIX")
+                    && f.get(4) == Some(&me.as_str())
+                    && f.get(5).and_then(|dev| dev.rsplit(':').next()) == Some(inode.to_string().as_str())
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_new_connection_leaves_the_open_ones_locks_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let first = connect(&path, SyncMode::Normal).unwrap();
+        let _: i64 = first.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0)).unwrap();
+        let held = my_locks(&path);
+        assert!(held > 0, "a WAL connection keeps a shared lock on the database file");
+        let second = connect(&path, SyncMode::Normal).unwrap();
+        assert!(my_locks(&path) >= held, "opening another connection released the first one's locks");
+        drop(second);
+        let _: i64 = first.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0)).unwrap();
+    }
 }

@@ -346,7 +346,10 @@ async fn run_attempt(shared: &Arc<Shared>, task: Task) {
         let label = shared.forges.get(task.source).map(|_| (LabelOp::Skipped, None));
         return end_unrun(shared, &task, Finish::Skipped { reason }, label).await;
     }
+    // An operator's replay (of a paused task, say) is their decision to spend: the daily
+    // budget does not pause it again.
     if shared.agent.is_some()
+        && !task.replay
         && let Some(pause) =
             crate::agent::budget::daily_pause(&shared.journal, &shared.config.agent, &task, unix_now()).await
     {
