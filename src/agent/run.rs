@@ -268,6 +268,7 @@ impl AgentRunner {
             forge.clone(),
             task.clone(),
             self.config.clone(),
+            RECHECK_EVERY,
             agent_cancel.clone(),
             gone.clone(),
         ));
@@ -455,20 +456,21 @@ impl AgentRunner {
 /// How often a running agent's item is looked at again.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(60);
 
-/// Every [`RECHECK_EVERY`], the item as the forge has it now: one closed, merged or without its
-/// trigger and processing labels cancels the run (`why` says which). A forge that cannot be
-/// reached cancels nothing.
-async fn recheck_while_running(
+/// Every `every` ([`RECHECK_EVERY`] in a run), the item as the forge has it now: one closed,
+/// merged or without its trigger and processing labels cancels the run (`why` says which). A
+/// forge that cannot be reached cancels nothing.
+pub async fn recheck_while_running(
     forge: Arc<dyn Forge>,
     task: Task,
     config: Arc<Config>,
+    every: Duration,
     stop: CancellationToken,
     why: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RECHECK_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
         }
         let Ok(item) = forge.item_state(&task).await else { continue };
         if let Some(reason) = crate::worker::skip_reason(&item, &task, &config) {
