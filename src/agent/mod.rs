@@ -20,3 +20,17 @@ pub mod run;
 pub mod stream;
 mod watch;
 pub mod workspace;
+
+/// The profile's options as the config sets them.
+pub fn profile_options(config: &crate::config::Config) -> profile::ProfileOptions {
+    let agent = &config.agent;
+    profile::ProfileOptions {
+        model: (!agent.model.is_empty()).then(|| agent.model.clone()),
+        max_turns: (agent.max_turns > 0).then_some(agent.max_turns),
+        permission: agent.permission,
+        sandboxed: config.worker.sandbox == crate::config::Sandbox::Bwrap,
+        program: (!agent.program.is_empty()).then(|| agent.program.clone().into()),
+        extra_args: agent.args.clone(),
+        template: agent.command.clone(),
+    }
+}

@@ -11,7 +11,7 @@
 
 use super::comment::{EditBudget, Ending, ProgressComment};
 use super::price::PriceTable;
-use super::profile::{Invocation, ProfileOptions};
+use super::profile::Invocation;
 use super::prompt::{self, PromptInput};
 use super::stream::{StreamConfig, StreamParser};
 use super::watch::{Watcher, usage_of};
@@ -203,6 +203,11 @@ impl AgentRunner {
                 return fail(format!("cannot keep aider's files out of the commit ({}): {e}", exclude.display()));
             }
         }
+        let options = super::profile_options(&self.config);
+        let invocation = match Invocation::build(kind, &options, &prompt_file, checkout.repo()) {
+            Ok(i) => i,
+            Err(e) => return fail(format!("agent: {e}")),
+        };
         let run_id = journal
             .start_run(NewRun {
                 task_id: task.id.clone(),
@@ -233,19 +238,6 @@ impl AgentRunner {
             false => None,
         };
 
-        let options = ProfileOptions {
-            model: (!agent.model.is_empty()).then(|| agent.model.clone()),
-            max_turns: (agent.max_turns > 0).then_some(agent.max_turns),
-            permission: agent.permission,
-            sandboxed: self.config.worker.sandbox == crate::config::Sandbox::Bwrap,
-            program: (!agent.program.is_empty()).then(|| agent.program.clone().into()),
-            extra_args: agent.args.clone(),
-            template: agent.command.clone(),
-        };
-        let invocation = match Invocation::build(kind, &options, &prompt_file, checkout.repo()) {
-            Ok(i) => i,
-            Err(e) => return fail(format!("agent: {e}")),
-        };
         let (tee, lines) = mpsc::channel::<String>(1024);
         let launch = Launch {
             program: invocation.program.clone().into_os_string(),

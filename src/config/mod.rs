@@ -476,6 +476,13 @@ impl Config {
         let prices = crate::agent::price::PriceTable::with_overrides(self.agent.prices.clone())
             .map_err(|e| ConfigError::Value { key: "agent.prices".into(), message: e.to_string() })?;
         self.agent.validate(!self.worker.command.is_empty(), &data, |model| prices.is_known(model))?;
+        if let Some(kind) = self.agent.profile.0 {
+            // What the runner will start, checked now rather than at every task's run.
+            let options = crate::agent::profile_options(self);
+            let (prompt, dir) = (std::path::Path::new("/prompt.md"), std::path::Path::new("/clone"));
+            crate::agent::profile::Invocation::build(kind, &options, prompt, dir)
+                .map_err(|e| ConfigError::Value { key: "agent".into(), message: e.to_string() })?;
+        }
         Ok(())
     }
 

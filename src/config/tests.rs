@@ -141,3 +141,18 @@ fn git_urls_follow_the_api_url() {
     c.gitlab.git_url = "http://127.0.0.1:9/{repo}.git".into();
     assert_eq!(c.gitlab.git_url(), "http://127.0.0.1:9/{repo}.git");
 }
+
+#[test]
+fn what_the_runner_would_start_is_checked_at_load() {
+    use crate::agent::profile::{Permission, ProfileKind};
+    let mut c = Config::default();
+    c.agent.profile = AgentProfile(Some(ProfileKind::Claude));
+    c.agent.permission = Permission::Bypass;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("agent") && err.contains("bwrap"), "bypass needs the sandbox: {err}");
+    c.agent.permission = Permission::Edit;
+    c.agent.profile = AgentProfile(Some(ProfileKind::Codex));
+    c.agent.max_turns = 10;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("max_turns"), "codex has no turn limit: {err}");
+}
