@@ -287,7 +287,11 @@ impl AgentRunner {
         };
         let (attempt, mut watcher, comment_back) = {
             let watch = tokio::spawn(watcher.watch(lines, comment.take()));
-            let attempt = launch.run(task, &self.config, places, bus, agent_cancel, on_start).await;
+            let mut attempt = launch.run(task, &self.config, places, bus, agent_cancel, on_start).await;
+            // The tail travels in the journal, the dead letter and `jobs show`: no secret of
+            // agentctl's or token-shaped word the agent printed goes with it.
+            let known: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+            attempt.log_tail = super::redact::redact(&attempt.log_tail, &known);
             let (watcher, comment) = watch.await.expect("the stream watcher does not panic");
             (attempt, watcher, comment)
         };
