@@ -72,10 +72,12 @@ async fn a_run_is_recorded_from_start_to_end_with_its_final_comment(b: Kind) {
         pr_url: Some("https://example.test/o/runs/pull/2".into()),
         final_message: Some("Fixed it.".into()),
         comment: Some("agent finished: pull request opened".into()),
+        model_seen: Some("claude-opus-4-1".into()),
     };
     db.end_run(run, end).await.unwrap();
     let row = &db.latest_runs(vec![t.id.clone(), "none".into()]).await.unwrap()[0];
     assert_eq!(row.outcome, Some(RunOutcome::PrOpened), "{db}");
+    assert_eq!(row.model, "claude-sonnet-4-5", "{db}: the configured model stays");
     assert_eq!(row.usage.cost_usd, 0.75);
     assert_eq!(row.pr_url.as_deref(), Some("https://example.test/o/runs/pull/2"));
     assert!(row.ended_unix.is_some());
@@ -92,6 +94,20 @@ async fn a_run_is_recorded_from_start_to_end_with_its_final_comment(b: Kind) {
     assert!(second > run);
     assert_eq!(db.latest_runs(vec![t.id.clone()]).await.unwrap()[0].id, second, "{db}");
     assert_eq!(db.runs_of(t.id.clone()).await.unwrap().len(), 2);
+
+    // Without a configured model, the one the agent's stream named is recorded.
+    let unnamed = db.start_run(NewRun { attempt: 3, model: String::new(), ..new_run(&t.id, "o/runs", unix_now()) });
+    let unnamed = unnamed.await.unwrap();
+    let end = RunEnd {
+        outcome: RunOutcome::Failed,
+        usage: usage(0.1),
+        pr_url: None,
+        final_message: None,
+        comment: None,
+        model_seen: Some("claude-sonnet-4-5-20250929".into()),
+    };
+    db.end_run(unnamed, end).await.unwrap();
+    assert_eq!(db.latest_runs(vec![t.id.clone()]).await.unwrap()[0].model, "claude-sonnet-4-5-20250929", "{db}");
 }
 
 async fn costs_group_by_day_and_repository_whatever_its_case(b: Kind) {
@@ -111,6 +127,7 @@ async fn costs_group_by_day_and_repository_whatever_its_case(b: Kind) {
             pr_url: None,
             final_message: None,
             comment: None,
+            model_seen: None,
         };
         db.end_run(run, end).await.unwrap();
     }

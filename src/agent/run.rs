@@ -376,7 +376,9 @@ impl AgentRunner {
         // and that run edits the same comment.
         let comment_body = comment.as_ref().filter(|_| !shutting_down).map(|c| c.final_body(&ending));
         if let Some(run) = run_id {
-            let end = RunEnd { outcome, usage, pr_url: pr_url.clone(), final_message, comment: comment_body };
+            let model_seen = watcher.parser.progress().model.clone();
+            let end =
+                RunEnd { outcome, usage, pr_url: pr_url.clone(), final_message, comment: comment_body, model_seen };
             if let Err(e) = journal.end_run(run, end).await {
                 tracing::warn!("task {}: cannot record the end of its run: {e}", task.id);
             }

@@ -139,6 +139,8 @@ pub struct RunEnd {
     pub final_message: Option<String>,
     /// The progress comment's final body, edited in by the label drainer (durable).
     pub comment: Option<String>,
+    /// The model the agent's stream named, recorded where the config named none.
+    pub model_seen: Option<String>,
 }
 
 /// One run as `jobs show` and the console see it.
@@ -238,7 +240,8 @@ pub fn end(c: &Connection, run: i64, end: &RunEnd) -> rusqlite::Result<()> {
     c.prepare_cached(
         "UPDATE runs SET ended_unix = ?2, outcome = ?3, turns = ?4, input_tokens = ?5, output_tokens = ?6,
              cache_read_tokens = ?7, cache_write_tokens = ?8, cost_usd = ?9, cost_source = ?10, pr_url = ?11,
-             final_message = ?12 WHERE id = ?1",
+             final_message = ?12, model = CASE WHEN model = '' THEN COALESCE(?13, '') ELSE model END
+         WHERE id = ?1",
     )?
     .execute(params![
         run,
@@ -252,7 +255,8 @@ pub fn end(c: &Connection, run: i64, end: &RunEnd) -> rusqlite::Result<()> {
         u.cost_usd,
         u.cost_source.as_str(),
         end.pr_url,
-        end.final_message
+        end.final_message,
+        end.model_seen
     ])?;
     if let Some(body) = &end.comment {
         let task: String = c.query_row("SELECT task_id FROM runs WHERE id = ?1", [run], |r| r.get(0))?;

@@ -142,7 +142,8 @@ pub(super) async fn end(c: &impl GenericClient, run: i64, end: &RunEnd) -> Resul
         .query_one(
             "UPDATE runs SET ended_unix = $2, outcome = $3, turns = $4, input_tokens = $5, output_tokens = $6,
                  cache_read_tokens = $7, cache_write_tokens = $8, cost_usd = $9, cost_source = $10, pr_url = $11,
-                 final_message = $12 WHERE id = $1 RETURNING task_id",
+                 final_message = $12, model = CASE WHEN model = '' THEN COALESCE($13, '') ELSE model END
+             WHERE id = $1 RETURNING task_id",
             &[
                 &run,
                 &unix_now(),
@@ -156,6 +157,7 @@ pub(super) async fn end(c: &impl GenericClient, run: i64, end: &RunEnd) -> Resul
                 &u.cost_source.as_str(),
                 &end.pr_url,
                 &end.final_message,
+                &end.model_seen,
             ],
         )
         .await?;
