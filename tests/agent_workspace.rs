@@ -128,13 +128,20 @@ async fn another_process_holding_the_mirror_lock_is_waited_for() {
     let remote = Remote::for_forge(Source::Github, &file_url(&bare), None).unwrap();
     ws.refresh_mirror(&remote).await.unwrap();
     let lock = format!("{}.lock", ws.mirror_path(&remote).unwrap().display());
-    let mut holder = std::process::Command::new("flock").args(["--exclusive", &lock, "sleep", "2"]).spawn().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
+    // The other process says when it holds the lock; the prepare that follows can only get it
+    // once that process has exited (its lock goes with it): no timing is assumed.
+    let ready = tmp.path().join("holding");
+    let script = format!("touch '{}'; sleep 1", ready.display());
+    let mut holder =
+        std::process::Command::new("flock").args(["--exclusive", &lock, "sh", "-c", &script]).spawn().unwrap();
+    let asked = Instant::now();
+    while !ready.exists() {
+        assert!(asked.elapsed() < Duration::from_secs(30), "flock never took the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let c = ws.prepare(&remote, &request("t1", "agent/1-l")).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(1200), "did not wait: {:?}", started.elapsed());
+    assert!(holder.try_wait().unwrap().is_some(), "the prepare did not wait for the other process's lock");
     assert!(c.mirror().fetched);
-    holder.wait().unwrap();
 }
 
 #[tokio::test]
