@@ -166,7 +166,7 @@ impl ProgressComment {
             money(&p.usage),
         );
         if let Some(step) = &p.last_step {
-            body.push_str(&format!("\n\nLast step: `{}`", one_line(step, 160).replace('`', "'")));
+            body.push_str(&format!("\n\nLast step: `{}`", super::stream::brief(step, 160).replace('`', "'")));
         }
         self.redact(&body)
     }
@@ -194,7 +194,7 @@ impl ProgressComment {
             money(&e.usage)
         ));
         if let Some(reason) = &e.reason {
-            body.push_str(&format!("\n\nReason: {}", one_line(reason, 400)));
+            body.push_str(&format!("\n\nReason: {}", super::stream::brief(reason, 400)));
         }
         if let Some(tail) = e.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
             let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
@@ -215,14 +215,6 @@ pub fn human(d: Duration) -> String {
         0..60 => format!("{s} s"),
         60..3600 => format!("{} min {:02} s", s / 60, s % 60),
         _ => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
-    }
-}
-
-fn one_line(text: &str, max: usize) -> String {
-    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match line.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &line[..at]),
-        None => line,
     }
 }
 

@@ -38,26 +38,6 @@ pub fn usage_of(l: &Ledger) -> Usage {
     }
 }
 
-/// A step as one readable line (the console, `jobs show`, the journal's steps).
-pub fn step_line(step: &Step) -> Option<String> {
-    Some(match step {
-        Step::Started { model, .. } => {
-            format!("started{}", model.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())
-        }
-        Step::Message { text } => format!("says: {text}"),
-        Step::Tool { name, summary } if summary.is_empty() => name.clone(),
-        Step::Tool { name, summary } => format!("{name}: {summary}"),
-        Step::Command { command, exit_code: Some(c) } => format!("$ {command} → {c}"),
-        Step::Command { command, exit_code: None } => format!("$ {command}"),
-        Step::FilesChanged { paths } => format!("changed {}", paths.join(", ")),
-        Step::TurnDone { turns } => format!("turn {turns} done"),
-        Step::Progress { percent, message } => format!("{percent}% {message}"),
-        Step::Error { message } => format!("error: {message}"),
-        Step::Finished { ok: true, summary } => format!("done: {summary}"),
-        Step::Finished { ok: false, summary } => format!("failed: {summary}"),
-    })
-}
-
 /// Reads the agent's output while it runs: steps to the bus, the run's row now and then, the
 /// progress comment, and the per-run budget.
 pub(super) struct Watcher {
@@ -121,7 +101,7 @@ impl Watcher {
         {
             self.final_summary = Some(summary.clone());
         }
-        let Some(line) = step_line(step) else { return };
+        let line = step.to_string();
         if self.steps.len() == STEPS_KEPT {
             self.steps.pop_front();
         }

@@ -83,20 +83,6 @@ pub fn cost(u: &Usage) -> String {
     if u.cost_usd > 0.0 { format!("${:.4}", u.cost_usd) } else { "-".into() }
 }
 
-/// The ledger on one line.
-pub fn ledger_line(u: &Usage) -> String {
-    format!(
-        "{} turns, {} input + {} output tokens, {} cache read, {} cache write, {} ({})",
-        u.turns,
-        u.input_tokens,
-        u.output_tokens,
-        u.cache_read_tokens,
-        u.cache_write_tokens,
-        cost(u),
-        u.cost_source.as_str()
-    )
-}
-
 async fn show(ops: &ops::Ops, id: &str, follow: bool) -> anyhow::Result<()> {
     let job = ops
         .journal
@@ -141,7 +127,7 @@ pub fn render_show(job: &crate::store::jobs::JobRow, runs: &[RunRow]) -> String 
     }
     let model = if last.model.is_empty() { "default model".to_string() } else { last.model.clone() };
     let _ = writeln!(out, "agent     {} ({model}), branch {}", last.profile, for_terminal_line(&last.branch));
-    let _ = writeln!(out, "ledger    {}", ledger_line(&last.usage));
+    let _ = writeln!(out, "ledger    {}", last.usage);
     if runs.len() > 1 {
         let total = runs.iter().map(|r| r.usage.cost_usd).sum::<f64>();
         let _ = writeln!(out, "runs      {} (all attempts: ${total:.4})", runs.len());

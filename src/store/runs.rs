@@ -116,6 +116,22 @@ pub struct Usage {
     pub cost_source: CostSource,
 }
 
+/// The ledger on one line: `7 turns, 457 input + 1847 output tokens, 115623 cache read,
+/// 16471 cache write, $0.1033 (reported)` (`jobs show`, the console's job detail).
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} turns, {} input + {} output tokens, {} cache read, {} cache write, ",
+            self.turns, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens
+        )?;
+        match self.cost_usd > 0.0 {
+            true => write!(f, "${:.4} ({})", self.cost_usd, self.cost_source.as_str()),
+            false => write!(f, "cost unknown"),
+        }
+    }
+}
+
 /// A run about to start its agent.
 #[derive(Debug, Clone)]
 pub struct NewRun {

@@ -57,6 +57,28 @@ pub enum Step {
     Finished { ok: bool, summary: String },
 }
 
+/// A step as one readable line (the console, `jobs show`, the journal's steps, the progress
+/// comment's last action).
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Started { model: Some(m), .. } => write!(f, "started ({m})"),
+            Step::Started { model: None, .. } => write!(f, "started"),
+            Step::Message { text } => write!(f, "says: {text}"),
+            Step::Tool { name, summary } if summary.is_empty() => write!(f, "{name}"),
+            Step::Tool { name, summary } => write!(f, "{name}: {summary}"),
+            Step::Command { command, exit_code: Some(c) } => write!(f, "$ {command} → {c}"),
+            Step::Command { command, exit_code: None } => write!(f, "$ {command}"),
+            Step::FilesChanged { paths } => write!(f, "changed {}", paths.join(", ")),
+            Step::TurnDone { turns } => write!(f, "turn {turns} done"),
+            Step::Progress { percent, message } => write!(f, "{percent}% {message}"),
+            Step::Error { message } => write!(f, "error: {message}"),
+            Step::Finished { ok: true, summary } => write!(f, "done: {summary}"),
+            Step::Finished { ok: false, summary } => write!(f, "failed: {summary}"),
+        }
+    }
+}
+
 /// Where the run is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,12 +114,7 @@ impl Progress {
         match step {
             Step::Started { model, .. } => self.model = model.clone().or(self.model.take()),
             Step::Message { .. } => {}
-            Step::Tool { name, summary } if summary.is_empty() => self.last_action = Some(name.clone()),
-            Step::Tool { name, summary } => self.last_action = Some(format!("{name}: {summary}")),
-            Step::Command { command, exit_code: Some(code) } => {
-                self.last_action = Some(format!("$ {command} → {code}"))
-            }
-            Step::Command { command, exit_code: None } => self.last_action = Some(format!("$ {command}")),
+            Step::Tool { .. } | Step::Command { .. } => self.last_action = Some(step.to_string()),
             Step::FilesChanged { paths } => {
                 for p in paths {
                     if self.files_changed.len() < FILES_MAX || self.files_changed.contains(p) {

@@ -20,7 +20,6 @@
 //!   control characters removed (a forge's `remote:` lines end up on a terminal).
 
 use super::credential::{self, Grant};
-use crate::config::MASK;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -383,11 +382,8 @@ impl Drop for GroupGuard {
 /// Text from git made safe to show: every secret masked, `user:pass@` removed from URLs, and
 /// control characters other than newlines and tabs dropped.
 pub fn redact(text: &str, secrets: &[&str]) -> String {
-    let mut out = strip_userinfo(text);
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(secret, MASK);
-    }
-    crate::text::for_terminal(&out).into_owned()
+    let masked = crate::agent::redact::redact(&strip_userinfo(text), secrets);
+    crate::text::for_terminal(&masked).into_owned()
 }
 
 /// Removes the `user[:password]@` part of every `scheme://user@host` in `text`.

@@ -110,16 +110,7 @@ fn draw_agent(
             Span::styled(j.state.as_str(), state_style(j.state)),
             Span::raw(format!("  {}  attempt {}  {}  {}", j.item, j.attempt, elapsed(j, scene.now), summary(agent))),
         ]),
-        Line::from(format!(
-            "ledger: {} turns, {} input + {} output tokens, {} cache read, {} cache write, ${:.4} ({})",
-            u.turns,
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_tokens,
-            u.cache_write_tokens,
-            u.cost_usd,
-            u.cost_source.as_str()
-        )),
+        Line::from(format!("ledger: {u}")),
     ];
     frame.render_widget(
         Paragraph::new(summary).block(Block::new().borders(Borders::ALL).title(format!(" Job {task_id} — Esc back "))),
