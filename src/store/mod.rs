@@ -28,7 +28,7 @@ mod text_column;
 mod verdict;
 mod writer;
 
-pub use body::StoredBody;
+pub use body::{StoredBody, unpack as unpack_body};
 pub use deliveries::{
     DeliveryGroup, DeliveryRow, DeliverySummary, NewDelivery, NewTask, PRUNE_PER_INSERT, Recorded, RejectedCaps,
 };

@@ -21,7 +21,7 @@ CREATE TABLE deliveries (
     received_at   TEXT NOT NULL,
     received_unix INTEGER NOT NULL,
     headers       TEXT NOT NULL,
-    body          BLOB,        -- zstd-compressed (see store::body)
+    body          BLOB,        -- compressed (see store::body)
     body_size     INTEGER NOT NULL,
     body_stored   INTEGER NOT NULL,
     token_fp      TEXT,

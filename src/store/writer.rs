@@ -23,8 +23,8 @@ type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// It sets the flag when it met a full disk (SQLite may then have rolled the batch back).
 type Job = Box<dyn FnOnce(Option<&Connection>, &Cell<bool>) -> Done + Send>;
 
-/// How often the checkpointer copies the WAL back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How often, under writes, the writer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// A commit or checkpoint slower than this is logged: every delivery waiting for that commit
 /// waited as long, so a slow disk shows in the log, not only in the answers' latency.
 const SLOW: Duration = Duration::from_millis(100);
@@ -32,8 +32,6 @@ const SLOW: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct SqliteJournal {
     tx: mpsc::Sender<Job>,
-    /// Dropped with the last clone, which stops the checkpointer.
-    _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
     path: Arc<PathBuf>,
     sync: SyncMode,
     /// Read connections, opened on demand and kept for the next read (WAL lets them run beside
@@ -49,27 +47,15 @@ impl SqliteJournal {
     /// thread stops when every `Journal` clone is dropped.
     pub fn open(path: &Path, sync: SyncMode) -> Result<SqliteJournal, StoreError> {
         let conn = connect(path, sync)?;
-        // Checkpoints run on their own thread, so copying the WAL back into the database file
-        // does not hold up commits.
+        // The writer checkpoints itself, between batches (see `Checkpoints`), not inside a
+        // commit as SQLite's automatic checkpoint would.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpoint_conn = connect(path, sync)?;
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || run(conn, rx))
             .expect("the journal writer thread starts");
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("journal-checkpoint".into())
-            .spawn(move || checkpoint(checkpoint_conn, stopped))
-            .expect("the journal checkpoint thread starts");
-        Ok(SqliteJournal {
-            tx,
-            _checkpointer: Arc::new(stop),
-            path: Arc::new(path.to_path_buf()),
-            sync,
-            readers: Arc::default(),
-        })
+        Ok(SqliteJournal { tx, path: Arc::new(path.to_path_buf()), sync, readers: Arc::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -150,31 +136,47 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::R
     }
 }
 
-fn checkpoint(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    loop {
-        match stop.recv_timeout(CHECKPOINT_EVERY) {
-            Err(RecvTimeoutError::Timeout) => {
-                // PASSIVE never blocks the writer; it copies what it can.
-                let started = std::time::Instant::now();
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2)) {
-                    Err(e) => tracing::warn!("journal checkpoint failed: {e}"),
-                    Ok(pages) if started.elapsed() >= SLOW => {
-                        tracing::warn!("journal checkpoint of {pages} page(s) took {:?}", started.elapsed())
-                    }
-                    Ok(_) => {}
-                }
-            }
-            _ => {
-                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-                return;
-            }
+/// The writer's checkpoints. They run on the writer's own thread, between two batches, once
+/// callers have heard their commit: no commit runs during one, so it copies the whole WAL (unless
+/// a reader still holds an older snapshot), and the next transaction starts the WAL over from
+/// its beginning. A checkpoint on a thread of its own never caught up under sustained writes:
+/// the WAL never restarted and grew by gigabytes, and each of its fsyncs, with ever more
+/// database pages to flush, held up the commits beside it for hundreds of milliseconds. Here the
+/// WAL stays at about `CHECKPOINT_EVERY` of writes, the database file's dirty pages are few when
+/// it is synced, and WAL writes overwrite blocks the file already has.
+struct Checkpoints {
+    last: std::time::Instant,
+    /// Frames written since the last checkpoint.
+    pending: bool,
+}
+
+impl Checkpoints {
+    fn after_batch(&mut self, conn: &Connection) {
+        self.pending = true;
+        if self.last.elapsed() >= CHECKPOINT_EVERY {
+            self.run(conn, "PASSIVE");
         }
+    }
+
+    fn run(&mut self, conn: &Connection, mode: &str) {
+        let started = std::time::Instant::now();
+        match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(2)) {
+            Err(e) => tracing::warn!("journal checkpoint failed: {e}"),
+            Ok(pages) if started.elapsed() >= SLOW => {
+                tracing::warn!("journal checkpoint of {pages} page(s) took {:?}", started.elapsed())
+            }
+            Ok(_) => {}
+        }
+        self.last = std::time::Instant::now();
+        self.pending = false;
     }
 }
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.blocking_recv() {
+    let mut checkpoints = Checkpoints { last: std::time::Instant::now(), pending: false };
+    // Only to wait for a job with a timeout: the writer's own, off the service's runtime.
+    let timer = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a timer runtime starts");
+    while let Some(first) = next_job(&mut rx, &timer, &mut checkpoints, &conn) {
         let mut batch = Vec::with_capacity(64);
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -211,6 +213,30 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(e) => Err(StoreError::Batch(e.to_string())),
             });
         }
+        checkpoints.after_batch(&conn);
+    }
+    // Every handle is gone: leave the database file whole and the WAL empty.
+    checkpoints.run(&conn, "TRUNCATE");
+}
+
+/// The next job; when none comes within `CHECKPOINT_EVERY` and frames are waiting, the WAL is
+/// checkpointed meanwhile.
+fn next_job(
+    rx: &mut mpsc::Receiver<Job>,
+    timer: &tokio::runtime::Runtime,
+    checkpoints: &mut Checkpoints,
+    conn: &Connection,
+) -> Option<Job> {
+    if !checkpoints.pending {
+        return rx.blocking_recv();
+    }
+    // The timeout is made inside `block_on`: its timer needs the runtime's context.
+    match timer.block_on(async { tokio::time::timeout(CHECKPOINT_EVERY, rx.recv()).await }) {
+        Ok(job) => job,
+        Err(_) => {
+            checkpoints.run(conn, "PASSIVE");
+            rx.blocking_recv()
+        }
     }
 }
 
@@ -244,5 +270,26 @@ mod tests {
         assert_eq!(failed, 1);
         let n: i64 = j.reader().unwrap().query_row("SELECT COUNT(*) FROM meta", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 199);
+    }
+
+    /// Under writes that never pause, the writer's checkpoints let the WAL start over: the WAL
+    /// ends with fewer frames than the commits written (each commit writes at least one frame).
+    /// A checkpointer beside the writer never caught up, and the WAL only grew.
+    #[tokio::test]
+    async fn the_wal_starts_over_under_sustained_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SqliteJournal::open(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
+        let started = std::time::Instant::now();
+        let mut commits = 0i64;
+        while started.elapsed() < CHECKPOINT_EVERY * 6 {
+            j.write(move |c| {
+                c.execute("INSERT INTO meta(key, value) VALUES (?1, zeroblob(3000))", [format!("k{commits}")])
+            })
+            .await
+            .unwrap();
+            commits += 1;
+        }
+        let frames: i64 = j.reader().unwrap().query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1)).unwrap();
+        assert!(frames < commits, "{frames} frames in the WAL after {commits} commits: it never started over");
     }
 }

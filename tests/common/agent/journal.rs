@@ -57,9 +57,9 @@ pub fn dump_sqlite(path: &Path) -> String {
                     rusqlite::types::ValueRef::Integer(v) => v.to_string(),
                     rusqlite::types::ValueRef::Real(v) => v.to_string(),
                     rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                    // Stored bodies are zstd-compressed: both the bytes and what they unpack to.
+                    // Stored bodies are compressed: both the bytes and what they unpack to.
                     rusqlite::types::ValueRef::Blob(b) => {
-                        let unpacked = zstd::stream::decode_all(b).unwrap_or_default();
+                        let unpacked = agentctl::store::unpack_body(b).unwrap_or_default();
                         format!("{} {}", String::from_utf8_lossy(b), String::from_utf8_lossy(&unpacked))
                     }
                 })
