@@ -5,15 +5,19 @@
 //! (4 channels, 256 in flight each): the broker's ceiling at that moment.
 //!
 //!     cargo build --release --bins --examples && ./target/release/examples/bench_ingest
-//!         [--count 20000] [--concurrency 64] [--target agentctl|bare|both] [--rounds 2]
-//!         [--rate N[,N…] | --rate-fraction 0.5,0.8] [--distinct-items] [--payload FILE]
+//!         [--count 20000] [--concurrency 64] [--target agentctl|bare|fastapi|both|all]
+//!         [--rounds 2] [--rate N[,N…] | --rate-fraction 0.5,0.8 [--open-max]]
+//!         [--distinct-items] [--payload FILE]
 //!         [--log-file PATH] [--backend rabbitmq|embedded] [--sync full|normal]
 //!         [--storage-url postgres://…] [--burst]
 //!
 //! Each server first takes a closed-loop load (`send::load`: `--concurrency` connections, each
 //! sending when answered), which finds its maximum; then, with `--rate` or `--rate-fraction`,
 //! an open-loop load (`send::load_at_rate`) at those rates or at those fractions of the
-//! sustained rate it just reached, for honest latency percentiles.
+//! sustained rate it just reached (with `--open-max`: of the highest fixed rate it kept up
+//! with, found by a ramp), for honest latency percentiles. `--target fastapi` (or `all`) runs
+//! the original design's FastAPI + aio-pika peer from ../shared/bench (installed as its README
+//! says, in /tmp/peervenv) under the same load, its CPU summed over uvicorn's processes.
 //!
 //! For each run it reports requests/s and latency of the answers, sustained ingest (from the
 //! first request until the broker holds every task) and its ratio to lapin's raw rate, the CPU
@@ -56,9 +60,15 @@ struct Args {
     /// Open-loop runs at these requests/s.
     #[arg(long, value_delimiter = ',', conflicts_with = "rate_fraction")]
     rate: Vec<f64>,
-    /// Open-loop runs at these fractions of the sustained rate the same server just reached.
+    /// Open-loop runs at these fractions of the sustained rate the same server just reached
+    /// (closed loop), or with --open-max of the highest fixed rate it kept up with.
     #[arg(long, value_delimiter = ',')]
     rate_fraction: Vec<f64>,
+    /// Find each server's maximum under a fixed rate: from the closed loop's sustained rate
+    /// down or up in 10 % steps (4 s each) to the highest rate whose tasks all reached the broker
+    /// within 3 % of the offered rate. --rate-fraction then applies to that maximum.
+    #[arg(long)]
+    open_max: bool,
     /// Each delivery for an item of its own (each body signed apart).
     #[arg(long)]
     distinct_items: bool,
@@ -78,21 +88,34 @@ struct Args {
     storage_url: Option<String>,
     #[arg(long)]
     burst: bool,
+    /// The FastAPI + aio-pika peer (`--target fastapi|all`): the folder of fastapi_server.py and
+    /// the virtualenv its requirements.lock.txt is installed in (../shared/bench/README.md).
+    #[arg(long, default_value = "../shared/bench")]
+    peer_dir: PathBuf,
+    #[arg(long, default_value = "/tmp/peervenv")]
+    peer_venv: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Target {
     Agentctl,
     Bare,
+    /// The original design's shape: FastAPI + uvicorn (2 workers) + aio-pika with confirms.
+    Fastapi,
+    /// agentctl and the bare server.
     Both,
+    /// agentctl, the bare server and the FastAPI peer.
+    All,
 }
 
 impl Target {
     fn each(self) -> &'static [Target] {
         match self {
             Target::Both => &[Target::Agentctl, Target::Bare],
+            Target::All => &[Target::Agentctl, Target::Bare, Target::Fastapi],
             Target::Agentctl => &[Target::Agentctl],
             Target::Bare => &[Target::Bare],
+            Target::Fastapi => &[Target::Fastapi],
         }
     }
 
@@ -100,7 +123,9 @@ impl Target {
         match self {
             Target::Agentctl => "agentctl",
             Target::Bare => "bare",
+            Target::Fastapi => "fastapi",
             Target::Both => "both",
+            Target::All => "all",
         }
     }
 }
@@ -135,7 +160,36 @@ impl Server {
                     .unwrap();
                 (child, false, None)
             }
-            _ => {
+            Target::Fastapi => {
+                let uvicorn = args.peer_venv.join("bin/uvicorn");
+                assert!(
+                    uvicorn.exists(),
+                    "install the peer first (../shared/bench/README.md): no {}",
+                    uvicorn.display()
+                );
+                let child = Command::new(uvicorn)
+                    .args(["--app-dir".as_ref(), args.peer_dir.as_os_str()])
+                    .args(["fastapi_server:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--workers", "2", "--loop", "uvloop", "--http", "httptools"])
+                    .args(["--no-access-log", "--log-level", "warning"])
+                    .env("WEBHOOK_SECRET", SECRET)
+                    .env("AMQP_URL", support::AMQP)
+                    .env("BENCH_QUEUE", &queue)
+                    .env("BENCH_COUNT_DIR", dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                // The master binds the port before its workers start: wait until each worker
+                // has connected to the broker and announced itself.
+                let start = Instant::now();
+                while std::fs::read_dir(dir.path()).map_or(0, |d| d.count()) < 2 {
+                    assert!(start.elapsed().as_secs() < 60, "the FastAPI peer's workers did not start");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                (child, false, None)
+            }
+            Target::Agentctl | Target::Both | Target::All => {
                 let bin = bins.parent().unwrap().join("agentctl");
                 assert!(bin.exists(), "build the release binary first: cargo build --release");
                 let embedded = args.backend == "embedded";
@@ -195,14 +249,17 @@ impl Server {
     }
 }
 
-fn sender(args: &Args, port: u16) -> Arc<Sender> {
+fn sender(args: &Args, target: Target, port: u16) -> Arc<Sender> {
     let mut config = Config::default();
     config.github.webhook_secret = Secret::new(SECRET);
     let sample = match &args.payload {
         Some(path) => agentctl::send::samples::from_file(path, "issues").unwrap(),
         None => agentctl::send::samples::sample("github:issues.labeled", "coding agent").unwrap(),
     };
-    let sender = Sender::new(&config, sample, Some(&format!("http://127.0.0.1:{port}"))).unwrap();
+    let mut sender = Sender::new(&config, sample, Some(&format!("http://127.0.0.1:{port}"))).unwrap();
+    if target == Target::Fastapi {
+        sender = sender.with_path("/webhook");
+    }
     Arc::new(if args.distinct_items { sender.with_distinct_items() } else { sender })
 }
 
@@ -224,12 +281,41 @@ struct Run {
 /// One load on `server` (closed loop, or open loop at `rate`), measured until the broker holds
 /// every accepted task.
 async fn measure(server: &Server, args: &Args, rate: Option<f64>, round: usize, raw: f64) -> Run {
-    let sender = sender(args, server.port);
+    measure_n(server, args, args.count, rate, round, raw).await
+}
+
+/// The highest fixed rate `server` keeps up with (see `--open-max`), starting from `from`/s.
+async fn open_max(server: &Server, args: &Args, from: f64, round: usize, raw: f64) -> f64 {
+    let keeps_up = |r: &Run, rate: f64| r.sustained >= 0.97 * rate;
+    let step = |rate: f64| ((rate * 4.0) as u64).max(2000);
+    let mut rate = from;
+    let first = measure_n(server, args, step(rate), Some(rate), round, raw).await;
+    let up = keeps_up(&first, rate);
+    let mut best = if up { rate } else { 0.0 };
+    for _ in 0..20 {
+        rate = if up { rate * 1.1 } else { rate / 1.1 };
+        let run = measure_n(server, args, step(rate), Some(rate), round, raw).await;
+        match (up, keeps_up(&run, rate)) {
+            (true, true) => best = rate,
+            (true, false) => break,
+            (false, true) => {
+                best = rate;
+                break;
+            }
+            (false, false) => {}
+        }
+    }
+    println!("\n== round {round}, {}: highest fixed rate kept up with: {best:.0}/s", server.target.name());
+    best
+}
+
+async fn measure_n(server: &Server, args: &Args, count: u64, rate: Option<f64>, round: usize, raw: f64) -> Run {
+    let sender = sender(args, server.target, server.port);
     let depth0 = server.depth().await;
     let pid = server.child.id();
     let me = std::process::id();
     let rabbit = support::beam_pid();
-    let (ticks0, _) = support::proc_stat(pid);
+    let (ticks0, _) = support::tree_stat(pid);
     let (me0, _) = support::proc_stat(me);
     let rabbit0 = rabbit.map_or(0, |p| support::proc_stat(p).0);
     let postgres0 = support::postgres_ticks();
@@ -238,8 +324,8 @@ async fn measure(server: &Server, args: &Args, rate: Option<f64>, round: usize, 
     let alarm = (args.burst && rate.is_none()).then(support::Alarm::raise);
     let start = Instant::now();
     let report = match rate {
-        None => agentctl::send::load(sender, args.count, args.concurrency).await.unwrap(),
-        Some(r) => agentctl::send::load_at_rate(sender, args.count, r, args.concurrency).await.unwrap(),
+        None => agentctl::send::load(sender, count, args.concurrency).await.unwrap(),
+        Some(r) => agentctl::send::load_at_rate(sender, count, r, args.concurrency).await.unwrap(),
     };
     let load_time = start.elapsed();
     let drain_start = Instant::now();
@@ -248,7 +334,7 @@ async fn measure(server: &Server, args: &Args, rate: Option<f64>, round: usize, 
     let backlog = (depth0 + accepted).saturating_sub(server.depth().await);
     support::wait_for_depth(server.embedded, &server.queue, &server.journal(), depth0 + accepted).await;
     let sustained = start.elapsed();
-    let (ticks1, hwm_kb) = support::proc_stat(pid);
+    let (ticks1, hwm_kb) = support::tree_stat(pid);
     let (me1, _) = support::proc_stat(me);
     let rabbit1 = rabbit.map_or(0, |p| support::proc_stat(p).0);
     let postgres_s = support::postgres_cpu_since(&postgres0);
@@ -338,7 +424,19 @@ fn summary(args: &Args, runs: &[Run]) {
         let requests: f64 = closed.iter().map(|r| r.report.sent as f64).sum();
         closed.iter().map(|r| r.cpu_us * r.report.sent as f64).sum::<f64>() / requests
     };
-    if args.target == Target::Both {
+    let sustained = |t: Target| {
+        let closed: Vec<f64> = runs.iter().filter(|r| r.target == t && r.rate.is_none()).map(|r| r.sustained).collect();
+        closed.iter().sum::<f64>() / closed.len().max(1) as f64
+    };
+    if args.target == Target::All {
+        let (a, f) = (sustained(Target::Agentctl), sustained(Target::Fastapi));
+        println!(
+            "closed loop, sustained: agentctl {a:.0}/s, FastAPI peer {f:.0}/s: agentctl/FastAPI = {:.2}; CPU per request: FastAPI {:.0} µs",
+            a / f,
+            pooled(Target::Fastapi)
+        );
+    }
+    if matches!(args.target, Target::Both | Target::All) {
         let (a, b) = (pooled(Target::Agentctl), pooled(Target::Bare));
         println!("closed loop, CPU per request: agentctl {a:.0} µs, bare {b:.0} µs: agentctl/bare = {:.2}", a / b);
         for round in 1..=args.rounds {
@@ -356,6 +454,7 @@ fn summary(args: &Args, runs: &[Run]) {
 async fn main() {
     let args = Args::parse();
     assert!(!args.burst || args.target == Target::Agentctl, "--burst needs --target agentctl");
+    assert!(args.storage_url.is_none() || args.target == Target::Agentctl, "--storage-url needs --target agentctl");
     let single = support::lapin_baseline(args.count as usize, 1).await;
     println!("lapin alone, {} persistent messages with confirms, 1 channel: {single:.0} msg/s", args.count);
     let mut runs = Vec::new();
@@ -365,8 +464,12 @@ async fn main() {
         for &target in args.target.each() {
             let server = Server::start(target, &args).await;
             let closed = measure(&server, &args, None, round, raw).await;
+            let max = match args.open_max {
+                true => open_max(&server, &args, closed.sustained, round, raw).await,
+                false => closed.sustained,
+            };
             let rates: Vec<f64> = if args.rate.is_empty() {
-                args.rate_fraction.iter().map(|f| f * closed.sustained).collect()
+                args.rate_fraction.iter().map(|f| f * max).collect()
             } else {
                 args.rate.clone()
             };

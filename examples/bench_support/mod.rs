@@ -124,6 +124,29 @@ pub fn proc_stat(pid: u32) -> (u64, u64) {
     (ticks, kb)
 }
 
+/// [`proc_stat`] summed over a process and its descendants (uvicorn's workers are children of
+/// its master): CPU ticks of them all, and the sum of their peak RSS.
+pub fn tree_stat(pid: u32) -> (u64, u64) {
+    let parent_of = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut tree = vec![pid];
+    let all: Vec<u32> =
+        std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    // Descendants appear after their parents are known; a few passes cover any depth here.
+    for _ in 0..4 {
+        for &p in &all {
+            if !tree.contains(&p) && parent_of(p).is_some_and(|pp| tree.contains(&pp)) {
+                tree.push(p);
+            }
+        }
+    }
+    tree.iter()
+        .filter_map(|&p| std::panic::catch_unwind(|| proc_stat(p)).ok())
+        .fold((0, 0), |(t, k), (t1, k1)| (t + t1, k + k1))
+}
+
 /// Every PostgreSQL server process with its CPU ticks so far (backends come and go with
 /// connections: one that started during the run counts from zero).
 pub fn postgres_ticks() -> std::collections::HashMap<u32, u64> {

@@ -34,6 +34,8 @@ pub struct Sender {
     github_signature: String,
     /// Each request for another item: its number counts up, and each body is signed.
     distinct: Option<Distinct>,
+    /// The path posted to instead of the route's own (another server under the same load).
+    path: Option<String>,
 }
 
 /// The sample's body cut where its item number stands, so the body for item `n` is the pieces
@@ -96,6 +98,7 @@ impl Sender {
             secret,
             github_signature,
             distinct: None,
+            path: None,
         })
     }
 
@@ -104,6 +107,13 @@ impl Sender {
     /// per delivery costs what it costs (agentctl runs one task per item at a time).
     pub fn with_distinct_items(mut self) -> Self {
         self.distinct = Some(Distinct::new(&self.sample.body));
+        self
+    }
+
+    /// Posts to `path` on the same host instead of the route's path (`/webhook/github`…): the
+    /// same deliveries sent to another server, such as the benchmark's FastAPI peer.
+    pub fn with_path(mut self, path: &str) -> Self {
+        self.path = Some(path.to_string());
         self
     }
 
@@ -121,7 +131,8 @@ impl Sender {
     pub fn request(&self) -> Request<Full<Bytes>> {
         let id = uuid::Uuid::new_v4().to_string();
         let (body, github_signature) = self.body();
-        let uri = format!("{}{}", self.base.to_string().trim_end_matches('/'), self.sample.route.path());
+        let path = self.path.as_deref().unwrap_or(self.sample.route.path());
+        let uri = format!("{}{path}", self.base.to_string().trim_end_matches('/'));
         let mut b = Request::post(uri).header("host", &self.host).header("content-type", "application/json");
         b = match self.sample.route {
             Route::Github => b
