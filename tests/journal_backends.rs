@@ -781,6 +781,9 @@ async fn the_outbox_hands_out_rows_oldest_first_and_parks_a_row_refused_too_ofte
     db.mark_published(vec![]).await.unwrap();
     assert_eq!(db.outbox_counts().await.unwrap(), (2, 0), "{db}");
     assert!(db.pending_for_task("t1".into()).await.unwrap().is_empty(), "{db}");
+    // SQLite marks a published row (retention removes it); PostgreSQL deletes it at once.
+    let published_rows = db.sql("DELETE FROM outbox WHERE task_id = 't1'").await;
+    assert_eq!(published_rows, if b == Kind::Postgres { 0 } else { 1 }, "{db}");
     if b == Kind::Postgres {
         db.sql("UPDATE outbox SET lease_until_ms = 0").await;
     }

@@ -27,8 +27,11 @@ const MAX_BATCH: usize = 256;
 pub(super) type Job = (NewDelivery, RejectedCaps, oneshot::Sender<R<Recorded>>);
 
 /// Group-commit writers running side by side, each on its own connection: while one commits (its
-/// WAL flush), another runs its batch. One would leave the server's other cores idle.
-pub(super) const WRITERS: usize = 3;
+/// WAL flush), another runs its batch. One would leave the server's other cores idle; each more
+/// splits the same arrivals into smaller batches, and the server's CPU per delivery grows with
+/// the number of transactions (`bench_ingest --storage-url`, 64 connections: two did 3.5k
+/// deliveries/s where three did 3.3k, mean of six alternating runs).
+pub(super) const WRITERS: usize = 2;
 
 /// A group-commit writer: takes every delivery waiting (up to [`MAX_BATCH`]) and commits them
 /// together; runs until every sender is dropped.

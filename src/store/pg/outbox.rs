@@ -1,9 +1,9 @@
 //! The outbox on PostgreSQL: several publishers (one per instance) share it, each row leased to
-//! one at a time (see `take_outbox_pg`), published rows marked, counts for the console.
+//! one at a time (see `take_outbox_pg`), published rows deleted, counts for the console.
 
 use super::schema::NOW_MS;
 use super::{PgJournal, R, pg_err};
-use crate::store::{OutboxRow, unix_now};
+use crate::store::OutboxRow;
 
 /// How long an outbox row stays with the publisher that took it: past that, another instance may
 /// publish it (its publisher died). A publish never takes this long while the broker answers.
@@ -19,6 +19,21 @@ fn outbox_row(r: &tokio_postgres::Row) -> OutboxRow {
         tries: r.get::<_, i64>(5) as u32,
     }
 }
+
+/// Leases up to $2 pending rows after id $4 to publisher $1 for $3 ms (see `take_outbox_pg`).
+static TAKE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH taken AS (
+            UPDATE outbox SET lease_owner = $1, lease_until_ms = {NOW_MS} + $3
+            WHERE id IN (SELECT id FROM outbox
+                         WHERE published_unix IS NULL AND parked_unix IS NULL AND id > $4
+                           AND (lease_until_ms IS NULL OR lease_until_ms < {NOW_MS})
+                         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+            RETURNING id, task_id, queue, delay_ms, tries)
+         SELECT o.id, o.task_id, o.queue, t.payload, o.delay_ms, o.tries
+         FROM taken o JOIN tasks t ON t.id = o.task_id ORDER BY o.id"
+    )
+});
 
 const OUTBOX_ROW: &str =
     "SELECT o.id, o.task_id, o.queue, t.payload, o.delay_ms, o.tries FROM outbox o JOIN tasks t ON t.id = o.task_id";
@@ -46,23 +61,10 @@ impl PgJournal {
         let floor = self.outbox_floor.swap(i64::MAX, std::sync::atomic::Ordering::AcqRel);
         let from = if after == 0 { 0 } else { after.min(floor.saturating_sub(1)) };
         let c = self.client().await?;
-        let rows = c
-            .query(
-                &format!(
-                    "WITH taken AS (
-                        UPDATE outbox SET lease_owner = $1, lease_until_ms = {NOW_MS} + $3
-                        WHERE id IN (SELECT id FROM outbox
-                                     WHERE published_unix IS NULL AND parked_unix IS NULL AND id > $4
-                                       AND (lease_until_ms IS NULL OR lease_until_ms < {NOW_MS})
-                                     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                        RETURNING id, task_id, queue, delay_ms, tries)
-                     SELECT o.id, o.task_id, o.queue, t.payload, o.delay_ms, o.tries
-                     FROM taken o JOIN tasks t ON t.id = o.task_id ORDER BY o.id"
-                ),
-                &[&owner, &(limit as i64), &OUTBOX_LEASE_MS, &from],
-            )
-            .await
-            .map_err(pg_err)?;
+        // Prepared once per connection: the publisher takes rows many times a second, and
+        // parsing and planning this statement each time cost the server more than running it.
+        let take = c.prepare_cached(&TAKE).await.map_err(pg_err)?;
+        let rows = c.query(&take, &[&owner, &(limit as i64), &OUTBOX_LEASE_MS, &from]).await.map_err(pg_err)?;
         Ok(rows.iter().map(outbox_row).collect())
     }
 
@@ -96,12 +98,12 @@ impl PgJournal {
             return Ok(());
         }
         let c = self.client().await?;
-        c.execute(
-            "UPDATE outbox SET published_unix = $2 WHERE published_unix IS NULL AND id = ANY($1)",
-            &[&ids, &unix_now()],
-        )
-        .await
-        .map_err(pg_err)?;
+        // Deleted, not marked as SQLite's are: see schema's OUTBOX_V4.
+        let delete = c
+            .prepare_cached("DELETE FROM outbox WHERE published_unix IS NULL AND id = ANY($1)")
+            .await
+            .map_err(pg_err)?;
+        c.execute(&delete, &[&ids]).await.map_err(pg_err)?;
         Ok(())
     }
 

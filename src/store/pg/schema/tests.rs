@@ -37,6 +37,13 @@ async fn migrating_twice_changes_nothing_the_second_time() {
     let second = migrate(&mut c).await.unwrap();
     assert_eq!(second, SchemaState { version: LATEST, min_compatible: 1, applied: vec![] });
     assert_eq!(versions(&c).await, all_migrations());
+    // Version 4 took the outbox's foreign key away (see OUTBOX_V4).
+    let keys: i64 = c
+        .query_one("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'outbox'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 0);
 }
 
 #[tokio::test]
