@@ -322,15 +322,24 @@ CREATE TABLE run_comments (
 );
 ";
 
-/// What a published outbox row costs the server, measured under load (`examples/bench_ingest
-/// --storage-url`): its foreign key ran a trigger and a locking lookup of the task for every
-/// row inserted, though nothing deletes a task that still has outbox rows (retention waits for
-/// them); and from this version on a published row is deleted rather than marked, which frees it
-/// without new index entries (marking it changed the outbox_pending condition: a non-HOT update).
-/// Nothing read a published row. Old binaries still mark theirs, and retention removes those:
-/// min_compatible stays 1.
+/// What an outbox row costs the server, measured under load (`examples/bench_ingest
+/// --storage-url`):
+/// - its foreign key ran a trigger and a locking lookup of the task for every row inserted,
+///   though nothing deletes a task that still has outbox rows (retention waits for them);
+/// - from this version on a published row is deleted rather than marked (marking it changed
+///   the pending index's condition: a non-HOT update with new index entries). Nothing read a
+///   published row;
+/// - so the outbox holds little beyond its pending rows, and its two secondary indexes go: the
+///   publisher's take walks the primary key from its cursor as it walked `outbox_pending`, and
+///   the rare lookups by task (a replay, retention) scan a small table. Two index entries fewer
+///   per delivery.
+///
+/// Old binaries still mark their published rows, and retention removes those; their reads work
+/// on the smaller set of indexes: min_compatible stays 1.
 const OUTBOX_V4: &str = "
 ALTER TABLE outbox DROP CONSTRAINT IF EXISTS outbox_task_id_fkey;
+DROP INDEX IF EXISTS outbox_pending;
+DROP INDEX IF EXISTS outbox_task;
 ";
 
 #[cfg(test)]
