@@ -61,8 +61,8 @@ impl PgJournal {
         let floor = self.outbox_floor.swap(i64::MAX, std::sync::atomic::Ordering::AcqRel);
         let from = if after == 0 { 0 } else { after.min(floor.saturating_sub(1)) };
         let c = self.client().await?;
-        // Prepared once per connection: the publisher takes rows many times a second, and
-        // parsing and planning this statement each time cost the server more than running it.
+        // Prepared once per connection: the publisher takes rows many times a second, and a
+        // statement given as text is parsed and planned again on every call.
         let take = c.prepare_cached(&TAKE).await.map_err(pg_err)?;
         let rows = c.query(&take, &[&owner, &(limit as i64), &OUTBOX_LEASE_MS, &from]).await.map_err(pg_err)?;
         Ok(rows.iter().map(outbox_row).collect())
