@@ -1,6 +1,7 @@
 //! Per-delivery CPU of the ingest stages on a real 14 KB GitHub payload, each beside a baseline
 //! measured in the same run: HMAC verification against plain SHA-256 of the body, the typed
-//! parse against serde_json's generic `Value` parse, and body packing (LZ4) against a plain copy and the zstd level 1 it replaced.
+//! parse against serde_json's generic `Value` parse, and body packing (LZ4) against a plain copy
+//! and the zstd level 1 it replaced.
 //!
 //!     cargo bench --bench pipeline
 

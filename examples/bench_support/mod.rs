@@ -131,16 +131,18 @@ pub fn tree_stat(pid: u32) -> (u64, u64) {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
         stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
     };
+    // Every process with its parent, read once; then the tree grows from `pid` down.
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|p| Some((p, parent_of(p)?)))
+        .collect();
     let mut tree = vec![pid];
-    let all: Vec<u32> =
-        std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-    // Descendants appear after their parents are known; a few passes cover any depth here.
-    for _ in 0..4 {
-        for &p in &all {
-            if !tree.contains(&p) && parent_of(p).is_some_and(|pp| tree.contains(&pp)) {
-                tree.push(p);
-            }
-        }
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
     }
     tree.iter()
         .filter_map(|&p| std::panic::catch_unwind(|| proc_stat(p)).ok())

@@ -146,7 +146,7 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::R
 /// it is synced, and WAL writes overwrite blocks the file already has.
 struct Checkpoints {
     last: std::time::Instant,
-    /// Frames written since the last checkpoint.
+    /// Whether a batch has written frames since the last checkpoint.
     pending: bool,
 }
 

@@ -16,6 +16,11 @@ async fn versions(c: &tokio_postgres::Client) -> Vec<(i32, i32)> {
         .collect()
 }
 
+/// The single count `sql` selects.
+async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 fn all_migrations() -> Vec<(i32, i32)> {
     MIGRATIONS.iter().map(|m| (m.version, m.min_compatible)).collect()
 }
@@ -38,18 +43,12 @@ async fn migrating_twice_changes_nothing_the_second_time() {
     assert_eq!(second, SchemaState { version: LATEST, min_compatible: 1, applied: vec![] });
     assert_eq!(versions(&c).await, all_migrations());
     // Version 4 took the outbox's foreign key and secondary indexes away (see OUTBOX_V4).
-    let keys: i64 = c
-        .query_one("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'outbox'::regclass", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let keys =
+        count(&c, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'outbox'::regclass").await;
     assert_eq!(keys, 0);
-    let outbox_indexes: i64 = c
-        .query_one("SELECT count(*) FROM pg_indexes WHERE tablename = 'outbox' AND schemaname = current_schema()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(outbox_indexes, 1, "only the primary key");
+    let indexes =
+        count(&c, "SELECT count(*) FROM pg_indexes WHERE tablename = 'outbox' AND schemaname = current_schema()").await;
+    assert_eq!(indexes, 1, "only the primary key");
 }
 
 #[tokio::test]
@@ -133,11 +132,8 @@ async fn a_failed_migration_leaves_nothing_behind() {
     let err = migrate(&mut c).await.unwrap_err();
     assert!(matches!(err, SchemaError::Migration { version: 1, .. }), "{err:?}");
     assert!(err.to_string().contains(r#"relation "meta" already exists"#), "the server's reason: {err}");
-    let left: i64 = c
-        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'meta'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left =
+        count(&c, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'meta'").await;
     assert_eq!(left, 0, "not even schema_version stays");
 }
 
