@@ -95,6 +95,10 @@ pub fn connect(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection, Stor
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Statement and savepoint journals (the writer runs every job in a savepoint) in memory, not
+    // in a temporary file: perf had their pwrites at ~10 % of agentctl's CPU per delivery, and a
+    // delivery's pages no longer pass through a file outside the data dir.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     // The query planner's stability guarantee: a plan never depends on the values bound to it.
     // Without it, a statement whose parameter the planner compared with a partial index's
     // condition is prepared again whenever that parameter's value changes — the publisher's
