@@ -408,7 +408,17 @@ pub struct DeliveryGroup {
 /// its own; only a duplicate whose delivery id was seen before counts (a webhook deduped
 /// against the poller's finding for its item stands on its own).
 const IS_FOLLOWER: &str = "(d.replay_of IS NOT NULL OR (d.verdict = 'duplicate' AND d.delivery_id IS NOT NULL
-     AND EXISTS (SELECT 1 FROM deliveries o WHERE o.delivery_id = d.delivery_id AND o.route = d.route AND o.id < d.id)))";
+     AND (EXISTS (SELECT 1 FROM deliveries o WHERE o.dedupe_key = d.route || ':' || d.delivery_id AND o.id < d.id)
+       OR EXISTS (SELECT 1 FROM deliveries o INDEXED BY deliveries_forge_id
+                  WHERE o.dedupe_key IS NULL AND o.delivery_id = d.delivery_id AND o.route = d.route AND o.id < d.id))))";
+
+/// The ids of the rows whose forge delivery id is `?2` on route `?3`. A row with a dedupe key
+/// (`route:delivery_id`) is found by it; the others (duplicates, replays, refusals) by the
+/// partial `deliveries_forge_id` index, which holds only them (schema 13). `INDEXED BY`: the
+/// planner would otherwise walk every key-less row of the dedupe index for `dedupe_key IS NULL`.
+const FORGE_ID_ROWS: &str = "SELECT id FROM deliveries WHERE dedupe_key = ?3 || ':' || ?2
+     UNION ALL SELECT id FROM deliveries INDEXED BY deliveries_forge_id
+     WHERE dedupe_key IS NULL AND delivery_id = ?2 AND route = ?3";
 
 /// The most followers shown under one delivery.
 const FOLLOWERS_SHOWN: i64 = 50;
@@ -427,28 +437,39 @@ pub fn list_grouped(c: &Connection, failed_only: bool, limit: usize) -> rusqlite
 /// The duplicates and replays of `head`: rows with its forge delivery id after it (up to the
 /// next delivery of its own with that id), and replays of it.
 pub fn followers(c: &Connection, head: &DeliverySummary) -> rusqlite::Result<Vec<DeliverySummary>> {
+    c.prepare(&followers_sql())?
+        .query_map(params![head.id, head.delivery_id, head.route, FOLLOWERS_SHOWN], summary)?
+        .collect()
+}
+
+fn followers_sql() -> String {
     let columns = SUMMARY_COLUMNS.split(", ").map(|col| format!("d.{col}")).collect::<Vec<_>>().join(", ");
-    let sql = format!(
+    format!(
         "SELECT {columns} FROM deliveries d
          WHERE d.id > ?1 AND {IS_FOLLOWER}
-           AND (d.replay_of = ?1 OR (d.delivery_id = ?2 AND d.route = ?3 AND d.id < COALESCE(
-                (SELECT MIN(n.id) FROM deliveries n WHERE n.delivery_id = ?2 AND n.route = ?3 AND n.id > ?1
+           AND (d.replay_of = ?1 OR (d.id IN ({FORGE_ID_ROWS}) AND d.id < COALESCE(
+                (SELECT MIN(n.id) FROM deliveries n WHERE n.id IN ({FORGE_ID_ROWS}) AND n.id > ?1
                    AND n.replay_of IS NULL AND n.verdict != 'duplicate'), 9223372036854775807)))
          ORDER BY d.id LIMIT ?4"
-    );
-    c.prepare(&sql)?.query_map(params![head.id, head.delivery_id, head.route, FOLLOWERS_SHOWN], summary)?.collect()
+    )
 }
 
 /// The journal row a forge delivery id names: the first delivery of its own with that id (not
 /// a duplicate or a replay), else the first row with it.
 pub fn find_by_forge_id(c: &Connection, forge_id: &str) -> rusqlite::Result<Option<i64>> {
-    c.query_row(
-        "SELECT id FROM deliveries WHERE delivery_id = ?1
-         ORDER BY (replay_of IS NOT NULL OR verdict = 'duplicate'), id LIMIT 1",
-        [forge_id],
-        |r| r.get(0),
+    c.prepare_cached(&find_by_forge_id_sql())?.query_row([forge_id], |r| r.get(0)).optional()
+}
+
+/// The dedupe key on every route, then the rows without one (see FORGE_ID_ROWS).
+fn find_by_forge_id_sql() -> String {
+    let keys = DeliveryRoute::ALL.map(|r| format!("'{}:' || ?1", r.as_str())).join(", ");
+    format!(
+        "SELECT id FROM deliveries WHERE id IN (
+             SELECT id FROM deliveries WHERE dedupe_key IN ({keys})
+             UNION ALL SELECT id FROM deliveries INDEXED BY deliveries_forge_id
+             WHERE dedupe_key IS NULL AND delivery_id = ?1)
+         ORDER BY (replay_of IS NOT NULL OR verdict = 'duplicate'), id LIMIT 1"
     )
-    .optional()
 }
 
 pub fn load_delivery(c: &Connection, id: i64) -> rusqlite::Result<Option<DeliveryRow>> {

@@ -107,3 +107,45 @@ fn the_poll_question_does_not_walk_the_items_queued_tasks() {
     let steps = q.get_status(rusqlite::StatementStatus::VmStep);
     assert!(steps < 100, "the query stepped {steps} times over 2000 queued tasks of its item");
 }
+
+/// Accepted deliveries are found by their dedupe key, the rest through the partial forge-id
+/// index (schema 13): finding a delivery, or a delivery's followers, by its forge id steps
+/// through a few rows, never through the refused rows without a dedupe key (the planner walked
+/// them all for `dedupe_key IS NULL` before `INDEXED BY`) nor the accepted ones.
+#[test]
+fn forge_id_lookups_do_not_walk_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = crate::store::connect(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
+    let caps = RejectedCaps::default();
+    for i in 0..1500 {
+        delivery(i, "queued", b"{}").insert(&c, caps).unwrap();
+        delivery(10_000 + i, "rejected", b"{}").insert(&c, caps).unwrap();
+    }
+    // One delivery seen three times: refused, accepted, then again (a duplicate).
+    for verdict in ["rejected", "queued", "queued"] {
+        delivery(777_777, verdict, b"{}").insert(&c, caps).unwrap();
+    }
+    let mut find = c.prepare(&super::find_by_forge_id_sql()).unwrap();
+    let mut rows = |id: &str| find.query_row([id], |r| r.get::<_, i64>(0)).optional().unwrap();
+    let id_of = |forge_id: &str, verdict: &str| -> i64 {
+        let sql = "SELECT id FROM deliveries WHERE delivery_id = ?1 AND verdict = ?2";
+        c.query_row(sql, [forge_id, verdict], |r| r.get(0)).unwrap()
+    };
+    let (refused, accepted) = (id_of("d-777777", "rejected"), id_of("d-777777", "queued"));
+    assert_eq!(rows("d-777777"), Some(refused), "the first delivery of its own");
+    assert_eq!(rows("d-10007"), Some(id_of("d-10007", "rejected")));
+    assert_eq!(rows("d-7"), Some(id_of("d-7", "queued")));
+    assert_eq!(rows("d-none"), None);
+    let steps = find.get_status(rusqlite::StatementStatus::VmStep);
+    assert!(
+        steps < 800,
+        "four lookups stepped {steps} times over 3 000 rows (a walk of the refused ones is 1 500 each)"
+    );
+    let head = super::load_delivery(&c, accepted).unwrap().unwrap().summary;
+    let followers = super::followers(&c, &head).unwrap();
+    assert_eq!(followers.iter().map(|f| f.verdict).collect::<Vec<_>>(), [Verdict::Duplicate]);
+    let mut q = c.prepare(&super::followers_sql()).unwrap();
+    q.query_map(params![head.id, head.delivery_id, head.route, 50], |_| Ok(())).unwrap().for_each(drop);
+    let steps = q.get_status(rusqlite::StatementStatus::VmStep);
+    assert!(steps < 600, "the followers stepped {steps} times over 3 000 rows");
+}
