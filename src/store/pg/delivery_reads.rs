@@ -25,7 +25,16 @@ fn summary(r: &Row) -> DeliverySummary {
 
 /// The same follower rule as SQLite's (`store::deliveries::IS_FOLLOWER`).
 const IS_FOLLOWER: &str = "(d.replay_of IS NOT NULL OR (d.verdict = 'duplicate' AND d.delivery_id IS NOT NULL
-     AND EXISTS (SELECT 1 FROM deliveries o WHERE o.delivery_id = d.delivery_id AND o.route = d.route AND o.id < d.id)))";
+     AND EXISTS (SELECT 1 FROM deliveries o WHERE o.id < d.id AND (o.dedupe_key = d.route || ':' || d.delivery_id
+         OR (o.dedupe_key IS NULL AND o.delivery_id = d.delivery_id AND o.route = d.route)))))";
+
+/// Row `{a}` has forge delivery id `$2` on route `$3`: by its dedupe key (`route:delivery_id`) or,
+/// for a row without one, by the partial forge-id index (schema 5).
+fn same_forge_id(a: &str) -> String {
+    format!(
+        "({a}.dedupe_key = $3 || ':' || $2 OR ({a}.dedupe_key IS NULL AND {a}.delivery_id = $2 AND {a}.route = $3))"
+    )
+}
 
 fn columns(prefix: &str) -> String {
     SUMMARY_COLUMNS.split(", ").map(|col| format!("{prefix}{}", col.trim())).collect::<Vec<_>>().join(", ")
@@ -58,11 +67,13 @@ impl PgJournal {
         let sql = format!(
             "SELECT {} FROM deliveries d
              WHERE d.id > $1 AND {IS_FOLLOWER}
-               AND (d.replay_of = $1 OR (d.delivery_id = $2 AND d.route = $3 AND d.id < COALESCE(
-                    (SELECT MIN(n.id) FROM deliveries n WHERE n.delivery_id = $2 AND n.route = $3 AND n.id > $1
+               AND (d.replay_of = $1 OR ({} AND d.id < COALESCE(
+                    (SELECT MIN(n.id) FROM deliveries n WHERE {} AND n.id > $1
                        AND n.replay_of IS NULL AND n.verdict != 'duplicate'), 9223372036854775807)))
              ORDER BY d.id LIMIT 50",
-            columns("d.")
+            columns("d."),
+            same_forge_id("d"),
+            same_forge_id("n"),
         );
         let rows =
             self.client().await?.query(&sql, &[&head.id, &head.delivery_id, &head.route]).await.map_err(pg_err)?;
@@ -70,16 +81,7 @@ impl PgJournal {
     }
 
     pub(super) async fn find_by_forge_id_pg(&self, forge_id: &str) -> R<Option<i64>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT id FROM deliveries WHERE delivery_id = $1
-                 ORDER BY (replay_of IS NOT NULL OR verdict = 'duplicate'), id LIMIT 1",
-                &[&forge_id],
-            )
-            .await
-            .map_err(pg_err)?;
+        let row = self.client().await?.query_opt(&find_by_forge_id_sql(), &[&forge_id]).await.map_err(pg_err)?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -115,4 +117,14 @@ impl PgJournal {
         let seen = c.query_opt("SELECT 1 FROM deliveries WHERE dedupe_key = $1", &[&key]).await.map_err(pg_err)?;
         Ok(seen.is_some() || super::tasks::live_task_for(&**c, item).await.map_err(pg_err)?.is_some())
     }
+}
+
+/// The first delivery of its own with forge id `$1`: by the dedupe key on every route, or among
+/// the rows without one (see [`same_forge_id`]).
+pub(super) fn find_by_forge_id_sql() -> String {
+    let keys = crate::store::DeliveryRoute::ALL.map(|r| format!("'{}:' || $1", r.as_str())).join(", ");
+    format!(
+        "SELECT id FROM deliveries WHERE dedupe_key IN ({keys}) OR (dedupe_key IS NULL AND delivery_id = $1)
+         ORDER BY (replay_of IS NOT NULL OR verdict = 'duplicate'), id LIMIT 1"
+    )
 }

@@ -15,7 +15,7 @@
 pub const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// The newest schema this binary knows.
-pub const LATEST: i32 = 4;
+pub const LATEST: i32 = 5;
 
 /// One step of the schema.
 #[derive(Debug)]
@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, min_compatible: 1, sql: INGEST_V2 },
     Migration { version: 3, min_compatible: 1, sql: AGENT_RUNS_V3 },
     Migration { version: 4, min_compatible: 1, sql: OUTBOX_V4 },
+    Migration { version: 5, min_compatible: 1, sql: FORGE_ID_V5 },
 ];
 
 const _: () = assert!(
@@ -340,6 +341,15 @@ const OUTBOX_V4: &str = "
 ALTER TABLE outbox DROP CONSTRAINT IF EXISTS outbox_task_id_fkey;
 DROP INDEX IF EXISTS outbox_pending;
 DROP INDEX IF EXISTS outbox_task;
+";
+
+/// 5: as SQLite's schema 13, the forge-id index holds only the rows without a dedupe key
+/// (duplicates, replays, refusals): a deduped row is found by its dedupe key
+/// (`route:delivery_id`, unique), so an accepted delivery pays one random-key index insert, not
+/// two. Old binaries' lookups by forge id still answer right, by a scan: min_compatible stays 1.
+const FORGE_ID_V5: &str = "
+DROP INDEX IF EXISTS deliveries_forge_id;
+CREATE INDEX deliveries_forge_id ON deliveries(delivery_id) WHERE delivery_id IS NOT NULL AND dedupe_key IS NULL;
 ";
 
 #[cfg(test)]

@@ -240,3 +240,22 @@ async fn now_ms_is_the_database_clock_in_milliseconds() {
     let ours = crate::store::unix_now_ms();
     assert!((db_ms - ours).abs() < 5_000, "database {db_ms} vs local {ours}");
 }
+
+/// Schema 5: the forge-id index holds only rows without a dedupe key, and a lookup by forge id
+/// still has an index path for both kinds of row (with sequential scans off, the plan has none).
+#[tokio::test]
+async fn forge_id_lookups_have_an_index_path() {
+    let db = TestSchema::new().await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    let sql =
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'deliveries_forge_id'";
+    let def: String = c.query_one(sql, &[]).await.unwrap().get(0);
+    assert!(def.contains("dedupe_key IS NULL"), "{def}");
+    c.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let explain = format!("EXPLAIN {}", super::super::delivery_reads::find_by_forge_id_sql());
+    let plan: Vec<String> = c.query(&explain, &[&"d-1"]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(!plan.iter().any(|l| l.contains("Seq Scan")), "{plan:#?}");
+    assert!(plan.iter().any(|l| l.contains("deliveries_forge_id")), "{plan:#?}");
+    assert!(plan.iter().any(|l| l.contains("deliveries_dedupe_key_key")), "{plan:#?}");
+}
