@@ -60,8 +60,21 @@ fn head(c: &mut Criterion) {
     g.finish();
 }
 
+/// The headers `Ingest` journals for the request head above (the signatures left out, as it does).
+fn headers_json(raw_head: &[u8]) -> String {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(raw_head).expect("a valid head");
+    let mut map = hyper::HeaderMap::new();
+    for h in req.headers.iter() {
+        let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes()).expect("a header name");
+        map.append(name, hyper::header::HeaderValue::from_bytes(h.value).expect("a header value"));
+    }
+    agentctl::ingest::headers::to_json(&map, None)
+}
+
 /// A queued delivery's journal record, as `Ingest` makes it, with a fresh delivery id.
-fn record(body: &StoredBody, size: usize, n: u64) -> NewDelivery {
+fn record(body: &StoredBody, headers_json: &str, size: usize, n: u64) -> NewDelivery {
     let task_id = agentctl::task::new_task_id();
     NewDelivery {
         route: DeliveryRoute::Github,
@@ -71,14 +84,12 @@ fn record(body: &StoredBody, size: usize, n: u64) -> NewDelivery {
         action: Some("labeled".into()),
         item: Some("octo/hello#7".into()),
         received_at: agentctl::task::now_rfc3339(),
-        headers_json:
-            r#"[["x-github-event","issues"],["x-github-delivery","72d3162e"],["content-type","application/json"]]"#
-                .into(),
+        headers_json: headers_json.to_string(),
         body: body.clone(),
         body_size: size,
         token_fp: None,
         verification: "ok".into(),
-        verdict: agentctl::store::Verdict::Queued,
+        verdict: Verdict::Queued,
         reason: "label 'coding agent' matched".into(),
         http_status: 202,
         replay_of: None,
@@ -101,6 +112,7 @@ fn record(body: &StoredBody, size: usize, n: u64) -> NewDelivery {
 fn journal(c: &mut Criterion) {
     let raw = body();
     let packed = StoredBody::pack(&raw, None);
+    let headers = headers_json(&request_head(raw.len()));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut g = c.benchmark_group("journal");
     g.throughput(Throughput::Elements(CONCURRENT as u64));
@@ -114,7 +126,7 @@ fn journal(c: &mut Criterion) {
                 let records: Vec<Vec<NewDelivery>> = (0..iters)
                     .map(|_| {
                         (0..CONCURRENT)
-                            .map(|_| record(&packed, raw.len(), next.fetch_add(1, Ordering::Relaxed)))
+                            .map(|_| record(&packed, &headers, raw.len(), next.fetch_add(1, Ordering::Relaxed)))
                             .collect()
                     })
                     .collect();
