@@ -76,7 +76,7 @@ pub fn poll_delivery_id(found: &Found) -> String {
 /// read without the writer. [`Ingest::accept_found`] checks again inside its write, so this is
 /// only the fast path that keeps unchanged items off the writer.
 pub async fn already_known(journal: &Journal, found: &Found) -> Result<bool, crate::store::StoreError> {
-    let key = format!("{POLL_ROUTE}:{}", poll_delivery_id(found));
+    let key = DeliveryRoute::Poll.dedupe_key(&poll_delivery_id(found));
     journal.poll_known(key, found.item.key()).await
 }
 

@@ -103,12 +103,14 @@ pub enum Recorded {
 }
 
 impl NewDelivery {
+    /// The key this delivery is deduplicated by: only verified deliveries that are not replays.
+    pub fn dedupe_key(&self) -> Option<String> {
+        self.delivery_id.as_deref().filter(|_| self.dedupe).map(|id| self.route.dedupe_key(id))
+    }
+
     /// Records the delivery; call inside a journal write.
     pub fn insert(self, c: &Connection, caps: RejectedCaps) -> rusqlite::Result<Recorded> {
-        let dedupe_key = match (&self.delivery_id, self.dedupe) {
-            (Some(id), true) => Some(format!("{}:{id}", self.route)),
-            _ => None,
-        };
+        let dedupe_key = self.dedupe_key();
         if self.only_new {
             if let Some(key) = &dedupe_key {
                 let seen: Option<Option<String>> = c
@@ -462,7 +464,7 @@ pub fn find_by_forge_id(c: &Connection, forge_id: &str) -> rusqlite::Result<Opti
 
 /// The dedupe key on every route, then the rows without one (see FORGE_ID_ROWS).
 fn find_by_forge_id_sql() -> String {
-    let keys = DeliveryRoute::ALL.map(|r| format!("'{}:' || ?1", r.as_str())).join(", ");
+    let keys = DeliveryRoute::every_dedupe_key_sql("?1");
     format!(
         "SELECT id FROM deliveries WHERE id IN (
              SELECT id FROM deliveries WHERE dedupe_key IN ({keys})

@@ -26,6 +26,18 @@ impl DeliveryRoute {
         }
     }
 
+    /// The dedupe key of a delivery with forge id `delivery_id` on this route: unique in the
+    /// journal. The forge-id lookups rely on this spelling, as `route || ':' || delivery_id` in
+    /// SQL (`deliveries::FORGE_ID_ROWS`, PostgreSQL's `same_forge_id`).
+    pub fn dedupe_key(self, delivery_id: &str) -> String {
+        format!("{}:{delivery_id}", self.as_str())
+    }
+
+    /// The dedupe keys `delivery_id` (an SQL expression) would have on every route, as an SQL list.
+    pub fn every_dedupe_key_sql(delivery_id: &str) -> String {
+        DeliveryRoute::ALL.map(|r| format!("'{}:' || {delivery_id}", r.as_str())).join(", ")
+    }
+
     pub fn parse(s: &str) -> Option<DeliveryRoute> {
         DeliveryRoute::ALL.into_iter().find(|r| r.as_str() == s)
     }

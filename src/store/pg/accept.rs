@@ -67,7 +67,7 @@ pub(super) async fn accept_many(
         return Ok((Vec::new(), None));
     }
     let ds = deliveries.as_slice();
-    let keys: Vec<Option<String>> = ds.iter().map(super::deliveries::dedupe_key).collect();
+    let keys: Vec<Option<String>> = ds.iter().map(NewDelivery::dedupe_key).collect();
     let texts = [
         column(ds, |d| Some(d.route.as_str())),
         column(ds, |d| d.delivery_id.as_deref()),

@@ -182,13 +182,6 @@ fn item_lock(item: &crate::task::ItemKey) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("a digest has 8 bytes"))
 }
 
-pub(super) fn dedupe_key(d: &NewDelivery) -> Option<String> {
-    match (&d.delivery_id, d.dedupe) {
-        (Some(id), true) => Some(format!("{}:{id}", d.route)),
-        _ => None,
-    }
-}
-
 /// The batch's transaction: its statements are prepared once per connection (deadpool's cache),
 /// so each costs one round trip, not a parse and a round trip more.
 pub(super) type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -211,7 +204,7 @@ async fn exec(c: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u
 
 /// Records one delivery (see `NewDelivery::insert` for the rules).
 async fn insert(c: &Tx<'_>, d: NewDelivery, caps: RejectedCaps) -> Result<Recorded, tokio_postgres::Error> {
-    let key = dedupe_key(&d);
+    let key = d.dedupe_key();
     if !d.only_new && d.verdict != Verdict::Rejected {
         return super::accept::insert_accepted(c, d, key).await;
     }

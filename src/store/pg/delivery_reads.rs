@@ -122,7 +122,7 @@ impl PgJournal {
 /// The first delivery of its own with forge id `$1`: by the dedupe key on every route, or among
 /// the rows without one (see [`same_forge_id`]).
 pub(super) fn find_by_forge_id_sql() -> String {
-    let keys = crate::store::DeliveryRoute::ALL.map(|r| format!("'{}:' || $1", r.as_str())).join(", ");
+    let keys = crate::store::DeliveryRoute::every_dedupe_key_sql("$1");
     format!(
         "SELECT id FROM deliveries WHERE dedupe_key IN ({keys}) OR (dedupe_key IS NULL AND delivery_id = $1)
          ORDER BY (replay_of IS NOT NULL OR verdict = 'duplicate'), id LIMIT 1"
