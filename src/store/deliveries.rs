@@ -109,7 +109,7 @@ impl NewDelivery {
     }
 
     /// Records the delivery; call inside a journal write.
-    pub fn insert(self, c: &Connection, caps: RejectedCaps) -> rusqlite::Result<Recorded> {
+    pub fn insert(&self, c: &Connection, caps: RejectedCaps) -> rusqlite::Result<Recorded> {
         let dedupe_key = self.dedupe_key();
         if self.only_new {
             if let Some(key) = &dedupe_key {

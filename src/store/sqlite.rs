@@ -55,7 +55,7 @@ impl Backend for SqliteJournal {
     }
 
     async fn record(&self, delivery: NewDelivery, caps: RejectedCaps) -> R<Recorded> {
-        self.write(move |c| delivery.insert(c, caps)).await
+        self.write_again(move |c| delivery.insert(c, caps)).await
     }
 
     async fn list_deliveries(&self, failed_only: bool, limit: usize) -> R<Vec<DeliverySummary>> {
