@@ -282,6 +282,8 @@ pub async fn run(
                     // Rows other instances wrote, or whose publisher died: the cursor never sees them.
                     cursor = 0;
                 }
+                // Rows another process wrote into the same file (`agentctl jobs replay`, say).
+                journal.outbox_written();
                 if let Ok((pending, parked)) = journal.outbox_counts().await {
                     backlog = pending;
                     bus.emit(Event::OutboxBacklog { pending, parked });

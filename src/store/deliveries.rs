@@ -2,6 +2,7 @@
 //! dedupe on the forge's delivery id) and reading them back for `agentctl deliveries` and replays.
 
 use super::body::{StoredBody, unpack};
+use super::outbox::OutboxRow;
 use super::{DeliveryRoute, Verdict, unix_now};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -110,6 +111,15 @@ impl NewDelivery {
 
     /// Records the delivery; call inside a journal write.
     pub fn insert(&self, c: &Connection, caps: RejectedCaps) -> rusqlite::Result<Recorded> {
+        self.insert_for_outbox(c, caps).map(|(recorded, _)| recorded)
+    }
+
+    /// [`insert`](Self::insert), with the outbox row of the task it queued.
+    pub fn insert_for_outbox(
+        &self,
+        c: &Connection,
+        caps: RejectedCaps,
+    ) -> rusqlite::Result<(Recorded, Option<OutboxRow>)> {
         let dedupe_key = self.dedupe_key();
         if self.only_new {
             if let Some(key) = &dedupe_key {
@@ -118,13 +128,13 @@ impl NewDelivery {
                     .query_row([key], |r| r.get(0))
                     .optional()?;
                 if let Some(task_id) = seen {
-                    return Ok(Recorded::Known { task_id });
+                    return Ok((Recorded::Known { task_id }, None));
                 }
             }
             if let Some(t) = &self.task
                 && let Some(live) = super::tasks::live_task_for(c, &t.item_key)?
             {
-                return Ok(Recorded::Known { task_id: Some(live) });
+                return Ok((Recorded::Known { task_id: Some(live) }, None));
             }
         }
         if let Some(key) = &dedupe_key {
@@ -141,7 +151,7 @@ impl NewDelivery {
                     &format!("delivery id seen before as journal entry {original}"),
                     task_id.as_deref(),
                 )?;
-                return Ok(Recorded::Duplicate { journal_id, original, task_id });
+                return Ok((Recorded::Duplicate { journal_id, original, task_id }, None));
             }
         }
         // The poller (a reconciliation sweep) may have found the item just before its webhook
@@ -155,7 +165,7 @@ impl NewDelivery {
             let parts = StoredParts { headers: &self.headers_json, body: None };
             let journal_id =
                 self.insert_row(c, dedupe_key.as_deref(), parts, Verdict::Duplicate, &why, Some(&task_id))?;
-            return Ok(Recorded::Duplicate { journal_id, original, task_id: Some(task_id) });
+            return Ok((Recorded::Duplicate { journal_id, original, task_id: Some(task_id) }, None));
         }
         let (headers, body) = if self.verdict == Verdict::Rejected {
             self.rejected_room(c, caps)?
@@ -171,6 +181,7 @@ impl NewDelivery {
             &self.reason,
             task_id.as_deref(),
         )?;
+        let mut outbox = None;
         if let Some(task) = &self.task {
             let now = unix_now();
             c.prepare_cached(
@@ -180,46 +191,14 @@ impl NewDelivery {
             )?
             .execute(params![task.id, journal_id, task.source, task.kind, task.repo, task.number as i64,
                 std::str::from_utf8(&task.payload).unwrap_or_default(), now, task.item_key.as_str()])?;
-            c.prepare_cached("INSERT INTO outbox (task_id, queue, created_unix) VALUES (?1, ?2, ?3)")?
-                .execute(params![task.id, task.queue, now])?;
+            let id = super::tasks::insert_outbox(c, &task.id, &task.queue, 0)?;
+            let (task_id, queue, payload) = (task.id.clone(), task.queue.clone(), task.payload.clone());
+            outbox = Some(OutboxRow { id, task_id, queue, payload, delay_ms: 0, tries: 0 });
             if task.label_op {
                 super::label_ops::push(c, &task.id, super::label_ops::LabelOp::Accepted, None)?;
             }
         }
-        Ok(Recorded::Stored { journal_id, task_id })
-    }
-
-    /// What a rejected row keeps: its headers and body when they fit under the caps (after
-    /// removing a few of the oldest rejected rows if needed), else only its metadata. Keeps the
-    /// running row and byte counts in `meta`, so no insert ever counts the table.
-    fn rejected_room(&self, c: &Connection, caps: RejectedCaps) -> rusqlite::Result<(&str, Option<&[u8]>)> {
-        let (mut rows, mut bytes) = rejected_counts(c)?;
-        let wanted = (self.headers_json.len() + self.body.packed.len()) as i64;
-        let mut removed = 0;
-        while removed < PRUNE_PER_INSERT && (rows >= caps.max_rows || bytes + wanted > caps.total) {
-            let Some(freed) = c
-                .prepare_cached(&format!(
-                    "DELETE FROM deliveries WHERE id =
-                       (SELECT id FROM deliveries WHERE verdict = 'rejected' ORDER BY id LIMIT 1)
-                     RETURNING {STORED_BYTES}"
-                ))?
-                .query_row([], |r| r.get::<_, i64>(0))
-                .optional()?
-            else {
-                break;
-            };
-            rows -= 1;
-            bytes -= freed;
-            removed += 1;
-        }
-        let (headers, body) = if bytes + wanted <= caps.total {
-            (self.headers_json.as_str(), Some(&self.body.packed[..]))
-        } else {
-            ("[]", None)
-        };
-        let kept = (headers.len() + body.map_or(0, <[u8]>::len)) as i64;
-        set_rejected_counts(c, rows.max(0) + 1, (bytes + kept).max(0))?;
-        Ok((headers, body))
+        Ok((Recorded::Stored { journal_id, task_id }, outbox))
     }
 
     fn insert_row(
@@ -282,33 +261,6 @@ const POLLED_TASK_NOT_STARTED: &str = "SELECT d.id, t.id FROM deliveries d JOIN 
 struct StoredParts<'a> {
     headers: &'a str,
     body: Option<&'a [u8]>,
-}
-
-/// The running count of rejected rows and of the bytes they keep.
-fn rejected_counts(c: &Connection) -> rusqlite::Result<(i64, i64)> {
-    let get = |key: &str| -> rusqlite::Result<i64> {
-        Ok(c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0))
-    };
-    Ok((get("rejected_rows")?, get("rejected_bytes")?))
-}
-
-fn set_rejected_counts(c: &Connection, rows: i64, bytes: i64) -> rusqlite::Result<()> {
-    let mut set = c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
-    set.execute(params!["rejected_rows", rows])?;
-    set.execute(params!["rejected_bytes", bytes])?;
-    Ok(())
-}
-
-/// Rejected rows removed elsewhere (retention): takes them off the running counts.
-pub(super) fn forget_rejected(c: &Connection, rows: i64, bytes: i64) -> rusqlite::Result<()> {
-    if rows == 0 {
-        return Ok(());
-    }
-    let (r, b) = rejected_counts(c)?;
-    set_rejected_counts(c, (r - rows).max(0), (b - bytes).max(0))
 }
 
 /// One line of `agentctl deliveries list`.
@@ -495,5 +447,8 @@ pub fn load_delivery(c: &Connection, id: i64) -> rusqlite::Result<Option<Deliver
     .optional()
 }
 
+mod rejected;
 #[cfg(test)]
 mod tests;
+
+pub(super) use rejected::forget_rejected;

@@ -109,6 +109,9 @@ pub trait Backend: super::runs::RunStore + Send + Sync {
     /// while, so one instance at a time publishes it; `after` is the caller's cursor where the
     /// backend has one publisher.
     async fn take_outbox(&self, owner: String, after: i64, limit: usize) -> R<Vec<OutboxRow>>;
+    /// Outbox rows may have been written by another process: the next take looks at the
+    /// journal itself (see `store::fresh_outbox`).
+    fn outbox_written(&self) {}
     /// At a publisher's start: rows its previous life leased and never published are free again
     /// at once (not when their lease runs out). Nothing to do with one publisher per file.
     async fn release_outbox(&self, _owner: String) -> R<()> {

@@ -10,6 +10,7 @@
 
 mod body;
 pub mod deliveries;
+mod fresh_outbox;
 pub mod instances;
 pub mod jobs;
 mod journal;

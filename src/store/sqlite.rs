@@ -55,7 +55,11 @@ impl Backend for SqliteJournal {
     }
 
     async fn record(&self, delivery: NewDelivery, caps: RejectedCaps) -> R<Recorded> {
-        self.write_again(move |c| delivery.insert(c, caps)).await
+        // The committed outbox row goes to this process's publisher in memory (store::fresh_outbox).
+        let fresh = self.fresh.clone();
+        let insert = move |c: &rusqlite::Connection| delivery.insert_for_outbox(c, caps);
+        let hand_off = move |(_, row): &(Recorded, Option<OutboxRow>)| row.iter().for_each(|r| fresh.push(r.clone()));
+        self.write_again_then(insert, hand_off).await.map(|(recorded, _)| recorded)
     }
 
     async fn list_deliveries(&self, failed_only: bool, limit: usize) -> R<Vec<DeliverySummary>> {
@@ -183,7 +187,16 @@ impl Backend for SqliteJournal {
 
     async fn take_outbox(&self, _owner: String, after: i64, limit: usize) -> R<Vec<OutboxRow>> {
         // One publisher per file (the data dir's lock): its cursor is enough, no row leases.
-        self.read(move |c| outbox::pending_outbox(c, after, limit)).await
+        if let Some(rows) = self.fresh.take(after, limit) {
+            return Ok(rows);
+        }
+        let rows = self.read(move |c| outbox::pending_outbox(c, after, limit)).await;
+        self.fresh.read(after, rows.as_deref().ok(), limit);
+        rows
+    }
+
+    fn outbox_written(&self) {
+        self.fresh.mark_stale();
     }
 
     async fn pending_for_task(&self, task_id: String) -> R<Vec<OutboxRow>> {

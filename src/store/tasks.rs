@@ -418,9 +418,17 @@ pub(crate) fn next_generation(c: &Connection, mut task: Task) -> rusqlite::Resul
 }
 
 pub(crate) fn enqueue(c: &Connection, task_id: &str, queue: &str, delay_ms: i64) -> rusqlite::Result<()> {
+    insert_outbox(c, task_id, queue, delay_ms)?;
+    super::fresh_outbox::note_written();
+    Ok(())
+}
+
+/// Writes an outbox row and returns its id; the caller hands it to the publisher (see
+/// `store::fresh_outbox`), else calls [`enqueue`].
+pub(crate) fn insert_outbox(c: &Connection, task_id: &str, queue: &str, delay_ms: i64) -> rusqlite::Result<i64> {
     c.prepare_cached("INSERT INTO outbox (task_id, queue, created_unix, delay_ms) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![task_id, queue, unix_now(), delay_ms])?;
-    Ok(())
+    Ok(c.last_insert_rowid())
 }
 
 /// `owner`'s claims go back on the main queue under a new generation: at start, what a

@@ -7,6 +7,7 @@
 //! "stored" always means "on disk". The thread lives on even if the caller's future is dropped
 //! (hyper drops a request's future when the client disconnects): a job, once sent, completes.
 
+use super::fresh_outbox::{self, FreshOutbox};
 use super::{StoreError, connect};
 use crate::config::SyncMode;
 use rusqlite::Connection;
@@ -44,15 +45,19 @@ trait Rerun: Send {
     fn done(self: Box<Self>, commit: Result<(), StoreError>);
 }
 
-struct Again<F, R> {
+struct Again<F, T, R> {
     f: F,
+    /// Runs on the writer's thread after the commit of a job that succeeded, before its caller
+    /// hears back: jobs' hooks run in commit order.
+    then: T,
     result: Result<R, StoreError>,
     reply: oneshot::Sender<Result<R, StoreError>>,
 }
 
-impl<F, R> Rerun for Again<F, R>
+impl<F, T, R> Rerun for Again<F, T, R>
 where
     F: FnMut(&Connection) -> rusqlite::Result<R> + Send,
+    T: FnOnce(&R) + Send,
     R: Send,
 {
     fn run(&mut self, conn: &Connection) -> Result<(), ()> {
@@ -72,7 +77,11 @@ where
     }
 
     fn done(self: Box<Self>, commit: Result<(), StoreError>) {
-        let _ = self.reply.send(commit.and(self.result));
+        let result = commit.and(self.result);
+        if let Ok(r) = &result {
+            (self.then)(r);
+        }
+        let _ = self.reply.send(result);
     }
 }
 
@@ -93,6 +102,8 @@ pub struct SqliteJournal {
     /// Read connections, opened on demand and kept for the next read (WAL lets them run beside
     /// the writer).
     readers: Arc<std::sync::Mutex<Vec<Connection>>>,
+    /// The outbox rows this process's records committed, for its publisher.
+    pub(super) fresh: FreshOutbox,
 }
 
 /// Read connections kept open for reuse.
@@ -107,11 +118,15 @@ impl SqliteJournal {
         // commit as SQLite's automatic checkpoint would.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        let fresh = FreshOutbox::default();
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn({
+                let fresh = fresh.clone();
+                move || run(conn, rx, fresh)
+            })
             .expect("the journal writer thread starts");
-        Ok(SqliteJournal { tx, path: Arc::new(path.to_path_buf()), sync, readers: Arc::default() })
+        Ok(SqliteJournal { tx, path: Arc::new(path.to_path_buf()), sync, readers: Arc::default(), fresh })
     }
 
     pub fn path(&self) -> &Path {
@@ -157,8 +172,19 @@ impl SqliteJournal {
         F: FnMut(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        self.write_again_then(f, |_| {}).await
+    }
+
+    /// [`write_again`](Self::write_again), and `then` with the result once it is committed, on
+    /// the writer's thread: the hooks of a batch's jobs run in their commit order.
+    pub async fn write_again_then<R, F, T>(&self, f: F, then: T) -> Result<R, StoreError>
+    where
+        F: FnMut(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        T: FnOnce(&R) + Send + 'static,
+        R: Send + 'static,
+    {
         let (reply, wait) = oneshot::channel();
-        let job = Again { f, result: Err(StoreError::Closed), reply };
+        let job = Again { f, then, result: Err(StoreError::Closed), reply };
         self.tx.send(Job::Again(Box::new(job))).await.map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
@@ -310,7 +336,7 @@ impl Checkpoints {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, fresh: FreshOutbox) {
     let mut checkpoints = Checkpoints { last: std::time::Instant::now(), pending: false };
     // Only to wait for a job with a timeout: the writer's own, off the service's runtime.
     let timer = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a timer runtime starts");
@@ -343,6 +369,10 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         }
         if started.elapsed() >= SLOW {
             tracing::warn!("journal commit of {jobs} write(s) took {:?}", started.elapsed());
+        }
+        if fresh_outbox::take_written() {
+            // Before any caller hears back (and wakes the publisher).
+            fresh.mark_stale();
         }
         for done in dones {
             done(match &committed {
@@ -379,105 +409,4 @@ fn next_job(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn batches_commit_and_isolate_failures() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = SqliteJournal::open(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
-        let mut handles = Vec::new();
-        for i in 0..200i64 {
-            let j = j.clone();
-            handles.push(tokio::spawn(async move {
-                j.write(move |c| {
-                    if i == 13 {
-                        c.execute("INSERT INTO nope VALUES (1)", [])?;
-                    }
-                    c.execute("INSERT INTO meta(key, value) VALUES (?1, ?2)", (format!("k{i}"), i))
-                })
-                .await
-            }));
-        }
-        let mut failed = 0;
-        for h in handles {
-            if h.await.unwrap().is_err() {
-                failed += 1;
-            }
-        }
-        assert_eq!(failed, 1);
-        let n: i64 = j.reader().unwrap().query_row("SELECT COUNT(*) FROM meta", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 199);
-    }
-
-    /// Jobs that may run twice: one failing (after a write of its own) undoes nothing of the
-    /// others; its write is gone; the others' runs are each committed once (a second write of
-    /// the same key would fail); jobs of both kinds in one batch keep their order.
-    #[tokio::test]
-    async fn jobs_run_together_are_run_again_alone_when_one_fails() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = SqliteJournal::open(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
-        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut handles = Vec::new();
-        for i in 0..200i64 {
-            let (j, runs) = (j.clone(), runs.clone());
-            handles.push(tokio::spawn(async move {
-                if i % 50 == 7 {
-                    // A `Once` job between them, reading what the jobs before it wrote.
-                    return j
-                        .write(move |c| c.query_row("SELECT COUNT(*) FROM meta", [], |r| r.get::<_, i64>(0)))
-                        .await;
-                }
-                j.write_again(move |c| {
-                    runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    c.execute("INSERT INTO meta(key, value) VALUES (?1, ?2)", (format!("k{i}"), i))?;
-                    if i == 13 {
-                        c.execute("INSERT INTO nope VALUES (1)", [])?;
-                    }
-                    c.query_row("SELECT value FROM meta WHERE key = ?1", [format!("k{i}")], |r| r.get::<_, i64>(0))
-                })
-                .await
-            }));
-        }
-        let mut results = Vec::new();
-        for h in handles {
-            results.push(h.await.unwrap());
-        }
-        for (i, r) in results.iter().enumerate() {
-            match i {
-                13 => assert!(r.is_err(), "job 13 failed: {r:?}"),
-                _ if i % 50 == 7 => assert!(r.is_ok(), "{r:?}"),
-                _ => assert_eq!(r.as_ref().ok(), Some(&(i as i64)), "job {i}: {r:?}"),
-            }
-        }
-        let reader = j.reader().unwrap();
-        let n: i64 = reader.query_row("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 200 - 4 - 1);
-        let k13: i64 = reader.query_row("SELECT COUNT(*) FROM meta WHERE key = 'k13'", [], |r| r.get(0)).unwrap();
-        assert_eq!(k13, 0);
-        // 196 jobs ran, and job 13 (at least) ran again, alone.
-        let runs = runs.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(runs >= 197, "{runs} runs");
-    }
-
-    /// Under writes that never pause, the writer's checkpoints let the WAL start over: the WAL
-    /// ends with fewer frames than the commits written (each commit writes at least one frame).
-    /// A checkpointer beside the writer never caught up, and the WAL only grew.
-    #[tokio::test]
-    async fn the_wal_starts_over_under_sustained_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = SqliteJournal::open(&dir.path().join("j.db"), SyncMode::Normal).unwrap();
-        let started = std::time::Instant::now();
-        let mut commits = 0i64;
-        while started.elapsed() < CHECKPOINT_EVERY * 6 {
-            j.write(move |c| {
-                c.execute("INSERT INTO meta(key, value) VALUES (?1, zeroblob(3000))", [format!("k{commits}")])
-            })
-            .await
-            .unwrap();
-            commits += 1;
-        }
-        let frames: i64 = j.reader().unwrap().query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1)).unwrap();
-        assert!(frames < commits, "{frames} frames in the WAL after {commits} commits: it never started over");
-    }
-}
+mod tests;

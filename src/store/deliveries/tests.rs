@@ -1,3 +1,4 @@
+use super::rejected::rejected_counts;
 use super::*;
 use crate::config::SyncMode;
 
