@@ -3,13 +3,14 @@
 //! ago (that read, a thread hand-off and a join per batch, was ~3 % of agentctl's CPU per
 //! delivery).
 //!
-//! Memory is only trusted while nothing else may have written outbox rows, and for a cursor that
-//! only moves forward (the publisher's, on one SQLite file). A row written another way (a retry,
-//! a replay, a task let go: [`note_written`], which the writer's thread turns into a stale mark
-//! after the batch's commit and before any caller hears back), another process writing the same
-//! file (the publisher's tick), or a row memory had no room for, marks it stale, and the next
-//! take reads the file instead. Rows are pushed by the writer's thread after their commit, in
-//! commit order, so the ids in memory only grow.
+//! Memory is only trusted while nothing else may have written outbox rows, for a cursor that
+//! only moves forward (the publisher's, on one SQLite file), and for rows whose ids follow on
+//! from that cursor (ids are given in commit order, so a gap is a row memory never saw). A row
+//! written another way (a retry, a replay, a task let go: [`note_written`], which the writer's
+//! thread turns into a stale mark after the batch's commit and before any caller hears back),
+//! another process writing the same file (the publisher's tick), or a row memory had no room
+//! for, marks it stale, and the next take reads the file instead. Rows are pushed by the
+//! writer's thread after their commit, in commit order, so the ids in memory only grow.
 
 use super::outbox::OutboxRow;
 use std::collections::VecDeque;
@@ -82,7 +83,13 @@ impl FreshOutbox {
         if std::mem::replace(&mut fresh.stale, false) || after < fresh.served {
             return None;
         }
-        let n = fresh.rows.len().min(limit);
+        // Only rows whose ids follow on from the cursor: a gap is a row written another way,
+        // by another process say, and serving the rows after it would move the cursor past it
+        // for good.
+        let n = fresh.rows.iter().take(limit).zip(after + 1..).take_while(|(r, next)| r.id == *next).count();
+        if n == 0 && !fresh.rows.is_empty() {
+            return None;
+        }
         let rows: Vec<OutboxRow> = fresh.rows.drain(..n).collect();
         fresh.served = rows.last().map_or(fresh.served, |r| r.id);
         Some(rows)
@@ -148,6 +155,21 @@ mod tests {
         assert_eq!(ids(fresh.take(8, 1)), None);
         fresh.read(8, None, 1);
         assert_eq!(ids(fresh.take(8, 1)), None);
+    }
+
+    #[test]
+    fn a_row_written_another_way_between_them_is_read_from_the_file() {
+        let fresh = FreshOutbox::default();
+        assert_eq!(ids(fresh.take(0, 10)), None);
+        fresh.read(0, Some(&[]), 10);
+        // Row 1 came from another process: memory never saw it.
+        fresh.push(row(2));
+        assert_eq!(ids(fresh.take(0, 10)), None);
+        fresh.read(0, Some(&[row(1), row(2)]), 10);
+        fresh.push(row(3));
+        fresh.push(row(5));
+        assert_eq!(ids(fresh.take(2, 10)), Some(vec![3]), "up to the gap");
+        assert_eq!(ids(fresh.take(3, 10)), None);
     }
 
     #[test]
