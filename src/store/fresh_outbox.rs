@@ -119,6 +119,14 @@ mod tests {
         rows.map(|rows| rows.into_iter().map(|r| r.id).collect())
     }
 
+    /// A new one, after its first take sent the publisher to a file that had no pending row.
+    fn after_an_empty_file() -> FreshOutbox {
+        let fresh = FreshOutbox::default();
+        assert_eq!(ids(fresh.take(0, 10)), None, "at first the file is read");
+        fresh.read(0, Some(&[]), 10);
+        fresh
+    }
+
     #[test]
     fn memory_serves_only_while_nothing_else_wrote() {
         let fresh = FreshOutbox::default();
@@ -159,9 +167,7 @@ mod tests {
 
     #[test]
     fn a_row_written_another_way_between_them_is_read_from_the_file() {
-        let fresh = FreshOutbox::default();
-        assert_eq!(ids(fresh.take(0, 10)), None);
-        fresh.read(0, Some(&[]), 10);
+        let fresh = after_an_empty_file();
         // Row 1 came from another process: memory never saw it.
         fresh.push(row(2));
         assert_eq!(ids(fresh.take(0, 10)), None);
@@ -174,9 +180,7 @@ mod tests {
 
     #[test]
     fn a_row_memory_has_no_room_for_sends_the_next_take_to_the_file() {
-        let fresh = FreshOutbox::default();
-        assert_eq!(ids(fresh.take(0, 10)), None);
-        fresh.read(0, Some(&[]), 10);
+        let fresh = after_an_empty_file();
         for id in 1..=KEPT as i64 + 1 {
             fresh.push(row(id));
         }

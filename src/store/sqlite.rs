@@ -58,7 +58,8 @@ impl Backend for SqliteJournal {
         // The committed outbox row goes to this process's publisher in memory (store::fresh_outbox).
         let fresh = self.fresh.clone();
         let insert = move |c: &rusqlite::Connection| delivery.insert_for_outbox(c, caps);
-        let hand_off = move |(_, row): &(Recorded, Option<OutboxRow>)| row.iter().for_each(|r| fresh.push(r.clone()));
+        let hand_off =
+            move |(_, row): &mut (Recorded, Option<OutboxRow>)| row.take().into_iter().for_each(|r| fresh.push(r));
         self.write_again_then(insert, hand_off).await.map(|(recorded, _)| recorded)
     }
 

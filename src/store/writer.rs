@@ -48,7 +48,7 @@ trait Rerun: Send {
 struct Again<F, T, R> {
     f: F,
     /// Runs on the writer's thread after the commit of a job that succeeded, before its caller
-    /// hears back: jobs' hooks run in commit order.
+    /// hears back: jobs' hooks run in commit order. It may take parts of the result.
     then: T,
     result: Result<R, StoreError>,
     reply: oneshot::Sender<Result<R, StoreError>>,
@@ -57,7 +57,7 @@ struct Again<F, T, R> {
 impl<F, T, R> Rerun for Again<F, T, R>
 where
     F: FnMut(&Connection) -> rusqlite::Result<R> + Send,
-    T: FnOnce(&R) + Send,
+    T: FnOnce(&mut R) + Send,
     R: Send,
 {
     fn run(&mut self, conn: &Connection) -> Result<(), ()> {
@@ -77,8 +77,8 @@ where
     }
 
     fn done(self: Box<Self>, commit: Result<(), StoreError>) {
-        let result = commit.and(self.result);
-        if let Ok(r) = &result {
+        let mut result = commit.and(self.result);
+        if let Ok(r) = &mut result {
             (self.then)(r);
         }
         let _ = self.reply.send(result);
@@ -176,11 +176,12 @@ impl SqliteJournal {
     }
 
     /// [`write_again`](Self::write_again), and `then` with the result once it is committed, on
-    /// the writer's thread: the hooks of a batch's jobs run in their commit order.
+    /// the writer's thread: the hooks of a batch's jobs run in their commit order. The caller
+    /// gets the result as `then` left it.
     pub async fn write_again_then<R, F, T>(&self, f: F, then: T) -> Result<R, StoreError>
     where
         F: FnMut(&Connection) -> rusqlite::Result<R> + Send + 'static,
-        T: FnOnce(&R) + Send + 'static,
+        T: FnOnce(&mut R) + Send + 'static,
         R: Send + 'static,
     {
         let (reply, wait) = oneshot::channel();
