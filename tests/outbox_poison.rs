@@ -183,6 +183,14 @@ async fn an_outage_parks_nothing() {
     assert_eq!(status, 202);
     let base = a["task_id"].as_str().unwrap().to_string();
     assert_eq!(q.next(LONG).await.expect("published").id, base);
+    // Its confirm comes back through the proxy after the queue has it: cut the broker only once
+    // the row is marked published, or the publisher rightly sends it again (at least once).
+    let deadline = tokio::time::Instant::now() + LONG;
+    while h.count(&format!("SELECT COUNT(*) FROM outbox WHERE task_id = '{base}' AND published_unix IS NOT NULL")) == 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the base task's row is not marked published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     proxy.down();
     let gone = format!("{}.gone", h.config.broker.queue);
