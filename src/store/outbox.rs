@@ -4,7 +4,7 @@
 //! with its reason, never published again, and its task becomes `parked` until a replay.
 
 use super::unix_now;
-use rusqlite::{Connection, params, params_from_iter};
+use rusqlite::{Connection, params};
 
 /// The default `broker.max_message_bytes`: the largest message published, well below
 /// RabbitMQ's `max_message_size` (16 MiB on 4.x, 128 MiB on 3.x); a larger row is parked
@@ -65,15 +65,20 @@ pub fn pending_outbox_count(c: &Connection) -> rusqlite::Result<u64> {
         .map(|n| n as u64)
 }
 
-/// Marks rows as confirmed by the broker; call inside a journal write.
+/// Marks rows as confirmed by the broker; call inside a journal write. Each run of consecutive
+/// ids is one execution of one cached statement: a publish batch's rows are consecutive, and
+/// building the SQL per batch (an `IN` list, the time as a literal) had SQLite parse it anew
+/// each time.
 pub fn mark_published(c: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
-    for chunk in ids.chunks(500) {
-        let marks = vec!["?"; chunk.len()].join(",");
-        let sql = format!(
-            "UPDATE outbox SET published_unix = {} WHERE published_unix IS NULL AND id IN ({marks})",
-            unix_now()
-        );
-        c.execute(&sql, params_from_iter(chunk))?;
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut mark = c.prepare_cached(
+        "UPDATE outbox SET published_unix = ?1 WHERE published_unix IS NULL AND id BETWEEN ?2 AND ?3",
+    )?;
+    let now = unix_now();
+    for run in ids.chunk_by(|a, b| b - a == 1) {
+        mark.execute((now, run[0], run[run.len() - 1]))?;
     }
     Ok(())
 }
@@ -145,6 +150,29 @@ mod tests {
             assert_eq!(judge_refusal(&row(tries, 1), "nack"), Refusal::Counted);
         }
         assert!(matches!(judge_refusal(&row(MAX_REFUSALS - 1, 1), "nack"), Refusal::Parked(r) if r.contains("nack")));
+    }
+
+    #[test]
+    fn only_the_confirmed_ids_are_marked() {
+        let c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&c).unwrap();
+        // Rows alone, without their tasks.
+        c.pragma_update(None, "foreign_keys", false).unwrap();
+        for id in 1..=10 {
+            c.execute("INSERT INTO outbox (id, task_id, queue, created_unix) VALUES (?1, 't', 'q', 0)", [id]).unwrap();
+        }
+        c.execute("UPDATE outbox SET published_unix = 7 WHERE id = 9", []).unwrap();
+        mark_published(&c, &[5, 2, 3, 9, 3, 10, 7]).unwrap();
+        mark_published(&c, &[]).unwrap();
+        let marked: Vec<(i64, i64)> = c
+            .prepare("SELECT id, published_unix FROM outbox WHERE published_unix IS NOT NULL ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(marked.iter().map(|m| m.0).collect::<Vec<_>>(), [2, 3, 5, 7, 9, 10]);
+        assert_eq!(marked.iter().find(|m| m.0 == 9).unwrap().1, 7, "a row marked before keeps its time");
     }
 
     #[test]
