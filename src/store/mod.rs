@@ -11,6 +11,7 @@
 mod body;
 pub mod deliveries;
 mod fresh_outbox;
+mod gather;
 pub mod instances;
 pub mod jobs;
 mod journal;

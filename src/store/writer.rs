@@ -1,5 +1,6 @@
 //! The journal's single writer: a thread that owns the write connection and commits jobs in
-//! batches (group commit). One failing job does not undo the others in its batch: a job runs
+//! batches (group commit; while jobs arrive side by side it waits a moment for more, see
+//! `store::gather`). One failing job does not undo the others in its batch: a job runs
 //! inside a savepoint of its own, or — a job that may run twice ([`SqliteJournal::write_again`],
 //! a delivery's record) — inside one savepoint with the batch's other such jobs beside it, and
 //! only when one of them fails is that savepoint rolled back and each of them run again in a
@@ -8,6 +9,7 @@
 //! (hyper drops a request's future when the client disconnects): a job, once sent, completes.
 
 use super::fresh_outbox::{self, FreshOutbox};
+use super::gather::{self, Gather};
 use super::{StoreError, connect};
 use crate::config::SyncMode;
 use rusqlite::Connection;
@@ -341,15 +343,21 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, fresh: FreshOutbox) {
     let mut checkpoints = Checkpoints { last: std::time::Instant::now(), pending: false };
     // Only to wait for a job with a timeout: the writer's own, off the service's runtime.
     let timer = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a timer runtime starts");
+    let mut gather = Gather::default();
     while let Some(first) = next_job(&mut rx, &timer, &mut checkpoints, &conn) {
+        let began = std::time::Instant::now();
         let mut batch = Vec::with_capacity(64);
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
+                Err(mpsc::error::TryRecvError::Empty) if gather.wait_more(batch.len(), began) => {
+                    std::thread::sleep(gather::SLICE)
+                }
                 Err(_) => break,
             }
         }
+        gather.taken(batch.len());
         let full = Cell::new(false);
         let (started, jobs) = (std::time::Instant::now(), batch.len());
         let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::classify);

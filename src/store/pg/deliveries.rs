@@ -16,6 +16,7 @@
 
 use super::{PgJournal, R, pg_err};
 use crate::store::deliveries::{NewDelivery, PRUNE_PER_INSERT, Recorded, RejectedCaps};
+use crate::store::gather::{self, Gather};
 use crate::store::{StoreError, Verdict, unix_now};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
@@ -33,20 +34,27 @@ pub(super) type Job = (NewDelivery, RejectedCaps, oneshot::Sender<R<Recorded>>);
 /// deliveries/s where three did 3.3k, mean of six alternating runs).
 pub(super) const WRITERS: usize = 2;
 
-/// A group-commit writer: takes every delivery waiting (up to [`MAX_BATCH`]) and commits them
+/// A group-commit writer: takes every delivery waiting (up to [`MAX_BATCH`]; while deliveries
+/// arrive side by side, waiting a moment for more, see `store::gather`) and commits them
 /// together; runs until every sender is dropped.
 pub(super) async fn writer(journal: PgJournal, rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    let mut gather = Gather::default();
     loop {
         let batch = {
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
+            let began = std::time::Instant::now();
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(job) => batch.push(job),
+                    Err(mpsc::error::TryRecvError::Empty) if gather.wait_more(batch.len(), began) => {
+                        tokio::time::sleep(gather::SLICE).await
+                    }
                     Err(_) => break,
                 }
             }
+            gather.taken(batch.len());
             batch
         };
         let deliveries: Vec<(NewDelivery, RejectedCaps)> = batch.iter().map(|(d, c, _)| (d.clone(), *c)).collect();
