@@ -109,17 +109,9 @@ impl NewDelivery {
         self.delivery_id.as_deref().filter(|_| self.dedupe).map(|id| self.route.dedupe_key(id))
     }
 
-    /// Records the delivery; call inside a journal write.
-    pub fn insert(&self, c: &Connection, caps: RejectedCaps) -> rusqlite::Result<Recorded> {
-        self.insert_for_outbox(c, caps).map(|(recorded, _)| recorded)
-    }
-
-    /// [`insert`](Self::insert), with the outbox row of the task it queued.
-    pub fn insert_for_outbox(
-        &self,
-        c: &Connection,
-        caps: RejectedCaps,
-    ) -> rusqlite::Result<(Recorded, Option<OutboxRow>)> {
+    /// Records the delivery; call inside a journal write. Returns, beside what was recorded, the
+    /// outbox row of the task it queued (for the publisher, see `store::fresh_outbox`).
+    pub fn insert(&self, c: &Connection, caps: RejectedCaps) -> rusqlite::Result<(Recorded, Option<OutboxRow>)> {
         let dedupe_key = self.dedupe_key();
         if self.only_new {
             if let Some(key) = &dedupe_key {

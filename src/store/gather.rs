@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 /// The longest a batch's first job waits for others.
 pub const WINDOW: Duration = Duration::from_micros(1500);
-/// How long a writer waits before it looks again.
+/// How long a writer waits before it looks again. PostgreSQL's writers wait on tokio's timer,
+/// whose ticks are a millisecond: there a slice lasts about that, so at most two fit the window.
 pub const SLICE: Duration = Duration::from_micros(250);
 /// Jobs that make a batch worth committing without waiting further. At 32, the embedded
 /// queue's closed loop (each delivery goes through the writer twice) lost 9 % of its rate to

@@ -57,10 +57,10 @@ impl Backend for SqliteJournal {
     async fn record(&self, delivery: NewDelivery, caps: RejectedCaps) -> R<Recorded> {
         // The committed outbox row goes to this process's publisher in memory (store::fresh_outbox).
         let fresh = self.fresh.clone();
-        let insert = move |c: &rusqlite::Connection| delivery.insert_for_outbox(c, caps);
+        let insert = move |c: &rusqlite::Connection| delivery.insert(c, caps);
         let hand_off =
             move |(_, row): &mut (Recorded, Option<OutboxRow>)| row.take().into_iter().for_each(|r| fresh.push(r));
-        self.write_again_then(insert, hand_off).await.map(|(recorded, _)| recorded)
+        self.write_again(insert, hand_off).await.map(|(recorded, _)| recorded)
     }
 
     async fn list_deliveries(&self, failed_only: bool, limit: usize) -> R<Vec<DeliverySummary>> {

@@ -425,7 +425,7 @@ pub(crate) fn enqueue(c: &Connection, task_id: &str, queue: &str, delay_ms: i64)
 
 /// Writes an outbox row and returns its id; the caller hands it to the publisher (see
 /// `store::fresh_outbox`), else calls [`enqueue`].
-pub(crate) fn insert_outbox(c: &Connection, task_id: &str, queue: &str, delay_ms: i64) -> rusqlite::Result<i64> {
+pub(super) fn insert_outbox(c: &Connection, task_id: &str, queue: &str, delay_ms: i64) -> rusqlite::Result<i64> {
     c.prepare_cached("INSERT INTO outbox (task_id, queue, created_unix, delay_ms) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![task_id, queue, unix_now(), delay_ms])?;
     Ok(c.last_insert_rowid())

@@ -168,19 +168,10 @@ impl SqliteJournal {
     /// per job (a delivery's record paid a tenth of its instructions for its savepoint). If any
     /// of them fails, that savepoint is rolled back and each runs again in a savepoint of its
     /// own, from the state before the batch's first run; only the last run's result is
-    /// returned, and only its writes are committed.
-    pub async fn write_again<R, F>(&self, f: F) -> Result<R, StoreError>
-    where
-        F: FnMut(&Connection) -> rusqlite::Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        self.write_again_then(f, |_| {}).await
-    }
-
-    /// [`write_again`](Self::write_again), and `then` with the result once it is committed, on
-    /// the writer's thread: the hooks of a batch's jobs run in their commit order. The caller
-    /// gets the result as `then` left it.
-    pub async fn write_again_then<R, F, T>(&self, f: F, then: T) -> Result<R, StoreError>
+    /// returned, and only its writes are committed. Once it is committed, `then` runs with the
+    /// result on the writer's thread (the hooks of a batch's jobs run in their commit order),
+    /// and the caller gets the result as `then` left it.
+    pub async fn write_again<R, F, T>(&self, f: F, then: T) -> Result<R, StoreError>
     where
         F: FnMut(&Connection) -> rusqlite::Result<R> + Send + 'static,
         T: FnOnce(&mut R) + Send + 'static,

@@ -44,15 +44,15 @@ async fn jobs_run_together_are_run_again_alone_when_one_fails() {
                 // A `Once` job between them, reading what the jobs before it wrote.
                 return j.write(move |c| c.query_row("SELECT COUNT(*) FROM meta", [], |r| r.get::<_, i64>(0))).await;
             }
-            j.write_again(move |c| {
+            let job = move |c: &Connection| {
                 runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 c.execute("INSERT INTO meta(key, value) VALUES (?1, ?2)", (format!("k{i}"), i))?;
                 if i == 13 {
                     c.execute("INSERT INTO nope VALUES (1)", [])?;
                 }
                 c.query_row("SELECT value FROM meta WHERE key = ?1", [format!("k{i}")], |r| r.get::<_, i64>(0))
-            })
-            .await
+            };
+            j.write_again(job, |_| {}).await
         }));
     }
     let mut results = Vec::new();
